@@ -1,0 +1,116 @@
+"""The method's three losses, on arrays and masks only (float32 throughout).
+
+Per clip b and valid frame t:
+  * frame cross-entropy of the student's frame logits against the clip label;
+  * correlation distillation: teachers' per-frame posteriors p (ASR) and q (VSR) give a divergence
+    D_t and a soft target s_t = 1 - D_t for the scaled cosine c_t = (cos(a_t, v_t) + 1) / 2 of the
+    student's audio and visual embeddings, scored with binary cross-entropy;
+  * joint-modal metric loss: d_b = ||s - c||_2 over the clip's frames, sigma_b = sigmoid(d_b);
+    real clips pull sigma_b down, fakes push it above the margin.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+_LOG_RATIO_EPS = 1e-10  # the reference adds it to the probability ratio inside the log
+
+
+def symmetric_kl_mean(p: jax.Array, q: jax.Array) -> jax.Array:
+  """The reference's "JS": 1/2 [mean_k p log(p/q + eps) + mean_k q log(q/p + eps)] (not a JS)."""
+  kl_pq = jnp.mean(p * jnp.log(p / q + _LOG_RATIO_EPS), axis=-1)
+  kl_qp = jnp.mean(q * jnp.log(q / p + _LOG_RATIO_EPS), axis=-1)
+  return 0.5 * (kl_pq + kl_qp)
+
+
+def jensen_shannon_bits(p: jax.Array, q: jax.Array) -> jax.Array:
+  """True Jensen-Shannon divergence in bits (log base 2), so 0 <= D <= 1."""
+  m = 0.5 * (p + q)
+  kl = lambda a: jnp.sum(jnp.where(a > 0, a * (jnp.log(a) - jnp.log(m)), 0.0), axis=-1)
+  return 0.5 * (kl(p) + kl(q)) / jnp.log(2.0)
+
+
+DIVERGENCES = {"symmetric_kl_mean": symmetric_kl_mean, "jensen_shannon": jensen_shannon_bits}
+
+
+def soft_target(asr_probs: jax.Array, vsr_probs: jax.Array, divergence: str) -> jax.Array:
+  """s_t = 1 - D(p_t, q_t) for (B, T, K) posteriors -> (B, T). Not clamped, as the reference."""
+  if divergence not in DIVERGENCES:
+    raise ValueError(f"unknown divergence {divergence!r}; choose one of {sorted(DIVERGENCES)}")
+  p, q = asr_probs.astype(jnp.float32), vsr_probs.astype(jnp.float32)
+  return 1.0 - DIVERGENCES[divergence](p, q)
+
+
+def scaled_cosine(audio: jax.Array, visual: jax.Array) -> jax.Array:
+  """(cos(a_t, v_t) + 1) / 2 for (B, T, D) embeddings, normalised as F.normalize + cosine_similarity."""
+  a = audio.astype(jnp.float32)
+  v = visual.astype(jnp.float32)
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  v = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(v, axis=-1)
+  cosine = jnp.sum(a * v, axis=-1) / jnp.maximum(norms, 1e-8)
+  return (cosine + 1.0) / 2.0
+
+
+def binary_cross_entropy(prediction: jax.Array, target: jax.Array) -> jax.Array:
+  """Elementwise torch.nn.functional.binary_cross_entropy (logs clamped at -100)."""
+  log_p = jnp.maximum(jnp.log(prediction), -100.0)
+  log_not_p = jnp.maximum(jnp.log1p(-prediction), -100.0)
+  return -(target * log_p + (1.0 - target) * log_not_p)
+
+
+def frame_cross_entropy(frame_logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """-log softmax(z_t)[y_b] for (B, T, 2) logits and (B,) clip labels -> (B, T)."""
+  log_probs = jax.nn.log_softmax(frame_logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, labels[:, None, None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def clip_distance(target: jax.Array, prediction: jax.Array, mask: jax.Array) -> jax.Array:
+  """d_b = sqrt(sum over valid t of (s_t - c_t)^2), with a finite gradient at d_b = 0."""
+  squared = jnp.sum(jnp.where(mask, jnp.square(target - prediction), 0.0), axis=1)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def metric_loss(distance: jax.Array, labels: jax.Array, margin: float) -> jax.Array:
+  """Per clip: (1 - y) sigmoid(d)^2 + y max(0, margin - sigmoid(d))^2."""
+  sigma = jax.nn.sigmoid(distance)
+  y = labels.astype(jnp.float32)
+  return (1.0 - y) * jnp.square(sigma) + y * jnp.square(jnp.maximum(margin - sigma, 0.0))
+
+
+def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-clip and whole-batch means of (B, T) values over valid frames."""
+  weights = mask.astype(jnp.float32)
+  per_clip = jnp.sum(values * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+  batch = jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return per_clip, batch
+
+
+def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Array,
+                    labels: jax.Array, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """The weighted total loss and a dict of its parts, batch means and per-clip values.
+
+  student_out: the Student's outputs (`audio_embed`, `visual_embed`, `frame_logits`, `mask`);
+  asr_probs, vsr_probs: (B, T, K) teacher posteriors (no gradient flows into them);
+  labels: (B,) clip labels (1 = fake). Clips with no valid frame (batch filler) count nowhere.
+  The batch CE and BCE average over all valid frames of the batch (the reference's mean over
+  B x T frames); the metric loss averages over valid clips.
+  """
+  mask = student_out["mask"]
+  clip_valid = jnp.any(mask, axis=1)
+  target = jax.lax.stop_gradient(soft_target(asr_probs, vsr_probs, cfg.divergence))
+  similarity = scaled_cosine(student_out["audio_embed"], student_out["visual_embed"])
+
+  ce_clip, ce = _masked_frame_mean(frame_cross_entropy(student_out["frame_logits"], labels), mask)
+  bce_clip, bce = _masked_frame_mean(binary_cross_entropy(similarity, target), mask)
+  distance = clip_distance(target, similarity, mask)
+  metric_clip = metric_loss(distance, labels, cfg.metric_margin)
+  metric = jnp.sum(jnp.where(clip_valid, metric_clip, 0.0)) / jnp.maximum(jnp.sum(clip_valid), 1)
+
+  total = cfg.ce_weight * ce + cfg.distill_weight * bce + cfg.metric_weight * metric
+  parts = dict(
+      loss=total, loss_ce=ce, loss_bce=bce, loss_metric=metric,
+      clip_loss_ce=ce_clip, clip_loss_bce=bce_clip, clip_loss_metric=metric_clip,
+      clip_distance=distance, soft_target=target, scaled_cosine=similarity)
+  return total, parts

@@ -1,0 +1,177 @@
+"""Building blocks shared by the student and the teachers, all aware of frame masks.
+
+Clips of different lengths share padded batches. A mask marks the valid time steps; every block here
+that mixes time steps (normalisation statistics, temporal convolutions, attention keys, means) looks
+at valid steps only, so a clip's outputs do not depend on its padding or on its batch-mates.
+
+Convention: masks are boolean arrays broadcastable against the activations without their channel
+axis, e.g. (B, T) for (B, T, C) activations or (B, T, 1, 1) for (B, T, H, W, C).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Statistics, softmax and losses always run in float32, whatever the compute dtype.
+STATS_DTYPE = jnp.float32
+
+
+def zero_invalid(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Sets padded time steps to zero so a temporal conv sees the zero padding of a lone clip."""
+  return jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
+  """Mean of x over `axis`, counting only positions where `mask` (broadcast without channels) holds."""
+  weights = jnp.broadcast_to(mask[..., None], x.shape).astype(STATS_DTYPE)
+  total = jnp.sum(x.astype(STATS_DTYPE) * weights, axis=axis)
+  count = jnp.sum(weights, axis=axis)
+  return total / jnp.maximum(count, 1.0)
+
+
+class MaskedBatchNorm(nnx.Module):
+  """BatchNorm over the channel (last) axis whose batch statistics use valid positions only.
+
+  `momentum` is PyTorch's (the weight of the new batch): running = (1 - m) running + m batch, and the
+  running variance takes the unbiased batch variance, as torch.nn.BatchNorm does.
+  """
+
+  def __init__(self, num_features: int, *, epsilon: float, momentum: float, rngs: nnx.Rngs):
+    del rngs  # Deterministic initialisation; the argument keeps the constructor uniform.
+    self.epsilon = epsilon
+    self.momentum = momentum
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      weights = jnp.broadcast_to(mask[..., None], x.shape[:-1] + (1,)).astype(STATS_DTYPE)
+      count = jnp.maximum(jnp.sum(weights), 1.0)
+      x32 = x.astype(STATS_DTYPE)
+      mean = jnp.sum(x32 * weights, axis=axes) / count
+      var = jnp.sum(jnp.square(x32 - mean) * weights, axis=axes) / count
+      unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+      self.mean[...] = (1.0 - self.momentum) * self.mean[...] + self.momentum * mean
+      self.var[...] = (1.0 - self.momentum) * self.var[...] + self.momentum * unbiased
+    else:
+      mean, var = self.mean[...], self.var[...]
+    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+    return (x.astype(STATS_DTYPE) * inv + (self.bias[...] - mean * inv)).astype(x.dtype)
+
+
+class GlobalLayerNorm(nnx.Module):
+  """Normalises each clip over channels and its valid time steps (Conv-TasNet's gLN)."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-8, rngs: nnx.Rngs):
+    del rngs
+    self.epsilon = epsilon
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x: (B, T, C); mask: (B, T)."""
+    x32 = x.astype(STATS_DTYPE)
+    weights = mask[..., None].astype(STATS_DTYPE)
+    count = jnp.maximum(jnp.sum(weights, axis=(1, 2), keepdims=True) * x.shape[-1], 1.0)
+    mean = jnp.sum(x32 * weights, axis=(1, 2), keepdims=True) / count
+    var = jnp.sum(jnp.square(x32 - mean) * weights, axis=(1, 2), keepdims=True) / count
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis with float32 statistics (PyTorch's eps default)."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-5, rngs: nnx.Rngs):
+    del rngs
+    self.epsilon = epsilon
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(STATS_DTYPE)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class PReLU(nnx.Module):
+  """PReLU with one slope shared by all channels."""
+
+  def __init__(self, init: float = 0.25):
+    self.slope = nnx.Param(jnp.full((1,), init, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.where(x >= 0, x, self.slope[...].astype(x.dtype) * x)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention laid out like torch.nn.MultiheadAttention (contiguous head channels).
+
+  Keys outside `key_mask` get no weight. Queries of padded steps still produce finite values, so
+  fully padded rows (batch filler) never introduce NaNs.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, dropout: float, dtype, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+    self.num_heads = num_heads
+    self.dropout_rate = dropout
+    linear = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.query, self.key, self.value, self.out = linear(), linear(), linear(), linear()
+
+  def __call__(self, query: jax.Array, key_value: jax.Array, key_mask: jax.Array, *,
+               train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """query: (B, Tq, D); key_value: (B, Tk, D); key_mask: (B, Tk)."""
+    split = lambda x: x.reshape(*x.shape[:-1], self.num_heads, -1)
+    q, k, v = split(self.query(query)), split(self.key(key_value)), split(self.value(key_value))
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=STATS_DTYPE)
+    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(STATS_DTYPE).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if train and self.dropout_rate > 0:
+      keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, weights.shape)
+      weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return self.out(out.reshape(*out.shape[:-2], -1))
+
+
+class AttentionLayer(nnx.Module):
+  """Post-norm transformer layer: queries from `target`, keys, values and the residual from `source`.
+
+  With source = target this is torch.nn.TransformerEncoderLayer (the teachers); with different
+  inputs it is TalkNet's cross-attention layer.
+  """
+
+  def __init__(self, dim: int, num_heads: int, ffn_dim: int, *, dropout: float, dtype,
+               rngs: nnx.Rngs):
+    self.dropout_rate = dropout
+    self.self_attn = MultiHeadAttention(dim, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
+    self.linear1 = nnx.Linear(dim, ffn_dim, dtype=dtype, rngs=rngs)
+    self.linear2 = nnx.Linear(ffn_dim, dim, dtype=dtype, rngs=rngs)
+    self.norm1 = LayerNorm(dim, rngs=rngs)
+    self.norm2 = LayerNorm(dim, rngs=rngs)
+
+  def _dropout(self, x, train, rngs):
+    if not train or self.dropout_rate == 0:
+      return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros((), x.dtype))
+
+  def __call__(self, source: jax.Array, target: jax.Array, mask: jax.Array, *, train: bool,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    attended = self.self_attn(target, source, mask, train=train, rngs=rngs)
+    x = self.norm1(source + self._dropout(attended, train, rngs))
+    hidden = self._dropout(jax.nn.relu(self.linear1(x)), train, rngs)
+    return self.norm2(x + self._dropout(self.linear2(hidden), train, rngs))
+
+
+def conv_output_mask(mask: jax.Array, stride: int) -> jax.Array:
+  """The valid-step mask after a 'same'-padded conv with this stride: ceil(valid / stride) steps."""
+  return mask[:, ::stride] if stride > 1 else mask

@@ -1,0 +1,104 @@
+"""The one example schema shared by every corpus (real and synthetic).
+
+One example is one clip. Every builder writes exactly these fields, every loader reads them; nothing
+else in the repository spells out field names, dtypes or shapes.
+
+Time axes: T video frames at `fps`; `mfcc` and `stft` have AUDIO_FRAMES_PER_VIDEO_FRAME * T rows
+(10 ms hop at 25 fps). `lips` holds precomputed VSR lip features (T rows) or zero rows when a corpus
+has none; the VSR teacher then computes them from mouth crops of `faces`. `phonemes` holds per-frame
+content ids where the corpus knows them (the synthetic corpus) and -1 elsewhere.
+"""
+
+import dataclasses
+
+import numpy as np
+
+FPS = 25.0
+AUDIO_FRAMES_PER_VIDEO_FRAME = 4
+SAMPLE_RATE = 16_000
+FACE_SIZE = 112
+NUM_MFCC = 13
+NUM_STFT_BINS = 321
+LIP_DIM = 512
+UNKNOWN_PHONEME = -1
+
+REAL, FAKE = 0, 1
+LABEL_FIELDS = ("label", "audio_label", "video_label", "identity_label", "sync_label")
+TEXT_FIELDS = ("id", "dataset", "method", "category")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayField:
+  """A per-clip array whose leading axis is time (`rows_per_frame` rows per video frame)."""
+  name: str
+  dtype: np.dtype
+  trailing_shape: tuple[int, ...]
+  rows_per_frame: int
+  encoding: str  # TFDS Tensor encoding: 'zlib' for compressible integers, 'bytes' for floats.
+
+  def shape(self, num_frames: int) -> tuple[int, ...]:
+    return (self.rows_per_frame * num_frames, *self.trailing_shape)
+
+
+ARRAY_FIELDS = (
+    ArrayField("mfcc", np.dtype(np.float32), (NUM_MFCC,), AUDIO_FRAMES_PER_VIDEO_FRAME, "bytes"),
+    ArrayField("stft", np.dtype(np.float16), (NUM_STFT_BINS,), AUDIO_FRAMES_PER_VIDEO_FRAME, "zlib"),
+    ArrayField("faces", np.dtype(np.uint8), (FACE_SIZE, FACE_SIZE), 1, "zlib"),
+    ArrayField("lips", np.dtype(np.float16), (LIP_DIM,), 1, "zlib"),
+    ArrayField("phonemes", np.dtype(np.int32), (), 1, "zlib"),
+)
+ARRAY_FIELDS_BY_NAME = {f.name: f for f in ARRAY_FIELDS}
+
+
+class SchemaError(ValueError):
+  """An example that does not follow the schema; the message names the clip and the field."""
+
+
+def validate_example(example: dict) -> dict:
+  """Checks one example (a dict of numpy values) and returns it with canonical dtypes.
+
+  Raises SchemaError naming the clip and the problem: wrong or missing fields, lengths that do not
+  agree with `num_frames`, labels outside {0, 1}, non-finite features.
+  """
+  clip = example.get("id", "<no id>")
+  missing = [k for k in (*TEXT_FIELDS, *LABEL_FIELDS, "fps", "num_frames", *ARRAY_FIELDS_BY_NAME)
+             if k not in example]
+  if missing:
+    raise SchemaError(f"clip {clip}: missing fields {missing}")
+  out = {k: str(example[k]) for k in TEXT_FIELDS}
+  for k in LABEL_FIELDS:
+    value = int(example[k])
+    if value not in (REAL, FAKE):
+      raise SchemaError(f"clip {clip}: {k}={example[k]!r} is not 0 (real) or 1 (fake)")
+    out[k] = value
+  out["fps"] = float(example["fps"])
+  num_frames = int(example["num_frames"])
+  if num_frames < 1:
+    raise SchemaError(f"clip {clip}: num_frames={num_frames} must be at least 1")
+  out["num_frames"] = num_frames
+  for field in ARRAY_FIELDS:
+    array = np.asarray(example[field.name])
+    expected = field.shape(num_frames)
+    if field.name == "lips" and array.shape[:1] == (0,):
+      expected = (0, *field.trailing_shape)
+    if array.shape != expected:
+      raise SchemaError(f"clip {clip}: {field.name} has shape {array.shape}, expected {expected} "
+                        f"for num_frames={num_frames}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+      raise SchemaError(f"clip {clip}: {field.name} holds non-finite values")
+    out[field.name] = array.astype(field.dtype, copy=False)
+  return out
+
+
+def tfds_features():
+  """The schema as a TFDS FeaturesDict (TensorFlow is not needed for these feature types)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  features = {k: tfds.features.Text() for k in TEXT_FIELDS}
+  features.update({k: tfds.features.Scalar(np.int64) for k in LABEL_FIELDS})
+  features["fps"] = tfds.features.Scalar(np.float32)
+  features["num_frames"] = tfds.features.Scalar(np.int64)
+  for field in ARRAY_FIELDS:
+    features[field.name] = tfds.features.Tensor(
+        shape=(None, *field.trailing_shape), dtype=field.dtype, encoding=field.encoding)
+  return tfds.features.FeaturesDict(features)
