@@ -78,3 +78,54 @@ def losses() -> ConfigDict:
       divergence="symmetric_kl_mean",
       metric_margin=1.0,
   ))
+
+
+def data(*, builder: str, train_split: str, **overrides) -> ConfigDict:
+  """Where clips come from and how they are batched."""
+  cfg = ConfigDict(dict(
+      builder=builder,            # a TFDS builder registered by data_pipelines
+      data_dir="",                # TFDS data_dir holding the prepared ArrayRecord shards
+      train_split=train_split,
+      train_methods=(),           # restrict training fakes to these methods; () = all
+      max_frames=1000,            # clips are capped at this many frames (the reference's cap)
+      train_window=1000,          # training reads a random window of at most this many frames
+      frame_budget=2000,          # frames per batch: B = frame_budget // bucket length
+      bucket_lengths=(50, 100, 200, 400, 1000),  # static clip lengths XLA compiles for
+      augment=True,               # one of original / flip / crop / rotation per clip
+      trim_leading_silence=False, # drop the silent lead-in that gives FakeAVCeleb fakes away
+      num_workers=0,              # Grain worker processes (0: threads in this process)
+      prefetch=4,
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
+  cfg = ConfigDict(dict(
+      splits=splits,              # evaluated at the end of training and every `every_steps`
+      every_steps=0,              # 0: only at the end
+      frame_budget=4000,
+      threshold_split="",         # choose the decision threshold on this split ('' = 0.5 only)
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def training(*, num_epochs: int, **overrides) -> ConfigDict:
+  cfg = ConfigDict(dict(
+      num_epochs=num_epochs,
+      log_every_steps=50,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=3,         # latest K
+      keep_best=2,                # plus the best M by `best_metric` on eval.splits[0]
+      best_metric="auc",
+      init_from="",               # avcd checkpoint or converted PyTorch weights (see README)
+      on_nonfinite="raise",       # 'raise' stops with the step and clip ids; 'skip' skips the update
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def mesh() -> ConfigDict:
+  """Device mesh: `data` x `fsdp` (-1 = all remaining devices)."""
+  return ConfigDict(dict(data=-1, fsdp=1))

@@ -1,0 +1,25 @@
+"""The TFDS builder base every corpus shares: the schema's features, written as ArrayRecord.
+
+Subclasses implement `_split_generators` / `_generate_examples` yielding `(key, example)` pairs
+whose examples pass `schema.validate_example`. Build with
+`Builder(data_dir=DIR, file_format='array_record').download_and_prepare(...)` and read with
+`data_pipelines.loader` (Grain) or `builder.as_data_source()[split]`.
+"""
+
+import tensorflow_datasets as tfds
+
+from data_pipelines import schema
+
+
+class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Abstract: one example per clip, in the shared schema."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=schema.tfds_features(),
+        description=self.__doc__,
+        homepage="https://github.com/avcd",
+    )
