@@ -21,5 +21,4 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.dataset_info_from_configs(
         features=schema.tfds_features(),
         description=self.__doc__,
-        homepage="https://github.com/avcd",
     )
