@@ -100,7 +100,11 @@ def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Arra
   mask = student_out["mask"]
   clip_valid = jnp.any(mask, axis=1)
   target = jax.lax.stop_gradient(soft_target(asr_probs, vsr_probs, cfg.divergence))
-  similarity = scaled_cosine(student_out["audio_embed"], student_out["visual_embed"])
+  # Padded frames may hold zero embeddings (0/0 in the cosine's gradient) or a similarity of
+  # exactly 0 or 1 (log 0): give them a harmless constant so no NaN leaks into valid gradients.
+  valid = lambda x, fill: jnp.where(mask[..., None] if x.ndim == 3 else mask, x, fill)
+  similarity = valid(scaled_cosine(valid(student_out["audio_embed"], 1.0),
+                                   valid(student_out["visual_embed"], 1.0)), 0.5)
 
   ce_clip, ce = _masked_frame_mean(frame_cross_entropy(student_out["frame_logits"], labels), mask)
   bce_clip, bce = _masked_frame_mean(binary_cross_entropy(similarity, target), mask)

@@ -15,6 +15,7 @@ reported together in one WeightMappingError.
 import re
 from collections.abc import Callable, Iterator, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -203,7 +204,6 @@ def load_into(targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
   new_states = {}
   for name, (module, entries) in targets.items():
     pure = nnx.to_pure_dict(nnx.state(module))
-    assigned = set()
     for key, path, transform in entries:
       claimed.add(key)
       if key not in state_dict:
@@ -215,8 +215,7 @@ def load_into(targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
         mismatched.append(f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
                           f"{'.'.join(map(str, path))} {tuple(current.shape)}")
         continue
-      _set(pure, path, np.asarray(value, dtype=np.asarray(current).dtype))
-      assigned.add(path)
+      _set(pure, path, jnp.asarray(value, dtype=current.dtype))
     new_states[name] = (module, pure)
   _check_positional_tables(state_dict, claimed, problems)
   unexpected = sorted(k for k in state_dict
