@@ -1,14 +1,90 @@
-"""Audio features as the reference computes them: MFCC for the student, STFT for the ASR teacher.
+"""Audio: decoding to 16 kHz mono, and the features the reference computes from it.
 
-Both give AUDIO_FRAMES_PER_VIDEO_FRAME rows per video frame at 25 fps (10 ms hop) and are cut or
-wrap-padded to exactly that many rows, as the reference's data loader does.
+MFCC feeds the student, STFT the ASR teacher. Both give AUDIO_FRAMES_PER_VIDEO_FRAME rows per video
+frame at 25 fps (10 ms hop) and are cut or wrap-padded to exactly that many rows, as the reference's
+data loader does.
+
+Sample scale: `load_audio` returns samples on the 16-bit integer scale (full scale 32768), the
+values `scipy.io.wavfile.read` gives for the reference's 16-bit wav files, from which its MFCC is
+computed. The STFT is normalised and does not depend on the scale; the MFCC's c0 (log frame
+energy) does, by 2 ln(scale).
 """
 
+import math
+import pathlib
+
+import av
 import numpy as np
 import python_speech_features
 import scipy.signal
 
 from data_pipelines import schema
+
+INT16_FULL_SCALE = 32768.0
+
+# Multiplier from each decoded sample dtype to the 16-bit integer scale (u8 is offset by 128 first).
+_TO_INT16_SCALE = {
+    np.dtype(np.uint8): 256.0,
+    np.dtype(np.int16): 1.0,
+    np.dtype(np.int32): 2.0**-16,
+    np.dtype(np.int64): 2.0**-48,
+    np.dtype(np.float32): INT16_FULL_SCALE,
+    np.dtype(np.float64): INT16_FULL_SCALE,
+}
+
+
+class AudioError(ValueError):
+  """Audio that cannot be read; the message names the file and the problem."""
+
+
+def load_audio(path) -> tuple[np.ndarray, int]:
+  """Decodes a wav file or a video's audio track to 16 kHz mono.
+
+  Any container, codec, sample rate and channel count FFmpeg (inside PyAV) reads is accepted.
+  Channels are averaged; other rates are resampled with scipy's polyphase FIR resampler
+  (`resample_poly`, Kaiser window): linear phase with its delay removed, so samples stay aligned
+  with the video, and an exact output length of ceil(n * 16000 / rate), independent of the FFmpeg
+  build (FFmpeg's own resampler buffers and shifts samples by its filter delay).
+
+  Args:
+    path: the audio or video file.
+
+  Returns:
+    (samples, 16000): float32 (n,) on the 16-bit integer scale (see the module docstring).
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    AudioError: the file has no audio stream or cannot be decoded.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: audio file not found")
+  try:
+    with av.open(str(path)) as container:
+      if not container.streams.audio:
+        raise AudioError(f"{path}: no audio stream")
+      stream = container.streams.audio[0]
+      chunks = [_to_channels_first(frame) for frame in container.decode(stream)]
+      rate = stream.codec_context.sample_rate
+  except av.error.FFmpegError as e:
+    raise AudioError(f"{path}: cannot decode audio: {e}") from e
+  if not chunks:
+    return np.zeros(0, np.float32), schema.SAMPLE_RATE
+  samples = np.concatenate(chunks, axis=1).mean(axis=0)
+  if rate != schema.SAMPLE_RATE:
+    divisor = math.gcd(rate, schema.SAMPLE_RATE)
+    samples = scipy.signal.resample_poly(samples, schema.SAMPLE_RATE // divisor, rate // divisor)
+  return samples.astype(np.float32), schema.SAMPLE_RATE
+
+
+def _to_channels_first(frame: av.AudioFrame) -> np.ndarray:
+  """One decoded frame as float64 (channels, samples) on the 16-bit integer scale."""
+  data = frame.to_ndarray()
+  channels = frame.layout.nb_channels
+  if not frame.format.is_planar:  # interleaved: one row of samples * channels values
+    data = data.reshape(-1, channels).T
+  offset = 128.0 if data.dtype == np.uint8 else 0.0
+  return (data.astype(np.float64) - offset) * _TO_INT16_SCALE[data.dtype]
 
 
 def fit_to_frames(features: np.ndarray, num_frames: int) -> np.ndarray:
@@ -22,7 +98,14 @@ def fit_to_frames(features: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def mfcc(samples: np.ndarray, sample_rate: int, fps: float = schema.FPS) -> np.ndarray:
-  """13 MFCCs per 10 ms (at 25 fps) of the raw samples: python_speech_features as the reference."""
+  """13 MFCCs per 10 ms (at 25 fps) of the raw samples: python_speech_features as the reference.
+
+  The samples are taken in float64, as the reference's int16 samples are promoted. An empty clip
+  gives no rows; a silent one gives finite values (the library floors zero energies at machine eps).
+  """
+  samples = np.asarray(samples, np.float64)
+  if samples.size == 0:
+    return np.zeros((0, schema.NUM_MFCC), np.float32)
   return python_speech_features.mfcc(
       samples, samplerate=sample_rate, numcep=schema.NUM_MFCC,
       winlen=0.040 * 25 / fps, winstep=0.010 * 25 / fps, nfft=int(0.040 * sample_rate)
@@ -30,10 +113,11 @@ def mfcc(samples: np.ndarray, sample_rate: int, fps: float = schema.FPS) -> np.n
 
 
 def stft_magnitude(samples: np.ndarray, sample_rate: int, fps: float = schema.FPS) -> np.ndarray:
-  """|STFT| (frames, 321) of the peak- then RMS-normalised samples, as the reference.
+  """|STFT| (frames, int(0.04 * rate) // 2 + 1) of the peak- then RMS-normalised samples.
 
-  Periodic Hamming window of 40 ms, overlap 30 ms * 25 / fps, no boundary extension or padding,
-  'spectrum' scaling. A silent clip gives zeros instead of the reference's division by zero.
+  As the reference: periodic Hamming window of 40 ms, overlap 30 ms * 25 / fps, no boundary
+  extension or padding, 'spectrum' scaling (321 bins at 16 kHz). A silent clip gives zeros instead
+  of the reference's division by zero; a clip shorter than one window gives no rows.
   """
   samples = np.asarray(samples, np.float64)
   peak = np.max(np.abs(samples)) if samples.size else 0.0

@@ -1,0 +1,150 @@
+"""One manifest row to one schema example: faces, audio features, lip features and labels.
+
+Timing: examples are at schema.FPS (25 fps) with 4 audio rows per frame. The frame rate is the
+video stream's own, not the manifest's FPS column: the authors' MakeItTalk rows say 25 fps, but
+their frame counts are 2.3-2.5 times their audio's duration at 25 fps (MakeItTalk renders at
+62.5 fps). A video at another rate is brought to 25 fps by taking, at each 25 fps instant, the
+source frame on screen then; at 25 fps this keeps every frame, as the reference does.
+
+A clip that cannot be used raises ClipRejected with a one-line reason naming the file.
+"""
+
+import math
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from data_pipelines import manifests
+from data_pipelines import schema
+from data_pipelines.features import audio
+from data_pipelines.features import lips
+from data_pipelines.features import video
+
+# Longest accepted difference between the audio's and the video's duration. The authors'
+# FakeAVCeleb, Wav2Lip, Audio2Head and MakeItTalk rows differ by at most 0.45 s; VideoReTalk
+# holds truncated generations (video 3-90 % of its audio), about 15 % of its fakes.
+DEFAULT_MAX_AV_MISMATCH_S = 1.0
+# Audio whose peak stays below one 16-bit step is digital silence: no content, and the reference's
+# STFT normalisation would divide by zero.
+SILENCE_PEAK = 1.0
+_MIN_SAMPLES = int(0.040 * schema.SAMPLE_RATE)  # one 40 ms analysis window
+
+
+class ClipRejected(Exception):
+  """A clip that cannot become an example; `reason` is one line naming the file."""
+
+  def __init__(self, reason: str):
+    self.reason = " ".join(reason.split())
+    super().__init__(self.reason)
+
+
+def lips_path_next_to_video(row: manifests.ManifestRow) -> pathlib.Path:
+  """The default lip feature file: the video's path with its extension replaced by .npy.
+
+  The authors' manifests do not name lip files; this is the rule used when none is given.
+  """
+  return pathlib.Path(row.video_path).with_suffix(".npy")
+
+
+def extract_clip(
+    row: manifests.ManifestRow,
+    *,
+    luma: str = "bt601",
+    compute_lips: Callable[[np.ndarray], np.ndarray] | None = None,
+    max_frames: int | None = None,
+    lips_path: Callable[[manifests.ManifestRow], pathlib.Path] = lips_path_next_to_video,
+    max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S,
+) -> dict:
+  """Decodes and featurises one clip into a validated schema example.
+
+  Faces are the first `row.num_frames` video frames (see video.read_faces for `luma`). Audio is
+  `row.audio_path`, or the video's own track when the row names no audio file. MFCC and STFT are
+  cut or wrap-padded to 4 rows per frame as the reference. Lip features come from `lips_path(row)`
+  when that file exists, else from `compute_lips(faces)` ((T, 112, 112) uint8 -> (T, 512)), else
+  are left empty (zero rows). Phonemes are unknown (-1).
+
+  Args:
+    row: the manifest row.
+    luma: 'bt601' or 'reference_bgr', passed to video.read_faces.
+    compute_lips: computes lip features from faces when the row has no lip file.
+    max_frames: keep at most this many frames (at 25 fps) from the start.
+    lips_path: where a row's precomputed lip features are.
+    max_av_mismatch_s: reject when audio and video durations differ by more; math.inf keeps every
+      clip, as the reference.
+
+  Returns:
+    The example, as returned by schema.validate_example.
+
+  Raises:
+    ClipRejected: labels outside {0, 1}; missing, unreadable or truncated video; missing or
+      undecodable audio, no audio stream, or audio that is silent, shorter than 40 ms, non-finite
+      or longer or shorter than the video by more than `max_av_mismatch_s`; unusable lip features.
+  """
+  if max_frames is not None and max_frames < 1:
+    raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+  for field in schema.LABEL_FIELDS:
+    if getattr(row, field) not in (schema.REAL, schema.FAKE):
+      raise ClipRejected(f"{row.video_path}: {field}={getattr(row, field)!r} is not 0 or 1")
+
+  try:
+    faces = video.read_faces(row.video_path, row.num_frames, luma=luma)
+  except (FileNotFoundError, video.VideoError) as e:
+    raise ClipRejected(str(e)) from e
+  frames = _frames_at_schema_rate(row.num_frames, faces.fps)[:max_frames]
+  num_frames = len(frames)
+
+  samples = _load_usable_audio(row, row.num_frames / faces.fps, max_av_mismatch_s)
+  mfcc = audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames)
+  stft = audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames)
+
+  face_frames = faces.frames[frames]
+  lip_file = lips_path(row)
+  lip_features = np.zeros((0, schema.LIP_DIM), np.float32)
+  try:
+    if lip_file.is_file():
+      lip_features = lips.load_lips(lip_file, row.num_frames)[frames]
+    elif compute_lips is not None:
+      lip_features = lips.check_lips(compute_lips(face_frames), num_frames,
+                                     f"lips computed for {row.video_path}")
+  except lips.LipsError as e:
+    raise ClipRejected(str(e)) from e
+
+  return schema.validate_example({
+      "id": row.id, "dataset": row.dataset, "method": row.method, "category": row.category,
+      **{field: getattr(row, field) for field in schema.LABEL_FIELDS},
+      "fps": schema.FPS, "num_frames": num_frames,
+      "mfcc": mfcc, "stft": stft, "faces": face_frames, "lips": lip_features,
+      "phonemes": np.full(num_frames, schema.UNKNOWN_PHONEME, np.int32),
+  })
+
+
+def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndarray:
+  """Indices of the source frames on screen at each schema.FPS instant of the clip."""
+  if math.isclose(source_fps, schema.FPS, rel_tol=1e-3):
+    return np.arange(num_source_frames)
+  ratio = source_fps / schema.FPS
+  count = max(1, math.floor(num_source_frames / ratio + 1e-6))
+  return np.minimum(np.floor(np.arange(count) * ratio + 1e-6).astype(int), num_source_frames - 1)
+
+
+def _load_usable_audio(row: manifests.ManifestRow, video_seconds: float,
+                       max_av_mismatch_s: float) -> np.ndarray:
+  """The clip's 16 kHz samples, or ClipRejected when they cannot serve as its audio."""
+  source = row.audio_path or row.video_path
+  try:
+    samples, sample_rate = audio.load_audio(source)
+  except (FileNotFoundError, audio.AudioError) as e:
+    raise ClipRejected(str(e)) from e
+  if not np.all(np.isfinite(samples)):
+    raise ClipRejected(f"{source}: audio holds non-finite samples")
+  if samples.size < _MIN_SAMPLES:
+    raise ClipRejected(f"{source}: audio too short ({samples.size} samples at {sample_rate} Hz, "
+                       f"one 40 ms window is {_MIN_SAMPLES})")
+  if np.max(np.abs(samples)) < SILENCE_PEAK:
+    raise ClipRejected(f"{source}: audio is silent")
+  audio_seconds = samples.size / sample_rate
+  if abs(audio_seconds - video_seconds) > max_av_mismatch_s:
+    raise ClipRejected(f"{source}: audio lasts {audio_seconds:.2f} s, the video "
+                       f"{row.video_path} {video_seconds:.2f} s (tolerance {max_av_mismatch_s} s)")
+  return samples
