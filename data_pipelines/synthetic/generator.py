@@ -1,0 +1,174 @@
+"""The synthetic corpus: real and fake talking clips, each a pure function of (spec, split, index).
+
+Every clip is a window of a longer utterance said by one speaker of its split. Methods and labels
+(`label` is 1 for every fake; `category` is FakeAVCeleb's, from `video_label` and `audio_label`):
+
+  method        category             video audio identity sync  what differs from a real clip
+  real          RealVideo-RealAudio    0     0      0      0    -
+  lipsync       FakeVideo-RealAudio    1     0      0      1    mouth says other phonemes of the
+                                                                same groups, opening in time with
+                                                                the audio's energy
+  desync        FakeVideo-RealAudio    1     0      0      1    video lags or leads by 3-10 frames
+  talking_head  FakeVideo-RealAudio    1     0      0      0    low-passed mouth, generator texture
+  voice_swap    RealVideo-FakeAudio    0     1      1      0    another speaker's vocoded voice
+
+`video_label` / `audio_label`: that stream was manipulated (desync's video is the retimed stream,
+though its frames are untouched); `identity_label`: face and voice belong to different people;
+`sync_label`: the mouth does not say, frame by frame, what the audio says (content or timing).
+`phonemes` always holds the audio's per-frame phoneme ids, which in real clips (the only clips
+teachers are trained on) are also what the mouth says; `synthesize_clip` also returns the mouth's.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from data_pipelines import schema
+from data_pipelines.features import audio
+from data_pipelines.synthetic import face
+from data_pipelines.synthetic import mouth
+from data_pipelines.synthetic import phonemes
+from data_pipelines.synthetic import speakers
+from data_pipelines.synthetic import voice
+
+REAL = "real"
+METHODS = ("lipsync", "desync", "talking_head", "voice_swap")
+SPLITS = speakers.SPLITS
+DATASET = "synthetic"
+# (video_label, audio_label, identity_label, sync_label) per method; see the module docstring.
+LABELS = {
+    REAL: (0, 0, 0, 0),
+    "lipsync": (1, 0, 0, 1),
+    "desync": (1, 0, 0, 1),
+    "talking_head": (1, 0, 0, 0),
+    "voice_swap": (0, 1, 1, 0),
+}
+_TALKING_HEAD_SMOOTHING = 1.5  # frames (Gaussian std) of the generator's low-passed mouth
+_CLIP_STREAM, _METHOD_STREAM = 0, 2  # seed streams apart from speakers (speakers.py uses 1)
+_GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+  """What to generate; every clip is determined by (spec, split, index)."""
+  seed: int = 0
+  train_clips: int = 240
+  validation_clips: int = 30
+  test_clips: int = 60
+  min_frames: int = 50          # clip length range in video frames (inclusive)
+  max_frames: int = 75
+  fake_fraction: float = 0.5
+  methods: tuple[str, ...] = METHODS  # fakes are spread evenly over these
+  num_speakers: int = 16        # split 60/20/20 into disjoint train/validation/test speakers
+  desync_frames: tuple[int, int] = (3, 10)  # inclusive range of |video lag| for desync
+
+  def __post_init__(self):
+    # Tuples keep the spec hashable and its config name well formed when given lists.
+    object.__setattr__(self, "methods", tuple(self.methods))
+    object.__setattr__(self, "desync_frames", tuple(self.desync_frames))
+    unknown = set(self.methods) - set(METHODS)
+    if unknown:
+      raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    if not 0.0 <= self.fake_fraction <= 1.0 or (self.fake_fraction > 0 and not self.methods):
+      raise ValueError(f"fake_fraction={self.fake_fraction} needs to be in [0, 1], with methods")
+    if not 1 <= self.min_frames <= self.max_frames:
+      raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames}, "
+                       f"{self.max_frames}")
+    if not 1 <= self.desync_frames[0] <= self.desync_frames[1]:
+      raise ValueError(f"need 1 <= desync_frames[0] <= desync_frames[1], got {self.desync_frames}")
+    speakers.split_speakers(self.num_speakers, "train")  # raises if a split gets too few
+
+  def num_clips(self, split: str) -> int:
+    """How many clips `split` holds."""
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    return {"train": self.train_clips, "validation": self.validation_clips,
+            "test": self.test_clips}[split]
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticClip:
+  """One clip's schema example plus what was drawn, for inspection and tests (not stored)."""
+  example: dict
+  mouth_phonemes: np.ndarray  # (T,) ids the mouth says (== example['phonemes'] unless faked)
+  mouth_track: np.ndarray     # (T, 6) viseme parameters drawn, columns phonemes.VISEME_FIELDS
+  head_poses: np.ndarray      # (T, 2, 3) face -> frame affine maps
+  speaker: int                # whose face
+  voice_speaker: int          # whose voice
+  video_lag: int              # video frame t shows the mouth of audio frame t - video_lag
+
+
+def method_of(spec: SyntheticSpec, split: str, index: int) -> str:
+  """The clip's method: a golden-ratio sequence spreads fakes and methods evenly over indices."""
+  offset = np.random.default_rng([spec.seed, _METHOD_STREAM, SPLITS.index(split)]).random()
+  position = (offset + index * _GOLDEN) % 1.0
+  if position >= spec.fake_fraction:
+    return REAL
+  return spec.methods[int(position / spec.fake_fraction * len(spec.methods))]
+
+
+def synthesize_clip(spec: SyntheticSpec, split: str, index: int) -> SyntheticClip:
+  """Clip `index` of `split`; the same for the same (spec, split, index) whatever else is made."""
+  if not 0 <= index < spec.num_clips(split):
+    raise IndexError(f"clip {index} of split {split!r} with {spec.num_clips(split)} clips")
+  method = method_of(spec, split, index)
+  rng = np.random.default_rng([spec.seed, _CLIP_STREAM, SPLITS.index(split), index])
+  num_frames = int(rng.integers(spec.min_frames, spec.max_frames + 1))
+  cast = speakers.split_speakers(spec.num_speakers, split)
+  speaker_id = int(rng.choice(cast))
+
+  # Audio and video are windows of one longer stream, so that every method's clips start mid-speech
+  # alike and desync can shift the video window against the audio window.
+  margin = spec.desync_frames[1]
+  stream = phonemes.sample_utterance(rng, num_frames + 2 * margin)
+  lag = 0
+  if method == "desync":
+    lag = int(rng.integers(spec.desync_frames[0], spec.desync_frames[1] + 1) * rng.choice((-1, 1)))
+  audio_start = int(rng.integers(max(lag, 0), 2 * margin + min(lag, 0) + 1))
+  heard = slice(audio_start, audio_start + num_frames)
+  seen = slice(audio_start - lag, audio_start - lag + num_frames)
+
+  voice_id = speaker_id
+  if method == "voice_swap":
+    voice_id = int(rng.choice(cast[cast != speaker_id]))
+  samples = voice.render_speech(rng, stream, speakers.speaker(spec.seed, voice_id).voice,
+                                vocoded=method == "voice_swap")
+  samples = samples[heard.start * voice.SAMPLES_PER_FRAME:heard.stop * voice.SAMPLES_PER_FRAME]
+
+  visemes = stream.phonemes
+  if method == "lipsync":
+    visemes = phonemes.swap_within_groups(rng, stream)
+  smoothing = _TALKING_HEAD_SMOOTHING if method == "talking_head" else 0.0
+  track = mouth.viseme_track(rng, visemes, stream, smoothing_frames=smoothing)[seen]
+  faces, poses = face.render_faces(rng, speakers.speaker(spec.seed, speaker_id).face, track,
+                                   re_rendered=method == "talking_head")
+
+  video_label, audio_label, identity_label, sync_label = LABELS[method]
+  example = {
+      "id": f"{DATASET}-{split}-{index:06d}",
+      "dataset": DATASET,
+      "method": method,
+      "category": (f"{'Fake' if video_label else 'Real'}Video-"
+                   f"{'Fake' if audio_label else 'Real'}Audio"),
+      "label": int(method != REAL),
+      "audio_label": audio_label,
+      "video_label": video_label,
+      "identity_label": identity_label,
+      "sync_label": sync_label,
+      "fps": schema.FPS,
+      "num_frames": num_frames,
+      "mfcc": audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames),
+      "stft": audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames),
+      "faces": faces,
+      "lips": np.zeros((0, schema.LIP_DIM), np.float16),
+      "phonemes": stream.phonemes[heard],
+  }
+  return SyntheticClip(schema.validate_example(example), visemes[seen], track, poses,
+                       speaker_id, voice_id, lag)
+
+
+def generate_examples(spec: SyntheticSpec, split: str) -> Iterator[dict]:
+  """The split's examples in index order (schema dicts of numpy values)."""
+  for index in range(spec.num_clips(split)):
+    yield synthesize_clip(spec, split, index).example
