@@ -61,7 +61,10 @@ def teachers() -> ConfigDict:
   return ConfigDict(dict(
       asr=asr,
       vsr=vsr,
-      # An avcd teacher checkpoint (from `avcd train-teacher` or `avcd convert`); '' = none.
+      # 'checkpoint': load `checkpoint`; 'train': train them into `checkpoint` (default
+      # WORKDIR/teachers) first if it holds none; 'random': untrained (tests only).
+      source="checkpoint",
+      # An avcd model checkpoint with a `teachers` item (`avcd train-teacher`, `avcd convert`).
       checkpoint="",
       # The reference leaves the frozen teachers in train mode (dropout on, stochastic targets).
       dropout_in_train=False,
@@ -95,6 +98,7 @@ def data(*, builder: str, train_split: str, **overrides) -> ConfigDict:
       trim_leading_silence=False, # drop the silent lead-in that gives FakeAVCeleb fakes away
       num_workers=0,              # Grain worker processes (0: threads in this process)
       prefetch=4,
+      synthetic=None,             # SyntheticSpec fields when builder is 'synthetic_av'
   ))
   cfg.update(overrides)
   return cfg

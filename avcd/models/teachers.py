@@ -101,3 +101,24 @@ class VSRTeacher(TransformerTeacher):
 
   def __call__(self, lips: jax.Array, mask: jax.Array, *, train: bool = False, rngs=None):
     return self.body(lips.astype(self.dtype), mask, train=train, rngs=rngs)
+
+
+class Teachers(nnx.Module):
+  """The frozen pair whose per-frame agreement is the student's correlation target."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.asr = ASRTeacher(cfg.asr, rngs=rngs)
+    self.vsr = VSRTeacher(cfg.vsr, rngs=rngs)
+
+  def posteriors(self, stft: jax.Array, faces: jax.Array, lips: jax.Array | None,
+                 mask: jax.Array, *, train: bool = False, rngs=None):
+    """(B, T, K) ASR and VSR probabilities; lips are computed from the faces when None.
+
+    `train` switches dropout only (the reference's frozen teachers keep it on); the VSR frontend's
+    BatchNorm always uses its running statistics here.
+    """
+    if lips is None:
+      lips = self.vsr.lip_features(faces, mask, train=False)
+    asr = jax.nn.softmax(self.asr(stft, mask, train=train, rngs=rngs), axis=-1)
+    vsr = jax.nn.softmax(self.vsr(lips, mask, train=train, rngs=rngs), axis=-1)
+    return asr, vsr

@@ -1,0 +1,1 @@
+"""One module per `avcd` command: absl flags plus `main(argv)`."""

@@ -1,0 +1,40 @@
+"""Loading `configs/*.py` files outside the command line (tests, tools).
+
+The command line uses ml_collections' `DEFINE_config_file` (lock_config=True); this does the same
+for code: import the file, call `get_config(arg)`, lock it, apply dotted overrides. A misspelled
+override raises an error naming the field.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """`path` may carry an argument for get_config after a colon, as on the command line."""
+  path, _, argument = str(path).partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"config file {file} does not exist")
+  spec = importlib.util.spec_from_file_location(f"avcd_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  config.lock()
+  for name, value in (overrides or {}).items():
+    set_field(config, name, value)
+  return config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted_name: str, value) -> None:
+  """Sets config.a.b.c = value; an unknown field raises AttributeError naming it."""
+  *parents, leaf = dotted_name.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node:
+      raise AttributeError(f"config has no field {'.'.join(parents[:i + 1])!r}")
+    node = node[part]
+  if leaf not in node:
+    raise AttributeError(f"config has no field {dotted_name!r}")
+  setattr(node, leaf, value)

@@ -1,0 +1,60 @@
+"""The frozen teachers a student run uses: loaded, trained first, or (tests only) random."""
+
+import pathlib
+
+import jax
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from avcd import checkpoints, sharding
+from avcd import train_state as ts
+
+SOURCES = ("checkpoint", "train", "random")
+
+
+def teachers_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(config.teachers.checkpoint or pathlib.Path(workdir) / "teachers")
+
+
+def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
+  """(graphdef, (params, batch_stats)) of the teachers, placed on the mesh.
+
+  `teachers.source`: 'checkpoint' restores `teachers.checkpoint`; 'train' restores it too, after
+  training the teachers into it (default WORKDIR/teachers) if it holds no checkpoint yet;
+  'random' keeps the initialisation (meaningless targets; for tests of the machinery).
+  """
+  source = config.teachers.source
+  if source not in SOURCES:
+    raise ValueError(f"teachers.source={source!r}; choose one of {SOURCES}")
+  teachers = nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
+  graphdef, params, batch_stats = ts.split_model(teachers)
+  shardings = sharding.state_shardings((params, batch_stats), mesh)
+  if source == "random":
+    logging.warning("teachers.source='random': the correlation targets come from untrained "
+                    "teachers")
+    init = lambda: ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:]
+    return graphdef, jax.jit(init, out_shardings=shardings)()
+
+  path = teachers_path(config, workdir)
+  if source == "train" and not _has_checkpoint(path):
+    from avcd import train_teacher  # pylint: disable=g-import-not-at-top
+    logging.info("no teachers in %s yet: training them first", path)
+    train_teacher.train_teachers(config, path)
+  if not _has_checkpoint(path):
+    raise FileNotFoundError(
+        f"no teacher checkpoint at {path!r}. Set --config.teachers.checkpoint to a directory "
+        "written by `avcd train-teacher` or by `avcd convert --asr=audio-only.pt "
+        "--vsr=video-only.pt --vsr-frontend=visual_frontend.pt` (deep_avsr's released weights), "
+        "or use --config.teachers.source=train to train them on a corpus with phoneme labels.")
+  target = checkpoints.abstract_like(dict(params=params, batch_stats=batch_stats),
+                                     dict(params=shardings[0], batch_stats=shardings[1]))
+  restored = checkpoints.restore_item(path, checkpoints.TEACHERS, target)
+  return graphdef, (restored["params"], restored["batch_stats"])
+
+
+def _has_checkpoint(path: pathlib.Path) -> bool:
+  try:
+    return checkpoints.TEACHERS in checkpoints.model_items(path)
+  except FileNotFoundError:
+    return False

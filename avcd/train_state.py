@@ -1,0 +1,61 @@
+"""The train state pytree and the pieces that build it: networks, optimizer, abstract layouts."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from avcd.models.student import Student
+from avcd.models.teachers import Teachers
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step changes. `rng` is raw uint32 key data (checkpoint-friendly)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  skipped_steps: jax.Array  # updates skipped for a non-finite loss (train.on_nonfinite='skip')
+
+
+def build_student(model_cfg: ml_collections.ConfigDict, seed: int) -> Student:
+  return Student(model_cfg, rngs=nnx.Rngs(params=seed))
+
+
+def build_teachers(teachers_cfg: ml_collections.ConfigDict, seed: int = 0) -> Teachers:
+  return Teachers(teachers_cfg, rngs=nnx.Rngs(params=seed))
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, params, batch_stats); a model holds no other state."""
+  return nnx.split(model, nnx.Param, nnx.BatchStat)
+
+
+def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, steps_per_epoch: int):
+  """The reference's StepLR: lr x decay_per_epoch after every epoch."""
+  return optax.exponential_decay(optim_cfg.learning_rate, transition_steps=steps_per_epoch,
+                                 decay_rate=optim_cfg.decay_per_epoch, staircase=True)
+
+
+def make_optimizer(optim_cfg: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  adam = optax.adam(learning_rate_schedule(optim_cfg, steps_per_epoch), b1=optim_cfg.b1,
+                    b2=optim_cfg.b2, eps=optim_cfg.eps)
+  if optim_cfg.clip_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_grad_norm), adam)
+  return adam
+
+
+def init_train_state(student: Student, optimizer: optax.GradientTransformation,
+                     seed: int) -> TrainState:
+  _, params, batch_stats = split_model(student)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed)),
+                    skipped_steps=jnp.zeros((), jnp.int32))
