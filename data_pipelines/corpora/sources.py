@@ -1,0 +1,158 @@
+"""Which manifest rows make up each split: finding a corpus's CSVs, reading and merging them.
+
+A split is built from one or more manifest CSVs (data_pipelines.manifests format). Rows are merged
+by ID in file order: an ID already seen in the split is dropped when its row is identical after
+path rewriting (FakeAVCeleb's FAV_test.csv repeats the FAV_test_*.csv rows under another path
+prefix), and is an error when it differs, since the two files would then disagree about the clip.
+"""
+
+import csv
+import dataclasses
+import pathlib
+import re
+from typing import Mapping, Sequence
+
+from data_pipelines import manifests
+
+# Split names become part of shard file names ('<dataset>-<split>.array_record-...').
+_SPLIT_NAME = re.compile(r"^[a-z0-9_]+$")
+
+# The authors' CMDFD lists (file stem, lower case) and the split each becomes.
+CMDFD_SPLITS = {
+    f"{stem}{suffix}": f"{method}{suffix}"
+    for stem, method in (("w2l", "wav2lip"), ("makeittalk", "makeittalk"),
+                         ("audio2head", "audio2head"), ("videoretalk", "videoretalk"))
+    for suffix in ("", "_self")
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSource:
+  """One manifest row and where it was read: the CSV file and its 1-based line."""
+  row: manifests.ManifestRow
+  manifest: str
+  line: int
+
+  def reject_record(self, dataset: str, split: str, reason: str) -> dict:
+    """The rejects.jsonl entry saying why this clip is missing from `split` of `dataset`."""
+    return {"dataset": dataset, "split": split, "id": self.row.id, "manifest": self.manifest,
+            "line": self.line, "reason": reason}
+
+
+def check_split_name(name: str) -> str:
+  """Returns `name` when it can name a TFDS split here: [a-z0-9_]+, not 'all'."""
+  if not _SPLIT_NAME.match(name) or name == "all":
+    raise ValueError(f"split name {name!r} must match [a-z0-9_]+ and not be 'all'")
+  return name
+
+
+def split_name_of(csv_path) -> str:
+  """A split name from a CSV's file name: 'FAV_test.csv' -> 'fav_test'."""
+  stem = re.sub(r"[^a-z0-9]+", "_", pathlib.Path(csv_path).stem.lower()).strip("_")
+  return check_split_name(stem or "manifest")
+
+
+def parse_manifest_specs(specs: Sequence[str]) -> dict[str, list[str]]:
+  """Groups '[SPLIT=]CSV' specs by split; without 'SPLIT=' the split is named after the file.
+
+  Text before the first '=' is taken as a split name only when it looks like one, so a path that
+  contains '=' still works as a bare CSV path.
+  """
+  splits: dict[str, list[str]] = {}
+  for spec in specs:
+    split, sep, path = spec.partition("=")
+    if not sep or not _SPLIT_NAME.match(split):
+      split, path = split_name_of(spec), spec
+    splits.setdefault(check_split_name(split), []).append(path)
+  if not splits:
+    raise ValueError("no manifest given")
+  return splits
+
+
+def fakeavceleb_manifests(manifest_dir) -> dict[str, list[str]]:
+  """FakeAVCeleb's splits: train from FAV_train*.csv, test from FAV_test*.csv (sorted by name).
+
+  Raises:
+    FileNotFoundError: the directory holds neither.
+  """
+  directory = _existing_dir(manifest_dir)
+  splits = {split: sorted(str(p) for p in directory.glob(f"FAV_{split}*.csv"))
+            for split in ("train", "test")}
+  splits = {split: paths for split, paths in splits.items() if paths}
+  if not splits:
+    raise FileNotFoundError(f"{directory}: no FAV_train*.csv or FAV_test*.csv manifest")
+  return splits
+
+
+def cmdfd_manifests(manifest_dir) -> dict[str, list[str]]:
+  """CMDFD's splits, one per method list present: W2L.csv -> wav2lip, W2L_Self.csv -> wav2lip_self.
+
+  Each list holds the real clips (origin) and one method's fakes, as the authors evaluate them.
+
+  Raises:
+    FileNotFoundError: the directory holds none of the lists (CMDFD_SPLITS).
+  """
+  directory = _existing_dir(manifest_dir)
+  splits = {CMDFD_SPLITS[p.stem.lower()]: [str(p)] for p in sorted(directory.glob("*.csv"))
+            if p.stem.lower() in CMDFD_SPLITS}
+  if not splits:
+    raise FileNotFoundError(f"{directory}: none of the CMDFD lists W2L.csv, W2L_Self.csv, "
+                            "MakeItTalk.csv, Audio2Head.csv, VideoReTalk.csv (or _Self)")
+  return {split: splits[split] for split in sorted(splits)}
+
+
+def read_splits(split_manifests: Mapping[str, Sequence[str]], *,
+                path_prefix: Sequence[str] = ()) -> dict[str, list[ClipSource]]:
+  """Reads each split's manifests into its clips, merged by ID (see the module docstring).
+
+  Args:
+    split_manifests: split name -> CSV paths.
+    path_prefix: 'OLD=NEW' rewrites of media paths (manifests.read_manifest).
+
+  Returns:
+    Split name -> clips in file order.
+
+  Raises:
+    manifests.ManifestError: a malformed manifest, or one ID with different rows in one split.
+  """
+  splits = {}
+  for split, paths in split_manifests.items():
+    check_split_name(split)
+    by_id: dict[str, ClipSource] = {}
+    for path in paths:
+      lines = _id_lines(path)
+      for row in manifests.read_manifest(path, path_prefix=path_prefix):
+        source = ClipSource(row, str(path), lines[row.id])
+        earlier = by_id.setdefault(row.id, source)
+        if earlier.row != row:
+          raise manifests.ManifestError(
+              f"{path}:{source.line}: ID {row.id!r} is also on {earlier.manifest}:{earlier.line} "
+              f"with other values ({_differences(earlier.row, row)}); if only the path prefixes "
+              "differ, give a --path_prefix for each of them")
+    splits[split] = list(by_id.values())
+  return splits
+
+
+def _existing_dir(path) -> pathlib.Path:
+  directory = pathlib.Path(path)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{directory}: manifest directory not found")
+  return directory
+
+
+def _id_lines(csv_path) -> dict[str, int]:
+  """The line of each ID in a manifest (manifests.ManifestRow does not keep it)."""
+  with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    header = [name.strip().lower() for name in next(reader, [])]
+    id_column = manifests.COLUMNS["id"].lower()
+    if id_column not in header:
+      return {}  # read_manifest reports the missing column
+    column = header.index(id_column)
+    return {fields[column].strip(): reader.line_num for fields in reader if len(fields) > column}
+
+
+def _differences(first: manifests.ManifestRow, second: manifests.ManifestRow) -> str:
+  pairs = ((field.name, getattr(first, field.name), getattr(second, field.name))
+           for field in dataclasses.fields(first))
+  return "; ".join(f"{name}: {a!r} vs {b!r}" for name, a, b in pairs if a != b)

@@ -1,0 +1,229 @@
+"""Preparing a manifest corpus: the logic of `avcd prepare`.
+
+`make_builder` picks the builder (a named corpus and its manifest directory, or the generic
+av_manifest and its CSVs); `prepare` builds it under the TFDS data directory and returns a
+Summary of the clips written and rejected per split. While building, it holds an exclusive lock
+on the corpus's work directory (DATA_DIR/_work/<name>/lock), so that deleting what an interrupted
+run left behind never races with another run.
+
+Outputs under DATA_DIR: <name>/<version>/ (the TFDS dataset), rejects.jsonl (one JSON object per
+rejected row: dataset, split, id, manifest, line, reason; lines of other datasets are kept), and
+while a build is unfinished, _work/<name>/ (the extracted clips that a rerun resumes from).
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+from typing import Sequence
+
+from absl import logging
+from etils import epath
+import tensorflow_datasets as tfds
+
+from data_pipelines.corpora import av_manifest
+from data_pipelines.corpora import cmdfd
+from data_pipelines.corpora import extraction
+from data_pipelines.corpora import fakeavceleb
+from data_pipelines.corpora import manifest_builder
+from data_pipelines.corpora import sources
+
+CORPORA = {builder.name: builder for builder in (fakeavceleb.FakeAVCeleb, cmdfd.CMDFD)}
+GENERIC = av_manifest.AVManifest.name
+REJECTS_FILE = "rejects.jsonl"
+
+
+class PrepareError(RuntimeError):
+  """A build that cannot start or found nothing usable; the message is for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitCounts:
+  written: int
+  rejected: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """What a build wrote: clips per split, where the dataset and the rejects are."""
+  dataset: str
+  dataset_dir: str
+  rejects_path: str
+  splits: dict[str, SplitCounts]
+
+  def __str__(self) -> str:
+    width = max([len("split"), *map(len, self.splits)])
+    lines = [f"{self.dataset}: {self.dataset_dir}",
+             f"  {'split':<{width}}  {'written':>8}  {'rejected':>8}"]
+    for split, counts in self.splits.items():
+      lines.append(f"  {split:<{width}}  {counts.written:>8}  {counts.rejected:>8}")
+    lines.append(f"  {'total':<{width}}  {sum(c.written for c in self.splits.values()):>8}  "
+                 f"{sum(c.rejected for c in self.splits.values()):>8}")
+    lines.append(f"rejected clips: {self.rejects_path}")
+    return "\n".join(lines)
+
+
+def make_builder(data_dir, *, corpus: str | None = None, manifest_dir=None,
+                 manifests: Sequence[str] = (), path_prefix: Sequence[str] = (),
+                 options: extraction.ExtractOptions = extraction.ExtractOptions(),
+                 num_workers: int | None = None, use_beam: bool = False,
+                 progress_interval_s: float = 30.0) -> manifest_builder.ManifestBuilder:
+  """The builder of a named corpus (`corpus`, `manifest_dir`) or of `manifests` (av_manifest).
+
+  Args:
+    data_dir: the TFDS data directory to build into.
+    corpus: a key of CORPORA, or None / GENERIC with `manifests`.
+    manifest_dir: the directory of a named corpus's manifest lists.
+    manifests: '[SPLIT=]CSV' specs for the generic builder (sources.parse_manifest_specs).
+    path_prefix: 'OLD=NEW' rewrites of the manifests' media paths.
+    options: extraction options.
+    num_workers: extraction processes; None: every CPU this process may use.
+    use_beam: generate with Apache Beam (see prepare's beam_options).
+    progress_interval_s: seconds between progress lines.
+
+  Raises:
+    ValueError: an unknown corpus, or arguments that do not fit it.
+  """
+  common = dict(data_dir=os.fspath(data_dir), file_format="array_record",
+                path_prefix=tuple(path_prefix), options=options, num_workers=num_workers,
+                use_beam=use_beam, progress_interval_s=progress_interval_s)
+  if corpus in (None, GENERIC):
+    if not manifests:
+      raise ValueError(f"give a corpus ({sorted(CORPORA)}) with its manifest_dir, or manifests")
+    if manifest_dir is not None:
+      raise ValueError("manifest_dir is for a named corpus; give manifests (CSV files) instead")
+    return av_manifest.AVManifest(manifests=sources.parse_manifest_specs(manifests), **common)
+  if corpus not in CORPORA:
+    raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(CORPORA)} or {GENERIC}")
+  if manifests:
+    raise ValueError(f"{corpus} reads its manifests from manifest_dir, not from manifests")
+  if manifest_dir is None:
+    raise ValueError(f"{corpus} needs manifest_dir, the directory of its manifest lists")
+  return CORPORA[corpus](manifest_dir=manifest_dir, **common)
+
+
+def prepare(builder: manifest_builder.ManifestBuilder, *, overwrite: bool = False,
+            keep_extracted: bool = False, beam_options: str | None = None) -> Summary:
+  """Builds `builder`'s dataset, resuming an interrupted build, and writes rejects.jsonl.
+
+  A dataset already built from the same inputs (ManifestBuilder.inputs) is reused as it is; one
+  built from other inputs is an error unless `overwrite`. After a successful build the extracted
+  clips (the work directory's store) are deleted unless `keep_extracted`.
+
+  Args:
+    builder: from make_builder.
+    overwrite: rebuild a dataset that exists (clips still stored in the work directory are
+      reused).
+    keep_extracted: keep the work directory after success, e.g. to rebuild with more manifests
+      without extracting the same clips again.
+    beam_options: Beam pipeline options as 'runner=DirectRunner,direct_num_workers=4' (the
+      `tfds build` convention), for a builder made with use_beam=True.
+
+  Returns:
+    The counts per split.
+
+  Raises:
+    PrepareError: another run holds the lock, the dataset exists with other inputs, or no clip of
+      any split is usable (rejects.jsonl is written first).
+  """
+  work_dir = builder.work_dir
+  rejects_path = builder.data_dir_root / REJECTS_FILE
+  with _exclusive_lock(work_dir / "lock", f"{builder.name} in {builder.data_dir_root}",
+                       wait=False):
+    _remove_incomplete_builds(builder)
+    if builder.is_prepared() and not overwrite:
+      _check_same_inputs(builder)
+      logging.info("%s is already prepared in %s; reusing it", builder.name, builder.data_dir)
+    mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    config = tfds.download.DownloadConfig(
+        download_mode=mode, try_download_gcs=False,
+        beam_options=_beam_pipeline_options(beam_options) if beam_options else None)
+    try:
+      builder.download_and_prepare(download_config=config)
+    except manifest_builder.NoUsableClips as e:
+      _write_rejects(builder, e.rejects)
+      raise PrepareError(f"{e}; reasons in {rejects_path}") from e
+    rejects = list(builder.info.metadata.get("rejects", []))
+    _write_rejects(builder, rejects)
+    if not keep_extracted:
+      for child in ("clips", "beam_rejects"):
+        (work_dir / child).rmtree(missing_ok=True)
+  return _summary(builder, rejects, rejects_path)
+
+
+def _check_same_inputs(builder) -> None:
+  """Refuses to reuse a dataset made from other manifests, path rewrites or options."""
+  wanted = json.loads(json.dumps(builder.inputs()))
+  built = {key: builder.info.metadata.get(key) for key in wanted}
+  if built != wanted:
+    changed = ", ".join(key for key in wanted if built[key] != wanted[key])
+    raise PrepareError(f"{builder.data_dir} was prepared from other inputs ({changed} differ); "
+                       "overwrite (--overwrite) rebuilds it")
+
+
+def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
+  rejected = {}
+  for record in rejects:
+    rejected[record["split"]] = rejected.get(record["split"], 0) + 1
+  names = sorted({*builder.info.splits.keys(), *rejected})
+  splits = {name: SplitCounts(written=builder.info.splits[name].num_examples
+                              if name in builder.info.splits else 0,
+                              rejected=rejected.get(name, 0)) for name in names}
+  return Summary(dataset=builder.name, dataset_dir=os.fspath(builder.data_dir),
+                 rejects_path=os.fspath(rejects_path), splits=splits)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: epath.Path, what: str, *, wait: bool):
+  """Holds an exclusive flock on a local file (remote file systems, e.g. gs://, are not locked).
+
+  Raises:
+    PrepareError: without `wait`, when another process holds the lock.
+  """
+  if "://" in os.fspath(path):
+    yield
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError as e:
+      raise PrepareError(f"another avcd prepare is building {what} (lock {path})") from e
+    yield
+
+
+def _remove_incomplete_builds(builder) -> None:
+  """Deletes TFDS's temporary directories left by killed runs (TFDS deletes them otherwise)."""
+  dataset_dir = builder.data_path.parent
+  if not dataset_dir.exists():
+    return
+  for stale in dataset_dir.glob(f"incomplete.*_{builder.data_path.name}"):
+    logging.info("deleting %s, left by an interrupted build", stale)
+    stale.rmtree()
+
+
+def _write_rejects(builder, rejects: list[dict]) -> None:
+  """Replaces the builder's lines of the rejects file (atomically), keeping other datasets'.
+
+  Builds of other datasets in the same data directory may finish at the same moment, hence the
+  lock around reading and replacing the file.
+  """
+  path = builder.data_dir_root / REJECTS_FILE
+  with _exclusive_lock(builder.data_dir_root / "_work" / f"{REJECTS_FILE}.lock", str(path),
+                       wait=True):
+    kept = []
+    if path.exists():
+      kept = [line for line in path.read_text().splitlines()
+              if line.strip() and json.loads(line).get("dataset") != builder.name]
+    lines = kept + [json.dumps(record, sort_keys=True) for record in rejects]
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.replace(path)
+
+
+def _beam_pipeline_options(text: str):
+  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  return pipeline_options.PipelineOptions(
+      flags=[f"--{option}" for option in text.split(",") if option])
