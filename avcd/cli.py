@@ -9,6 +9,7 @@ import logging
 import sys
 
 from absl import app
+from absl import flags
 
 COMMANDS = {
     "train": ("train", "train a detector on a config, then evaluate it"),
@@ -50,6 +51,10 @@ def main() -> None:
     sys.exit(f"avcd: unknown command {command!r}\n\n{usage()}")
   logging.getLogger("absl").addFilter(_QuietLibraries())
   module = importlib.import_module(f"avcd.commands.{COMMANDS[command][0]}")
+  # absl's --help shows the main module's docstring and flags: make them the command's.
+  sys.modules["__main__"].__doc__ = module.__doc__
+  for flag in flags.FLAGS.get_flags_for_module(module.__name__):
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
   app.run(module.main, argv=[f"avcd {command}", *argv[2:]])
 
 

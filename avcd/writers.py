@@ -28,6 +28,7 @@ class JsonLinesWriter:
       value = float(value)
       record[key] = value if math.isfinite(value) else str(value)
     self._file.write(json.dumps(record) + "\n")
+    self._file.flush()  # a few lines per log interval: readable while the run goes on
 
   def write_hparams(self, hparams: dict) -> None:
     self._file.write(json.dumps({"hparams": hparams}, default=str) + "\n")

@@ -1,0 +1,41 @@
+"""avcd export: a checkpoint's student as a TensorFlow SavedModel.
+
+  avcd export --workdir=DIR [--checkpoint=STEP] --output=DIR [--platforms=cpu,cuda]
+
+--workdir is a training run's directory (its checkpoints/ are read) or a model checkpoint (a
+`student` item, e.g. from `avcd convert`); the run's config is read from the checkpoint.
+docs/serving.md describes the signature.
+"""
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A training run's directory, or a model checkpoint directory.")
+_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step to export (default: the latest).")
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the SavedModel to.")
+_PLATFORMS = flags.DEFINE_list(
+    "platforms", ["cpu", "cuda"], "XLA platforms (cpu, cuda, tpu) to lower the model for; the "
+    "SavedModel runs on these only.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty --output.")
+flags.mark_flags_as_required(["workdir", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import time  # pylint: disable=g-import-not-at-top
+  from avcd import export  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  student = export.restore_student(_WORKDIR.value, _CHECKPOINT.value)
+  metadata = export.export_saved_model(student, _OUTPUT.value, platforms=tuple(_PLATFORMS.value),
+                                       overwrite=_OVERWRITE.value)
+  source = metadata["source"]
+  print(f"exported {source['checkpoint_dir']} step {source['step']} ({source['item']}) to "
+        f"{_OUTPUT.value} in {time.perf_counter() - start:.1f} s for {','.join(_PLATFORMS.value)}")
+  print(export.describe_signature(metadata["signature"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,193 @@
+"""avcd export: the SavedModel, run by TensorFlow and by saved_model_cli, against the JAX model."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from avcd import checkpoints, config_loading, export, steps
+from avcd import train_state as ts
+
+tf = pytest.importorskip("tensorflow")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEP = 7
+TOLERANCE = 1e-4
+pytestmark = pytest.mark.slow
+
+
+def write_training_checkpoint(workdir: pathlib.Path):
+  """A training checkpoint of configs/tiny.py at step STEP, written as `avcd train` writes one.
+
+  The batch statistics are moved away from their initial values (mean 0, variance 1), so that an
+  export that failed to restore them would not match. Returns (config, state).
+  """
+  config = config_loading.load_config(str(REPO / "configs" / "tiny.py"))
+  optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)
+  state = ts.init_train_state(ts.build_student(config.model, config.seed), optimizer, config.seed)
+  rng = np.random.default_rng(0)
+
+  def perturb(path, x):
+    factor = rng.uniform(0.5, 1.5, x.shape).astype(x.dtype)
+    is_variance = any(getattr(key, "key", None) == "var" for key in path)
+    return x * factor if is_variance else x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
+
+  state = state.replace(batch_stats=jax.tree_util.tree_map_with_path(perturb, state.batch_stats))
+  checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
+                                               keep_best=0, best_metric="auc")
+  checkpointer.save(STEP, state, config=config)
+  checkpointer.wait()
+  checkpointer.close()
+  return config, state
+
+
+def random_batch(rng: np.random.Generator, num_frames: list[int], length: int) -> dict:
+  """A batch padded to `length` frames with the given valid lengths."""
+  batch = len(num_frames)
+  return dict(mfcc=rng.standard_normal((batch, 4 * length, 13)).astype(np.float32),
+              faces=rng.integers(0, 256, (batch, length, 112, 112), dtype=np.uint8),
+              num_frames=np.asarray(num_frames, np.int32))
+
+
+def assert_outputs_close(got: dict, want: dict, num_frames: np.ndarray) -> None:
+  """Clip outputs everywhere, frame logits on valid frames (padding's carry no meaning)."""
+  for key in ("probability", "score"):
+    np.testing.assert_allclose(got[key], want[key], rtol=0, atol=TOLERANCE, err_msg=key)
+  for row, count in enumerate(num_frames):
+    np.testing.assert_allclose(got["frame_logits"][row, :count], want["frame_logits"][row, :count],
+                               rtol=0, atol=TOLERANCE, err_msg=f"frame_logits row {row}")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config, state = write_training_checkpoint(workdir)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_student(config.model, config.seed)))
+  predict_fn = jax.jit(steps.make_predict_fn(graphdef))
+
+  def jax_outputs(batch):
+    return {k: np.asarray(v) for k, v in predict_fn(state.params, state.batch_stats, batch).items()}
+
+  return dict(workdir=workdir, config=config, state=state, jax_outputs=jax_outputs)
+
+
+@pytest.fixture(scope="module")
+def saved_model(run, tmp_path_factory):
+  """`avcd export` of the run's checkpoint, through the command line."""
+  output = tmp_path_factory.mktemp("export") / "saved_model"
+  result = subprocess.run(
+      [sys.executable, "-m", "avcd.cli", "export", f"--workdir={run['workdir']}",
+       f"--output={output}", "--platforms=cpu"],
+      capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"step {STEP} (state)" in result.stdout
+  return output
+
+
+@pytest.fixture(scope="module")
+def serving_signature(saved_model):
+  loaded = tf.saved_model.load(str(saved_model))
+
+  def call(batch):
+    out = loaded.signatures[export.SIGNATURE_KEY](**{k: tf.constant(v) for k, v in batch.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+  return call
+
+
+def test_metadata_records_signature_source_and_config(run, saved_model):
+  metadata = export.read_metadata(saved_model)
+  assert metadata["source"] == dict(checkpoint_dir=str(run["workdir"] / "checkpoints"), step=STEP,
+                                    item="state")
+  assert metadata["signature"]["inputs"] == dict(
+      mfcc=dict(dtype="float32", shape=["B", "4*T", 13]),
+      faces=dict(dtype="uint8", shape=["B", "T", 112, 112]),
+      num_frames=dict(dtype="int32", shape=["B"]))
+  assert set(metadata["signature"]["outputs"]) == {"probability", "score", "frame_logits"}
+  assert metadata["features"]["fps"] == 25.0
+  assert export.config_from_json(metadata["config"]) == run["config"]
+
+
+@pytest.mark.parametrize("length", [5, 17, 40])
+def test_saved_model_matches_jax_at_any_length(run, serving_signature, length):
+  """One export serves lengths never seen at export time, in padded batches of mixed lengths."""
+  batch = random_batch(np.random.default_rng(length), [length, length // 2 + 1, 1], length)
+  assert_outputs_close(serving_signature(batch), run["jax_outputs"](batch), batch["num_frames"])
+
+
+def test_saved_model_masks_padding(serving_signature):
+  """Clips padded to 17 frames score as the same clips cut to 5 frames (shapes compiled above)."""
+  padded = random_batch(np.random.default_rng(1), [17, 5, 1], 17)
+  cut = dict(mfcc=padded["mfcc"][:, :4 * 5], faces=padded["faces"][:, :5],
+             num_frames=np.array([5, 5, 1], np.int32))
+  got, want = serving_signature(padded), serving_signature(cut)
+  np.testing.assert_allclose(got["probability"][1:], want["probability"][1:], rtol=0,
+                             atol=TOLERANCE)
+  np.testing.assert_allclose(got["frame_logits"][1, :5], want["frame_logits"][1], rtol=0,
+                             atol=TOLERANCE)
+
+
+def test_saved_model_rejects_unlinked_lengths(serving_signature):
+  batch = random_batch(np.random.default_rng(2), [8], 8)
+  batch["mfcc"] = batch["mfcc"][:, :-1]
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    serving_signature(batch)
+
+
+def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
+  batch = random_batch(np.random.default_rng(3), [23, 11], 23)
+  inputs = []
+  for name, value in batch.items():
+    np.save(tmp_path / f"{name}.npy", value)
+    inputs.append(f"{name}={tmp_path / f'{name}.npy'}")
+  outdir = tmp_path / "outputs"
+  result = subprocess.run(
+      ["saved_model_cli", "run", "--dir", str(saved_model), "--tag_set", "serve",
+       "--signature_def", export.SIGNATURE_KEY, "--inputs", ";".join(inputs),
+       "--outdir", str(outdir)],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = {name: np.load(outdir / f"{name}.npy") for name in ("probability", "score",
+                                                             "frame_logits")}
+  assert_outputs_close(got, run["jax_outputs"](batch), batch["num_frames"])
+
+
+def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
+  from_run = export.restore_student(run["workdir"], STEP)
+  assert from_run.source["item"] == "state" and from_run.config == run["config"]
+  model_dir = tmp_path / "model"
+  checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
+                                                       batch_stats=run["state"].batch_stats),
+                         config=run["config"])
+  from_model = export.restore_student(model_dir)
+  assert from_model.source == dict(checkpoint_dir=str(model_dir), step=0, item="student")
+  for restored in (from_run, from_model):
+    for got, want in zip(jax.tree.leaves((restored.params, restored.batch_stats)),
+                         jax.tree.leaves((run["state"].params, run["state"].batch_stats))):
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_restore_student_names_missing_steps_and_configs(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
+    export.restore_student(run["workdir"], 3)
+  model_dir = tmp_path / "model"
+  checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
+                                                       batch_stats=run["state"].batch_stats))
+  with pytest.raises(ValueError, match="no 'config' item"):
+    export.restore_student(model_dir)
+
+
+def test_export_refuses_a_non_empty_output(run, tmp_path):
+  (tmp_path / "keep.txt").write_text("data")
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export.export_saved_model(export.restore_student(run["workdir"]), tmp_path)
+
+
+def test_config_from_json_gives_back_tuples():
+  config = export.config_from_json(json.loads(json.dumps(dict(a=dict(b=(1, 2)), c=[[3], 4]))))
+  assert config.a.b == (1, 2) and config.c == ((3,), 4)

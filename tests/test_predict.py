@@ -1,0 +1,204 @@
+"""avcd predict on generated videos: face detection and crop, scoring, outputs, unscorable input."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from avcd import checkpoints, config_loading, export, predict
+from avcd import train_state as ts
+from data_pipelines.features import face_crop
+from data_pipelines.features import video
+from data_pipelines.synthetic import generator
+from tests import media_utils
+
+pytest.importorskip("tensorflow")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FRAME_HEIGHT, FRAME_WIDTH = 240, 320
+FACE_SIDE = 168            # the synthetic 112 px face image, enlarged
+FACE_TOP, FACE_LEFT = 36, 60
+WINDOW_FLAGS = ("--window=20", "--stride=10")
+# What each unscorable video's one line says.
+REASONS = dict(no_audio="no audio track", no_face="no face found",
+               short="too short: 10 frames (0.40 s at 25 fps), at least 25 needed",
+               broken="unreadable file", audio_only="no video track", missing="file not found")
+pytestmark = pytest.mark.slow
+
+
+def synthetic_faces() -> np.ndarray:
+  """(60, 112, 112) uint8 faces of a synthetic talking clip."""
+  spec = generator.SyntheticSpec(test_clips=2, min_frames=60, max_frames=60, num_speakers=10)
+  return generator.synthesize_clip(spec, "test", 1).example["faces"]
+
+
+def face_in_scene(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """RGB frames of the faces, enlarged, on a green background and moving right 1 px a frame, and
+  the centre (x, y) of the face image in each frame."""
+  frames = np.empty((len(faces), FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
+  frames[:] = (60, 110, 90)
+  centres = []
+  for t, face in enumerate(faces):
+    face = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
+    left = FACE_LEFT + t
+    frames[t, FACE_TOP:FACE_TOP + FACE_SIDE, left:left + FACE_SIDE] = face[..., None]
+    centres.append((left + FACE_SIDE / 2, FACE_TOP + FACE_SIDE / 2))
+  return frames, np.array(centres)
+
+
+def speech(num_frames: int) -> np.ndarray:
+  return media_utils.tone(num_frames / 25, 16_000, frequency=220.0)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+  """Paths of videos that can and cannot be scored, and the face centres of `face`."""
+  folder = tmp_path_factory.mktemp("media")
+  faces = synthetic_faces()
+  scene, centres = face_in_scene(faces)
+  flat = media_utils.flat_frames(np.full(60, 128, np.uint8), FRAME_HEIGHT, FRAME_WIDTH)
+  paths = dict(
+      face=media_utils.write_video(folder / "face.mp4", scene, audio=speech(60)),
+      cropped=media_utils.write_video(folder / "cropped.mp4", np.repeat(faces[..., None], 3, -1),
+                                      audio=speech(60)),
+      no_audio=media_utils.write_video(folder / "no_audio.mp4", scene[:40]),
+      no_face=media_utils.write_video(folder / "no_face.mp4", flat, audio=speech(60)),
+      short=media_utils.write_video(folder / "short.mp4", scene[:10], audio=speech(10)),
+      audio_only=media_utils.write_wav(folder / "audio_only.wav", speech(40)),
+      broken=folder / "broken.mp4",
+      missing=folder / "missing.mp4",
+  )
+  paths["broken"].write_bytes(np.random.default_rng(0).bytes(4096))
+  return dict(paths=paths, centres=centres)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  """A model checkpoint of a configs/tiny.py student, and its SavedModel."""
+  folder = tmp_path_factory.mktemp("model")
+  config = config_loading.load_config(str(REPO / "configs" / "tiny.py"))
+  _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
+  checkpoints.save_model(folder / "checkpoint", config=config,
+                         student_state=dict(params=params, batch_stats=batch_stats))
+  export.export_saved_model(export.restore_student(folder / "checkpoint"),
+                            folder / "saved_model", platforms=("cpu",))
+  return dict(checkpoint=folder / "checkpoint", saved_model=folder / "saved_model")
+
+
+def run_predict(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "avcd.cli", "predict", *map(str, args)],
+                        capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def predicted(model, media, tmp_path_factory):
+  """`avcd predict` of every test video with the SavedModel: the process and its JSON report."""
+  output = tmp_path_factory.mktemp("predictions")
+  result = run_predict(*media["paths"].values(), f"--saved-model={model['saved_model']}",
+                       f"--output={output}", *WINDOW_FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((output / predict.JSON_FILE).read_text())
+  return dict(result=result, output=output,
+              records={pathlib.Path(r["path"]).stem: r for r in report["videos"]},
+              model=report["model"])
+
+
+# --- face detection and crop ------------------------------------------------------------------
+
+def test_haar_cascade_finds_and_follows_the_face(media):
+  faces = face_crop.read_video_faces(media["paths"]["face"])
+  assert faces.frames.shape == (60, 112, 112) and faces.fps == 25.0
+  assert faces.track.detected == faces.track.sampled == 12
+  np.testing.assert_allclose(faces.track.centres, media["centres"], atol=8)
+  assert np.all((faces.track.sides > 0.6 * FACE_SIDE) & (faces.track.sides < 1.1 * FACE_SIDE))
+
+
+def test_without_detection_the_frames_are_read_faces_frames(media):
+  faces = face_crop.read_video_faces(media["paths"]["face"], detect=False)
+  assert faces.track is None
+  np.testing.assert_array_equal(faces.frames, video.read_faces(media["paths"]["face"]).frames)
+  one_second = face_crop.read_video_faces(media["paths"]["face"], detect=False, max_seconds=1.0)
+  np.testing.assert_array_equal(one_second.frames, faces.frames[:25])
+
+
+def test_a_video_without_a_face_raises_no_face_error(media):
+  with pytest.raises(face_crop.NoFaceError, match="no face found .a face in 0 of 12 sampled"):
+    face_crop.read_video_faces(media["paths"]["no_face"])
+
+
+def test_crops_past_the_frame_edge_repeat_the_edge():
+  grey = np.tile(np.arange(40, dtype=np.uint8)[None, :] * 5, (30, 1))
+  crop = face_crop.crop_face(grey, np.array([0.0, 15.0]), side=20.0, crop_scale=1.0, size=20)
+  assert crop.shape == (20, 20)
+  np.testing.assert_array_equal(crop[:, :10], 0)
+  np.testing.assert_array_equal(crop[:, 10:], grey[5:25, :10])
+
+
+@pytest.mark.parametrize("num_frames, window, stride, starts", [
+    (60, 20, 10, [0, 10, 20, 30, 40]),
+    (60, 50, 25, [0, 10]),
+    (100, 50, 30, [0, 30, 50]),
+    (30, 50, 25, [0]),
+])
+def test_windows_cover_the_clip_to_its_end(num_frames, window, stride, starts):
+  assert predict.window_starts(num_frames, window, stride) == starts
+
+
+# --- avcd predict -----------------------------------------------------------------------------
+
+def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media):
+  face = predicted["records"]["face"]
+  assert face["status"] == "scored" and face["num_frames"] == 60 and not face["truncated"]
+  assert face["face_detection"] == dict(sampled=12, detected=12)
+  assert 0.0 <= face["probability"] <= 1.0
+  # The clip score is the mean of the frames' fake-class logits.
+  np.testing.assert_allclose(face["score"], np.mean(face["frame_scores"]), atol=1e-5)
+  assert [(w["start_frame"], w["end_frame"]) for w in face["windows"]] == [
+      (s, s + 20) for s in (0, 10, 20, 30, 40)]
+  assert (predicted["output"] / face["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert predicted["model"]["kind"] == "saved_model"
+  table = predicted["result"].stdout.splitlines()
+  assert table[0].split()[:5] == ["video", "frames", "seconds", "score", "P(fake)"]
+  row = next(line for line in table if line.startswith(str(media["paths"]["face"])))
+  assert f"{face['probability']:.4f}" in row and face["label"] in row
+  assert "2 of 8 videos scored" in predicted["result"].stdout  # face and cropped
+
+
+@pytest.mark.parametrize("name", sorted(REASONS))
+def test_predict_gives_one_line_reason_per_unscorable_video(predicted, media, name):
+  lines = [line for line in predicted["result"].stderr.splitlines()
+           if line.startswith(f"cannot score {media['paths'][name]}: ")]
+  assert len(lines) == 1 and REASONS[name] in lines[0], predicted["result"].stderr[-2000:]
+  record = predicted["records"][name]
+  assert record["status"] == "skipped" and REASONS[name] in record["reason"]
+
+
+def test_checkpoint_and_saved_model_score_alike(predicted, model, media):
+  scorer = predict.CheckpointScorer(model["checkpoint"])
+  inputs = predict.clip_inputs(media["paths"]["face"], predict.PredictOptions())
+  # One window as long as the clip: a single shape to compile.
+  record = predict.score_clip(scorer, inputs, predict.PredictOptions(window=60))
+  exported = predicted["records"]["face"]
+  for key in ("score", "probability"):
+    np.testing.assert_allclose(record[key], exported[key], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(record["frame_scores"], exported["frame_scores"], rtol=0, atol=1e-4)
+
+
+def test_without_detection_every_video_has_its_whole_frames_as_faces(media):
+  inputs = predict.clip_inputs(media["paths"]["no_face"], predict.PredictOptions(detect=False))
+  assert inputs.face_detection is None and inputs.mfcc.shape == (240, 13)
+  np.testing.assert_array_equal(inputs.faces, video.read_faces(media["paths"]["no_face"]).frames)
+
+
+def test_predict_exits_non_zero_when_no_video_can_be_scored(model, media, tmp_path):
+  paths = media["paths"]
+  result = run_predict(paths["no_audio"], paths["broken"], "--no-detect",
+                       f"--workdir={model['checkpoint']}", f"--output={tmp_path}")
+  assert result.returncode == 1
+  assert "0 of 2 videos scored" in result.stdout, result.stderr[-3000:]
+  assert f"cannot score {paths['no_audio']}: no audio track" in result.stderr
+  assert f"cannot score {paths['broken']}: unreadable file" in result.stderr
