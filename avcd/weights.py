@@ -41,6 +41,13 @@ def _conv_kernel(w):  # torch (O, I, *k) -> flax (*k, I, O)
   return np.transpose(w, (*range(2, w.ndim), 1, 0))
 
 
+def _stem_kernel(w):
+  """torch Conv3d (O, 1, kt, kh, kw) -> the 2D stem over stacked frames (kh, kw, kt, O)."""
+  if w.shape[1] != 1:
+    raise ValueError(f"visual stem weight {w.shape} must have one input channel")
+  return np.transpose(w[:, 0], (2, 3, 1, 0))
+
+
 def _linear_kernel(w):  # torch (O, I) -> flax (I, O)
   return np.transpose(w)
 
@@ -103,7 +110,7 @@ def _attention_layer(torch_name: str, path: tuple, module: layers.AttentionLayer
 
 
 def visual_frontend_entries(prefix: str, path: tuple, frontend) -> Iterator[Entry]:
-  yield from _conv(f"{prefix}frontend3D.0", path + ("conv3d",), frontend.conv3d)
+  yield f"{prefix}frontend3D.0.weight", path + ("stem", "kernel"), _stem_kernel
   yield from _batch_norm(f"{prefix}frontend3D.1", path + ("bn3d",))
   for i, layer in enumerate(frontend.resnet):
     torch_layer, flax_layer = f"{prefix}resnet.layer{i + 1}", path + ("resnet", i)

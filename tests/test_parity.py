@@ -123,8 +123,8 @@ def test_parity_gradients(reference, computed):
   expected = {
       "lossAV.FC.weight": by_key["lossAV.FC.weight"][0].T,
       "lossAV.FC.bias": by_key["lossAV.FC.bias"][0],
-      "model.visualFrontend.frontend3D.0.weight": conv(
-          by_key["model.visualFrontend.frontend3D.0.weight"][0]),
+      "model.visualFrontend.frontend3D.0.weight": np.transpose(
+          by_key["model.visualFrontend.frontend3D.0.weight"][0], (3, 2, 0, 1))[:, None],
       "model.audioEncoder.conv1.weight": conv(by_key["model.audioEncoder.conv1.weight"][0]),
       "model.crossA2V.self_attn.in_proj_weight": np.concatenate(
           [g.T for g in by_key["model.crossA2V.self_attn.in_proj_weight"]], axis=0),
