@@ -2,30 +2,234 @@
 
 Training checkpoints (`WORKDIR/checkpoints/STEP/`) hold the items
   state   the TrainState (params, batch statistics, optimizer state, step, RNG),
-  data    the Grain training iterator's position,
+  data    the Grain training iterator's position (one JSON file per process),
   config  the run's config as JSON, and
-  meta    JSON: step, evaluation metrics, avcd version (readable without the model code).
-Saves are asynchronous; a step directory gets its final name only once complete, so a crash
-leaves the previous step restorable.
+  meta    JSON: step, evaluation metrics, avcd version, process and device counts.
+`config` and `meta` are plain JSON files (`STEP/config/metadata`, `STEP/meta/metadata`), readable
+without avcd. Saves are asynchronous; a step directory gets its final name only once complete, so
+a crash leaves the previous step restorable, and the half-written one is deleted at the next start.
 
 Model checkpoints (`avcd train-teacher`, `avcd convert`) are one Orbax step 0 with items
 `student` and/or `teachers` (nnx.State of params and batch statistics) plus `config` and `meta`.
+
+Every step avcd writes carries `avcd_checksums.json`: the size and SHA-256 of each of its files,
+written just before the step is committed (in the same atomic rename), so a committed step always
+has it. Orbax does not checksum data: a flipped bit loads silently and a truncated file fails deep
+inside TensorStore. Restoring verifies the step first; a training run resuming from a step that
+fails falls back to the previous one and says so (the bad step is moved aside to
+`STEP.corrupt-TIME`); anything else (init_from, teachers, eval) stops with an error naming it.
+See docs/checkpoints.md.
 """
 
+import asyncio
+import hashlib
 import json
 import math
+import os
 import pathlib
+import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from avcd import version
 
 STATE, DATA, CONFIG, META = "state", "data", "config", "meta"
 STUDENT, TEACHERS = "student", "teachers"
+CHECKSUMS = "avcd_checksums.json"
+# Orbax rewrites these in the step directory after the checksums are taken, during its commit.
+_COMMIT_BOOKKEEPING = ("_CHECKPOINT_METADATA", "commit_success.txt")
+# The config section that shapes an item's arrays (for naming the fields that differ).
+_CONFIG_SECTION = {STATE: "model", STUDENT: "model", TEACHERS: "teachers"}
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A committed checkpoint step whose files are missing, truncated or altered."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not fit the networks (or optimizer) the config builds."""
+
+
+def _file_digest(path: pathlib.Path) -> str:
+  with path.open("rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _checksummed_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  files = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = pathlib.Path(root) / name
+      relative = path.relative_to(step_dir)
+      if len(relative.parts) == 1 and name in (*_COMMIT_BOOKKEEPING, CHECKSUMS):
+        continue
+      files.append(relative)
+  return sorted(files)
+
+
+def write_checksums(step_dir: str | pathlib.Path) -> None:
+  """Writes STEP_DIR/avcd_checksums.json: {relative path: {bytes, sha256}} of every data file."""
+  step_dir = pathlib.Path(step_dir)
+  files = {str(p): dict(bytes=(step_dir / p).stat().st_size, sha256=_file_digest(step_dir / p))
+           for p in _checksummed_files(step_dir)}
+  partial = step_dir / (CHECKSUMS + ".partial")
+  partial.write_text(json.dumps(dict(format=1, algorithm="sha256", files=files), indent=1))
+  partial.replace(step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: str | pathlib.Path) -> bool:
+  """Checks every file a step's checksums list; True if they all match.
+
+  Returns False (with a warning) when the step has no checksums: written by an older avcd or by
+  another tool, it cannot be verified.
+
+  Raises:
+    CorruptCheckpointError: naming the step and each missing, truncated or altered file.
+  """
+  step_dir = pathlib.Path(step_dir)
+  manifest_path = step_dir / CHECKSUMS
+  if not manifest_path.exists():
+    logging.warning("%s has no %s (written by an older avcd or another tool): it cannot be "
+                    "verified", step_dir, CHECKSUMS)
+    return False
+  try:
+    files = json.loads(manifest_path.read_text())["files"]
+  except (ValueError, KeyError) as e:
+    raise CorruptCheckpointError(f"checkpoint {step_dir}: unreadable {CHECKSUMS} ({e})") from e
+  problems = []
+  for name, expected in files.items():
+    path = step_dir / name
+    if not path.is_file():
+      problems.append(f"{name} (missing)")
+      continue
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+      problems.append(f"{name} ({'truncated: ' if size < expected['bytes'] else ''}{size} bytes, "
+                      f"{expected['bytes']} written)")
+    elif _file_digest(path) != expected["sha256"]:
+      problems.append(f"{name} (contents changed since it was written)")
+  if problems:
+    raise CorruptCheckpointError(
+        f"checkpoint {step_dir} is corrupt: {len(problems)} of {len(files)} files fail their "
+        f"checksums: " + ", ".join(problems[:10])
+        + (f", ... ({len(problems) - 10} more)" if len(problems) > 10 else ""))
+  return True
+
+
+class _ChecksummedRenamePath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic-rename commit, with avcd's checksums written into a step just before it.
+
+  Orbax also commits each item directory through this class; only step directories, named by
+  their integer step, get checksums. Multi-process saves finalize on the primary process after
+  every process has written its files.
+  """
+
+  async def finalize(self):
+    tmp_dir = pathlib.Path(str(self.get()))
+    if self.get_final().name.isdigit():
+      start = time.perf_counter()
+      await asyncio.to_thread(write_checksums, tmp_dir)
+      logging.info("checksummed %s in %.2f s", self.get_final(), time.perf_counter() - start)
+    await super().finalize()
+
+
+def _manager_options(**options) -> ocp.CheckpointManagerOptions:
+  return ocp.CheckpointManagerOptions(temporary_path_class=_ChecksummedRenamePath, **options)
+
+
+def _read_only_manager(root: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(create=False,
+                                                                         read_only=True))
+
+
+def _verify(step_dir: pathlib.Path) -> None:
+  """verify_checksums on process 0 (the files are shared); every process raises if it fails."""
+  problem = ""
+  if jax.process_index() == 0:
+    try:
+      verify_checksums(step_dir)
+    except CorruptCheckpointError as e:
+      problem = str(e)
+  if jax.process_count() > 1:
+    failed = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(problem))))
+    if failed and not problem:
+      problem = f"checkpoint {step_dir} failed verification on process 0 (see its log)"
+  if problem:
+    raise CorruptCheckpointError(problem)
+
+
+def _path_name(key_path) -> str:
+  parts = []
+  for key in key_path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+  if parts and parts[-1] == "value":  # an nnx.Variable's payload
+    parts.pop()
+  return "/".join(parts)
+
+
+def _flat_config(config, prefix: str = "") -> dict:
+  if not isinstance(config, dict):
+    return {prefix: config}
+  flat = {}
+  for key, value in config.items():
+    flat.update(_flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
+  return flat
+
+
+def _config_differences(step_dir: pathlib.Path, item: str,
+                        expected: ml_collections.ConfigDict | None) -> list[str]:
+  """'field: checkpoint X, this run Y' for the config section that shapes `item`."""
+  section = _CONFIG_SECTION.get(item)
+  if expected is None or section is None or not (step_dir / CONFIG).is_dir():
+    return []
+  with _read_only_manager(step_dir.parent) as manager:
+    stored = manager.restore(int(step_dir.name), args=ocp.args.Composite(
+        **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+  if not isinstance(stored, dict) or section not in stored:
+    return []
+  ours = _flat_config(json.loads(expected.to_json_best_effort()))
+  theirs = _flat_config(stored[section])
+  absent = "(absent)"
+  return [f"{section}.{k}: checkpoint {theirs.get(k, absent)}, this run {ours.get(k, absent)}"
+          for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+
+
+def _check_layout(step_dir: pathlib.Path, item: str, target,
+                  expected: ml_collections.ConfigDict | None = None) -> None:
+  """Raises CheckpointMismatchError, with a short diff, if `item` does not fit `target`."""
+  stored = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / item))
+  on_disk = {_path_name(p): tuple(getattr(m, "shape", ()))
+             for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  wanted = {_path_name(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  missing = sorted(wanted.keys() - on_disk.keys())
+  unexpected = sorted(on_disk.keys() - wanted.keys())
+  mismatched = [f"{k} {on_disk[k]} (this run {wanted[k]})"
+                for k in sorted(wanted.keys() & on_disk.keys()) if on_disk[k] != wanted[k]]
+  if not (missing or unexpected or mismatched):
+    return
+  lines = [f"the {item!r} item of checkpoint {step_dir} does not fit the networks this config "
+           f"builds:"]
+  for title, names in (("arrays this run needs are not in it", missing),
+                       ("arrays in it this run does not have", unexpected),
+                       ("shapes differ", mismatched)):
+    if names:
+      lines.append(f"  {len(names)} {title}: " + ", ".join(names[:8])
+                   + (f", ... ({len(names) - 8} more)" if len(names) > 8 else ""))
+  differences = _config_differences(step_dir, item, expected)
+  if differences:
+    lines.append("  the config it was written with differs: " + "; ".join(differences[:12]))
+  raise CheckpointMismatchError("\n".join(lines))
 
 
 def _metric_value(name: str):
@@ -51,12 +255,13 @@ class TrainCheckpointer:
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=lambda m: sign * score(m), n=keep_best,
           keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
+    options = _manager_options(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         best_fn=score if keep_best else None, best_mode=best_mode,
         enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True)
     self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._verified = set()  # steps already checked against their checksums
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -72,7 +277,9 @@ class TrainCheckpointer:
            metrics: dict | None = None, force: bool = False) -> bool:
     items = {STATE: ocp.args.StandardSave(state),
              META: ocp.args.JsonSave(dict(step=step, metrics=metrics or {},
-                                          avcd_version=version.VERSION))}
+                                          avcd_version=version.VERSION,
+                                          process_count=jax.process_count(),
+                                          device_count=jax.device_count()))}
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
     if data_iterator is not None:
@@ -81,17 +288,77 @@ class TrainCheckpointer:
     return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                               force=force)
 
-  def restore(self, step: int, abstract_state, *, data_iterator=None):
-    """Restores the state onto the shardings of `abstract_state` (any mesh) and the iterator."""
+  def restorable_step(self) -> int | None:
+    """The newest step whose files match their checksums; None if there is no step at all.
+
+    A step that fails is moved aside to `STEP.corrupt-TIME` with a warning naming it, and the step
+    before it is tried. Process 0 verifies and every process gets its choice.
+
+    Raises:
+      CorruptCheckpointError: there are steps, and none of them verifies.
+    """
+    chosen, rejected = -1, []
+    if jax.process_index() == 0:
+      for step in sorted(self.all_steps(), reverse=True):
+        try:
+          verify_checksums(self.directory / str(step))
+        except CorruptCheckpointError as e:
+          aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+          (self.directory / str(step)).rename(aside)
+          logging.warning("%s. Moved it aside to %s; falling back to the step before it.", e,
+                          aside.name)
+          rejected.append(str(e))
+          continue
+        chosen = step
+        break
+    moved = len(rejected)
+    if jax.process_count() > 1:
+      chosen, moved = (int(v) for v in multihost_utils.broadcast_one_to_all(
+          np.array([chosen, moved], np.int32)))
+      multihost_utils.sync_global_devices("avcd checkpoints verified")
+    if moved:
+      self._manager.reload()
+    if chosen < 0 and moved:
+      raise CorruptCheckpointError(
+          f"no checkpoint in {self.directory} is intact; the {moved} corrupt step(s) were moved "
+          "aside: " + (" | ".join(rejected) if rejected else "see the log of process 0"))
+    if chosen < 0:
+      return None
+    self._verified.add(chosen)
+    return chosen
+
+  def restore(self, step: int, abstract_state, *, data_iterator=None,
+              expected: ml_collections.ConfigDict | None = None):
+    """Restores the state onto the shardings of `abstract_state` (any mesh) and the iterator.
+
+    `expected`: the run's model config, named field by field where the state does not fit.
+
+    Raises:
+      CorruptCheckpointError: the step fails its checksums.
+      CheckpointMismatchError: the state does not fit `abstract_state`.
+      ValueError: the data position was saved by a different number of processes.
+    """
+    step_dir = self.directory / str(step)
+    if step not in self._verified:
+      _verify(step_dir)
+      self._verified.add(step)
+    _check_layout(step_dir, STATE, abstract_state, expected)
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
+      saved = sorted(p.name for p in (step_dir / DATA).glob("process_*.json"))
+      if f"process_{jax.process_index()}-of-{jax.process_count()}.json" not in saved:
+        raise ValueError(
+            f"checkpoint {step_dir} holds the data position of {len(saved)} process(es) "
+            f"({', '.join(saved)}); this run has {jax.process_count()}. The model state restores "
+            "onto any mesh, the data iterator only onto the same number of processes.")
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE]
 
   def metadata(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    return self._manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))[META]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -112,41 +379,64 @@ def save_model(directory: str | pathlib.Path, *, student_state=None, teachers_st
     items[CONFIG] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
   items[META] = ocp.args.JsonSave(dict(meta or {}, avcd_version=version.VERSION))
   with ocp.CheckpointManager(pathlib.Path(directory).absolute(),
-                             options=ocp.CheckpointManagerOptions(create=True)) as manager:
+                             options=_manager_options(create=True)) as manager:
     manager.save(0, args=ocp.args.Composite(**items), force=True)
     manager.wait_until_finished()
 
 
-def model_items(directory: str | pathlib.Path) -> set[str]:
-  """The items stored in a model or training checkpoint's latest step."""
-  step_dir = _latest_step_dir(directory)
-  return {p.name for p in step_dir.iterdir() if p.is_dir()}
+def locate(path: str | pathlib.Path) -> pathlib.Path:
+  """The step directory a checkpoint path means.
 
-
-def _latest_step_dir(directory) -> pathlib.Path:
-  directory = pathlib.Path(directory).absolute()
-  if not directory.is_dir():
-    raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
-                                                                            read_only=True)) as m:
-    step = m.latest_step()
+  `path` may be a directory of steps (WORKDIR/checkpoints, a model checkpoint), a training
+  workdir (its checkpoints/ are used), or one step's directory; a directory of steps means its
+  latest complete step.
+  """
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if path.name.isdigit() and not path.is_dir() and path.parent.is_dir():
+    with _read_only_manager(path.parent) as manager:
+      steps = list(manager.all_steps())
+    raise FileNotFoundError(f"no checkpoint for step {path.name} in {path.parent} "
+                            f"(steps: {steps})")
+  if not path.is_dir():
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+  if path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
+    return path
+  with _read_only_manager(path) as manager:
+    step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"{directory} holds no complete checkpoint")
-  return directory / str(step)
+    raise FileNotFoundError(f"{path} holds no complete checkpoint (expected a directory of "
+                            "checkpoint steps, a training workdir or one step's directory)")
+  return path / str(step)
 
 
-def restore_item(directory: str | pathlib.Path, item: str, abstract_state):
-  """One item (student / teachers / state) of the latest step, onto abstract_state's layout."""
-  directory = pathlib.Path(directory).absolute()
-  items = model_items(directory)
+def model_items(directory: str | pathlib.Path) -> set[str]:
+  """The items stored in a model or training checkpoint's step (see `locate`)."""
+  return {p.name for p in locate(directory).iterdir() if p.is_dir()}
+
+
+def restore_item(directory: str | pathlib.Path, item: str, abstract_state,
+                 expected: ml_collections.ConfigDict | None = None):
+  """One item (student / teachers / state) of a checkpoint step, onto abstract_state's layout.
+
+  `directory` is any path `locate` accepts. The step is verified against its checksums first.
+  `expected` is the config section the target was built from (`model` for student and state,
+  `teachers` for teachers): if the arrays do not fit, the error lists the fields that differ.
+
+  Raises:
+    CorruptCheckpointError, CheckpointMismatchError; ValueError if the step has no such item.
+  """
+  step_dir = locate(directory)
+  items = {p.name for p in step_dir.iterdir() if p.is_dir()}
   if item not in items:
-    raise ValueError(f"checkpoint {directory} has no {item!r} item (it has {sorted(items)})")
-  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False,
-                                                                            read_only=True)) as m:
-    step = m.latest_step()
-    restored = m.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(
-        abstract_state)}))
-  logging.info("restored %s from %s step %d", item, directory, step)
+    raise ValueError(f"checkpoint {step_dir} has no {item!r} item (it has {sorted(items)})")
+  _verify(step_dir)
+  _check_layout(step_dir, item, abstract_state, expected)
+  with _read_only_manager(step_dir.parent) as manager:
+    restored = manager.restore(int(step_dir.name), args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(abstract_state)}))
+  logging.info("restored %s from %s", item, step_dir)
   return restored[item]
 
 
@@ -158,19 +448,22 @@ def abstract_like(tree, shardings=None):
                       shardings)
 
 
-def restore_student(directory: str | pathlib.Path, state_target):
+def restore_student(directory: str | pathlib.Path, state_target,
+                    expected: ml_collections.ConfigDict | None = None):
   """(params, batch_stats) of the student in a model checkpoint or a training checkpoint.
 
   `state_target` is the abstract TrainState of the run (its params/batch_stats give the layout);
   a training checkpoint must have been written with the same model and optimizer structure.
+  `directory` is any path `locate` accepts; `expected` the run's model config (see restore_item).
   """
   items = model_items(directory)
   if STUDENT in items:
     restored = restore_item(directory, STUDENT, dict(params=state_target.params,
-                                                     batch_stats=state_target.batch_stats))
+                                                     batch_stats=state_target.batch_stats),
+                            expected)
     return restored["params"], restored["batch_stats"]
   if STATE in items:
-    restored = restore_item(directory, STATE, state_target)
+    restored = restore_item(directory, STATE, state_target, expected)
     return restored.params, restored.batch_stats
-  raise ValueError(f"{directory} holds neither a student model nor a training state "
+  raise ValueError(f"{locate(directory)} holds neither a student model nor a training state "
                    f"(items: {sorted(items)})")

@@ -49,7 +49,7 @@ def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, me
         "or use --config.teachers.source=train to train them on a corpus with phoneme labels.")
   target = checkpoints.abstract_like(dict(params=params, batch_stats=batch_stats),
                                      dict(params=shardings[0], batch_stats=shardings[1]))
-  restored = checkpoints.restore_item(path, checkpoints.TEACHERS, target)
+  restored = checkpoints.restore_item(path, checkpoints.TEACHERS, target, expected=config.teachers)
   return graphdef, (restored["params"], restored["batch_stats"])
 
 

@@ -1,4 +1,4 @@
-"""avcd eval --config=configs/X.py --workdir=DIR [--checkpoint=STEP]"""
+"""avcd eval --config=configs/X.py --workdir=DIR [--checkpoint=STEP|PATH]"""
 
 from absl import app
 from absl import flags
@@ -7,7 +7,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
-_CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step to evaluate (default: the latest).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A step of WORKDIR/checkpoints (default: the latest), or the path of an "
+    "avcd checkpoint, e.g. one written by `avcd convert`.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
