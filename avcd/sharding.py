@@ -1,9 +1,15 @@
 """Device mesh, sharding rules and JAX's multi-controller start-up.
 
 The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallelism whose
-parameters and optimizer state are also split). A batch is split along both; a parameter larger
-than `min_fsdp_size` elements is split along `fsdp` on its largest divisible axis, everything else
-is replicated.
+parameters and optimizer state are also split). A batch is split along both; a tensor of at least
+`MIN_FSDP_SIZE` elements is split along `fsdp` on its largest divisible axis, everything else is
+replicated. The same rule places the student's train state and the frozen teachers: the teachers
+hold most of the parameters (87.5M of 103M at the paper's sizes), so a run that asks for `fsdp`
+to save memory wants them split too; they cost one all-gather per step and no gradient traffic.
+
+Device order: `fsdp` is the inner mesh axis. Its all-gathers run every layer of every step, so it
+gets the fastest links (devices next to each other on a TPU torus, GPUs of one host); `data` needs
+one gradient all-reduce per step and may span hosts or, on multi-slice TPU, slices.
 """
 
 import os
@@ -12,54 +18,81 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 MIN_FSDP_SIZE = 2 ** 18  # below this, splitting a tensor costs more in collectives than it saves
 
 
-def _multi_process_environment() -> bool:
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  return None if value is None else int(value)
+
+
+def _is_multi_process_launch() -> bool:
+  """Whether this process was started as one of several (see launch/README.md)."""
   env = os.environ
-  return ("JAX_COORDINATOR_ADDRESS" in env                 # launch/local.py, Kubernetes
-          or int(env.get("SLURM_NTASKS", "1")) > 1          # srun with several tasks
-          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))    # a multi-worker TPU VM slice
+  return ("JAX_COORDINATOR_ADDRESS" in env                   # launch/: local, Kubernetes, TPU VM
+          or (_int_env("SLURM_STEP_NUM_TASKS") or 1) > 1      # an srun step of several tasks
+          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))      # a multi-host TPU slice on GKE
 
 
 def initialize_distributed() -> None:
   """Starts JAX's multi-controller runtime when this process is one of several.
 
-  Explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (set by launch/local.py
-  and the Kubernetes manifest) are passed on; under SLURM and on TPU VMs JAX detects everything
-  itself. A lone process starts nothing.
+  JAX reads JAX_COORDINATOR_ADDRESS (and JAX_LOCAL_DEVICE_IDS) itself; JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID are passed on when set. What is left unset JAX detects from the cluster: srun's
+  variables (one task per GPU), Cloud TPU metadata, GKE's TPU variables. A lone process starts
+  nothing. Processes other than 0 log warnings and errors only.
   """
-  if not _multi_process_environment():
+  if not _is_multi_process_launch():
     return
-  env = os.environ
-  explicit = {}
-  if "JAX_COORDINATOR_ADDRESS" in env:
-    explicit = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                    num_processes=int(env["JAX_NUM_PROCESSES"]),
-                    process_id=int(env["JAX_PROCESS_ID"]))
-  jax.distributed.initialize(**explicit)
+  jax.distributed.initialize(num_processes=_int_env("JAX_NUM_PROCESSES"),
+                             process_id=_int_env("JAX_PROCESS_ID"))
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
 
 
-def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-  """A `data` x `fsdp` mesh; one size may be -1 (all remaining devices)."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
+def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes of `cfg` (one may be -1: all remaining devices) over `num_devices`."""
   sizes = [cfg.data, cfg.fsdp]
   if sizes.count(-1) > 1:
     raise ValueError("at most one of mesh.data, mesh.fsdp may be -1")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh sizes must be positive or -1, not data={sizes[0]} fsdp={sizes[1]}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if devices.size % known:
-      raise ValueError(f"{devices.size} devices cannot be split into mesh {sizes}")
-    sizes[sizes.index(-1)] = devices.size // known
-  if int(np.prod(sizes)) != devices.size:
-    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {np.prod(sizes)} devices, "
-                     f"{devices.size} are available")
-  return Mesh(devices.reshape(sizes), BATCH_AXES, axis_types=(AxisType.Auto,) * 2)
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices cannot be split into mesh data={sizes[0]} x "
+                       f"fsdp={sizes[1]}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if sizes[0] * sizes[1] != num_devices:
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {sizes[0] * sizes[1]} "
+                     f"devices, {num_devices} are available")
+  return sizes[0], sizes[1]
+
+
+def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The `data` x `fsdp` mesh of `cfg` over `devices` (default: every device of every process).
+
+  Devices are laid out by `jax.make_mesh` (topology-aware on TPU, by device id on GPU, which keeps
+  each host's devices together); several TPU slices are stacked along `data`, so `fsdp`
+  collectives never cross the data-centre network.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  data, fsdp = mesh_shape(cfg, len(devices))
+  axis_types = (AxisType.Auto,) * 2  # jax.make_mesh's default (Explicit) rejects our sharding
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if num_slices == 1:
+    return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=axis_types, devices=devices)
+  if data % num_slices:
+    raise ValueError(f"mesh.data={data} must be a multiple of the {num_slices} TPU slices")
+  grid = mesh_utils.create_hybrid_device_mesh((data // num_slices, fsdp), (num_slices, 1),
+                                              devices)
+  return Mesh(grid, BATCH_AXES, axis_types=axis_types)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -90,6 +123,17 @@ def state_shardings(abstract_state, mesh: Mesh):
                       abstract_state)
 
 
+def jit_update(update_fn, state_sharding, teachers_sharding, mesh: Mesh):
+  """`update_fn(state, batch, teachers_state) -> (state, metrics)` compiled for the mesh.
+
+  The state and teachers keep their shardings, the batch is split along `data` x `fsdp`, the
+  metrics are replicated, and the old state's buffers are donated to the new state.
+  """
+  return jax.jit(update_fn,
+                 in_shardings=(state_sharding, batch_sharding(mesh), teachers_sharding),
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+
 def num_batch_shards(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
@@ -100,6 +144,10 @@ def local_batch_multiple(mesh: Mesh) -> int:
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Assembles process-local numpy batches into global arrays split along the batch axes."""
+  """Assembles process-local numpy batches into global arrays split along the batch axes.
+
+  Each process's rows land on its own devices' shards of the batch axis, so every process must
+  hold the same number of rows.
+  """
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

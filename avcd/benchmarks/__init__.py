@@ -1,0 +1,1 @@
+"""Throughput measurements (`python -m avcd.benchmarks.<name>`)."""

@@ -1,0 +1,78 @@
+"""Ahead-of-time compilation (`avcd compile`) and the FLOP counts behind throughput and MFU."""
+
+import os
+import re
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from avcd import flops
+from tests import test_mesh
+
+
+def test_compile_reports_memory_and_flops_without_running(tmp_path):
+  # A 2x2 mesh of fake devices: planning a mesh larger than this machine.
+  result = subprocess.run(
+      [sys.executable, "-m", "avcd.cli", "compile", "--config=configs/tiny.py", "--devices=4",
+       "--mesh=2x2", "--lengths=16"],
+      cwd=test_mesh.REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS))
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "mesh data=2 x fsdp=2 of 4 cpu devices" in result.stdout
+  rows = [line for line in result.stdout.splitlines() if re.match(r"\| \d", line)]
+  assert len(rows) == 1
+  length, batch_rows, frames, arguments, outputs, aliased, temp, _, peak, step_gflop, \
+      frame_gflop = (float(cell.replace(",", "")) for cell in rows[0].strip("|").split("|"))
+  # The loader's plan: frame_budget 64 // 16 = 4 rows, a multiple of the 4 batch shards.
+  assert (length, batch_rows, frames) == (16, 4, 64)
+  assert arguments > 0 and outputs > 0 and temp > 0
+  assert 0 < aliased <= outputs  # the donated train state is written in place
+  assert peak == pytest.approx(arguments + outputs - aliased + temp, abs=0.2)
+  assert step_gflop > 0 and frame_gflop == pytest.approx(step_gflop / frames, abs=1e-3)
+
+
+def test_lowered_flops_count_a_matmul_and_scale_with_micro_batches():
+  x, w = jnp.ones((64, 128)), jnp.ones((128, 32))
+  lowered = jax.jit(jnp.matmul).lower(x, w)
+  assert flops.lowered_flops(lowered) == 2 * 64 * 128 * 32
+  assert flops.lowered_flops(lowered, accum_steps=4) == 4 * 2 * 64 * 128 * 32
+
+
+class _RecordingStep:
+  """A jitted update_fn(state, batch, teachers) that records the batch shapes it lowers."""
+
+  def __init__(self):
+    self._jitted = jax.jit(lambda state, batch, teachers: (state, (batch @ teachers).sum()))
+    self.lowered_shapes = []
+
+  def lower(self, state, batch, teachers):
+    self.lowered_shapes.append(batch.shape)
+    return self._jitted.lower(state, batch, teachers)
+
+
+def test_step_flops_lowers_each_batch_shape_once():
+  step = _RecordingStep()
+  step_flops = flops.StepFlops(step, accum_steps=1)
+  teachers = jnp.ones((8, 4))
+  small = step_flops(0.0, jnp.ones((2, 8)), teachers)
+  large = step_flops(0.0, jnp.ones((6, 8)), teachers)
+  assert step_flops(0.0, jnp.zeros((2, 8)), teachers) == small
+  assert step.lowered_shapes == [(2, 8), (6, 8)]
+  assert large == pytest.approx(3 * small, rel=0.05)  # the matmul dominates
+
+
+@pytest.mark.parametrize("kind,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12),
+    ("TPU v4", 275e12), ("cpu", None)])
+def test_peak_flops_by_device_kind(kind, peak):
+  assert flops.peak_flops_per_device(types.SimpleNamespace(device_kind=kind)) == peak
+
+
+def test_utilisation():
+  assert flops.utilisation(400e12, 2, 1000e12) == pytest.approx(0.2)
+  assert flops.utilisation(400e12, 2, None) is None
