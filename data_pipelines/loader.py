@@ -8,7 +8,10 @@ process holds (its share of the global batch):
   num_frames (B,) int32, 0 for filler rows | label, audio_label, video_label (B,) int32
   record (B,) int64, the clip's index in the split (`split_index.SplitIndex`), -1 for filler rows
   augment (training only): dict of (B,) arrays (`augment.PARAM_DTYPES`) for `augment.apply`
-Every array is zero (phonemes -1) beyond num_frames.
+  asr_probs, vsr_probs (B, L, K) float32, training with a teacher cache only
+      (`train_dataset(teacher_posteriors=...)`, `teacher_cache`): the frozen teachers' per-frame
+      posteriors over K classes, uniform (1/K) beyond num_frames so that divergences stay finite
+Every other array is zero (phonemes -1) beyond num_frames.
 
 Batches are planned globally, as a pure function of the split index, the config, the seed and the
 epoch, so every process computes the same plan and takes its own contiguous slice of each batch's
@@ -44,6 +47,7 @@ import numpy as np
 from data_pipelines import augment
 from data_pipelines import schema
 from data_pipelines import split_index
+from data_pipelines import teacher_cache
 
 _ROW_LABELS = ("label", "audio_label", "video_label")
 
@@ -88,6 +92,19 @@ def _take(tree: dict, selection) -> dict:
   return {k: _take(v, selection) if isinstance(v, dict) else v[selection] for k, v in tree.items()}
 
 
+def clip_spans(data_cfg: ml_collections.ConfigDict,
+               index: split_index.SplitIndex) -> tuple[np.ndarray, np.ndarray]:
+  """Per record of the split, what the pipelines call the clip: (first frame, usable frames).
+
+  The first frame follows the dropped silent lead-in (`data.trim_leading_silence`); the usable
+  frames run from it, capped at `data.max_frames`. Both int32.
+  """
+  first = (index.leading_silence if data_cfg.trim_leading_silence
+           else np.zeros_like(index.num_frames))
+  usable = np.minimum(index.num_frames - first, data_cfg.max_frames)
+  return first.astype(np.int32), usable.astype(np.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Clips:
   """The clips a pipeline reads: per record of the split, which frames (first, usable length)."""
@@ -98,10 +115,7 @@ class _Clips:
 
   @classmethod
   def select(cls, index: split_index.SplitIndex, data_cfg, records: np.ndarray) -> "_Clips":
-    first = (index.leading_silence if data_cfg.trim_leading_silence
-             else np.zeros_like(index.num_frames))
-    usable = np.minimum(index.num_frames - first, data_cfg.max_frames)
-    return cls(index, records.astype(np.int64), first.astype(np.int32), usable.astype(np.int32))
+    return cls(index, records.astype(np.int64), *clip_spans(data_cfg, index))
 
 
 def _bucket_positions(lengths: np.ndarray, bucket_lengths: np.ndarray, what: str) -> np.ndarray:
@@ -208,6 +222,7 @@ class _BatchReader:
   """Grain map: planned rows -> the padded batch of the module docstring."""
   split: split_index.Split
   with_lips: bool
+  posteriors: teacher_cache.Cache | None = None
 
   def __call__(self, rows: dict) -> dict:
     length, records = rows["length"], rows["record"]
@@ -236,6 +251,9 @@ class _BatchReader:
     if "augment" in rows:
       batch["augment"] = {k: rows["augment"][k].astype(dtype)
                           for k, dtype in augment.PARAM_DTYPES.items()}
+    if self.posteriors is not None:
+      batch["asr_probs"], batch["vsr_probs"] = self.posteriors.windows(
+          records, rows["start"], rows["num_frames"], length)
     return batch
 
 
@@ -245,11 +263,11 @@ def _open(data_cfg, split: str):
 
 
 def _pipeline(data_cfg, opened, index, planner, steps_per_epoch, num_epochs, process_index,
-              process_count) -> grain.IterDataset:
+              process_count, posteriors=None) -> grain.IterDataset:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   source = _PlanSource(planner, steps_per_epoch, num_epochs, process_index, process_count)
-  reader = _BatchReader(opened, index.has_lips())
+  reader = _BatchReader(opened, index.has_lips(), posteriors)
   threads = max(1, min(data_cfg.prefetch, os.cpu_count() or 1))
   dataset = grain.MapDataset.source(source).map(reader).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=data_cfg.prefetch))
@@ -268,6 +286,8 @@ def _train_planner(data_cfg, index: split_index.SplitIndex, *, seed: int, multip
   keep = np.ones(len(index), bool)
   if methods:  # Real clips are always kept.
     keep = (index.label != schema.FAKE) | np.isin(index.method, methods)
+  if data_cfg.train_real_only:
+    keep &= index.label != schema.FAKE
   clips = _Clips.select(index, data_cfg, np.flatnonzero(keep))
   if not len(clips.records):
     raise ValueError(f"{data_cfg.builder} {data_cfg.train_split}: no clips to train on")
@@ -286,20 +306,41 @@ def steps_per_epoch(data_cfg: ml_collections.ConfigDict, *, process_count: int,
   return len(planner.plan(0))
 
 
+def _check_teacher_cache(cache: teacher_cache.Cache, planner: _TrainPlanner,
+                         data_cfg: ml_collections.ConfigDict) -> None:
+  """Refuses a cache whose posteriors would differ from the teachers' online ones."""
+  clips = planner.clips
+  cut = planner.window[clips.records] < clips.usable[clips.records]
+  if cut.any():
+    raise ValueError(
+        f"teacher cache: {cut.sum()} of {len(cut)} training clips are longer than "
+        f"data.train_window={data_cfg.train_window} frames. The teachers attend over their whole "
+        "input, so a window's posteriors are not a window of the whole clip's posteriors (which "
+        f"the cache holds): set data.train_window >= data.max_frames ({data_cfg.max_frames}) or "
+        "run the teachers online (teachers.cache=False)")
+  if not cache.covers(clips.records, clips.first, clips.usable):
+    raise ValueError(f"the teacher cache {cache.directory} does not hold the clips of "
+                     f"{data_cfg.builder} {data_cfg.train_split} as this config reads them")
+
+
 def train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, process_index: int,
-                  process_count: int, batch_multiple: int,
-                  num_epochs: int | None = None) -> grain.IterDataset:
+                  process_count: int, batch_multiple: int, num_epochs: int | None = None,
+                  teacher_posteriors: teacher_cache.Cache | None = None) -> grain.IterDataset:
   """Training batches of `data.train_split` for this process; `num_epochs=None` repeats forever.
 
   `batch_multiple`: the global batch of every bucket is a multiple of batch_multiple *
   process_count (e.g. the number of devices on each process along the data axes).
+  `teacher_posteriors`: the split's teacher cache; batches then carry `asr_probs` and `vsr_probs`.
+  It needs every training window to be the whole clip (ValueError otherwise).
   """
   opened, index = _open(data_cfg, data_cfg.train_split)
   planner = _train_planner(data_cfg, index, seed=seed,
                            multiple=batch_multiple * process_count)
+  if teacher_posteriors is not None:
+    _check_teacher_cache(teacher_posteriors, planner, data_cfg)
   steps = len(planner.plan(0))
   return _pipeline(data_cfg, opened, index, planner, steps, num_epochs, process_index,
-                   process_count)
+                   process_count, teacher_posteriors)
 
 
 def _eval_plan(clips: _Clips, bucket_lengths: np.ndarray, frame_budget: int,
@@ -325,17 +366,27 @@ def _eval_plan(clips: _Clips, bucket_lengths: np.ndarray, frame_budget: int,
   return _Plan.stack(batches, rows_of)
 
 
-def eval_dataset(data_cfg: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, *,
-                 split: str, process_index: int, process_count: int,
-                 batch_multiple: int) -> grain.IterDataset:
-  """One pass over `split` for this process: every clip exactly once, no augmentation.
+def whole_clips_dataset(data_cfg: ml_collections.ConfigDict, *, split: str, frame_budget: int,
+                        process_index: int, process_count: int,
+                        batch_multiple: int) -> grain.IterDataset:
+  """One pass over `split` for this process: every clip exactly once, whole, no augmentation.
 
-  Batches use `eval.frame_budget`; every process yields the same number of batches. Look up a
-  row's clip with `split_index.load_index(split_index.open_split(...)).clips(record)`.
+  "Whole" is the clip's span (`clip_spans`). Batches follow the evaluation plan (module docstring)
+  with `frame_budget`; every process yields the same number of batches. Look up a row's clip
+  with `split_index.load_index(split_index.open_split(...)).clips(record)`.
   """
   opened, index = _open(data_cfg, split)
   clips = _Clips.select(index, data_cfg, np.arange(len(index)))
-  plan = _eval_plan(clips, _bucket_lengths(data_cfg), eval_cfg.frame_budget,
+  plan = _eval_plan(clips, _bucket_lengths(data_cfg), frame_budget,
                     batch_multiple * process_count)
   return _pipeline(data_cfg, opened, index, _FixedPlanner(plan), len(plan), 1, process_index,
                    process_count)
+
+
+def eval_dataset(data_cfg: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, *,
+                 split: str, process_index: int, process_count: int,
+                 batch_multiple: int) -> grain.IterDataset:
+  """The evaluation pass over `split`: `whole_clips_dataset` with `eval.frame_budget`."""
+  return whole_clips_dataset(data_cfg, split=split, frame_budget=eval_cfg.frame_budget,
+                             process_index=process_index, process_count=process_count,
+                             batch_multiple=batch_multiple)
