@@ -9,9 +9,15 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 
-def visual_frontend(stem_channels=64, stage_channels=(64, 128, 256, 512)) -> ConfigDict:
-  """3D conv (5x7x7) + 4-stage ResNet18 of the reference (shared by student and VSR teacher)."""
-  return ConfigDict(dict(stem_channels=stem_channels, stage_channels=stage_channels))
+def visual_frontend(stem_channels=64, stage_channels=(64, 128, 256, 512),
+                    input_size=0) -> ConfigDict:
+  """3D conv (5x7x7) + 4-stage ResNet18 of the reference (shared by student and VSR teacher).
+
+  input_size: resize frames to this many pixels square first (0: use them as they come, the
+  reference's 112 px faces); lets narrow CPU variants trade resolution for speed.
+  """
+  return ConfigDict(dict(stem_channels=stem_channels, stage_channels=stage_channels,
+                         input_size=input_size))
 
 
 def student(**overrides) -> ConfigDict:
@@ -61,6 +67,10 @@ def teachers() -> ConfigDict:
   return ConfigDict(dict(
       asr=asr,
       vsr=vsr,
+      # `avcd train-teacher` (and teachers.source='train'): per-frame phoneme cross-entropy on
+      # the real clips of data.train_split, both teachers at once.
+      training=dict(num_epochs=20, learning_rate=1e-3, warmup_steps=100, weight_decay=1e-4,
+                    eval_split="validation"),
       # 'checkpoint': load `checkpoint`; 'train': train them into `checkpoint` (default
       # WORKDIR/teachers) first if it holds none; 'random': untrained (tests only).
       source="checkpoint",
@@ -68,6 +78,14 @@ def teachers() -> ConfigDict:
       checkpoint="",
       # The reference leaves the frozen teachers in train mode (dropout on, stochastic targets).
       dropout_in_train=False,
+      # Run the teachers once over data.train_split before training and store their posteriors
+      # (data_pipelines/teacher_cache.py) instead of running them in every step; the losses are
+      # the same. Needs dropout_in_train=False (deterministic targets) and whole-clip windows
+      # (data.train_window >= data.max_frames): the teachers attend over their whole input.
+      cache=False,
+      # Where caches go ('' = teacher_cache/ next to the split's shards); every process must see
+      # it. A cache is reused while the teachers, their config and the split stay the same.
+      cache_dir="",
   ))
 
 
@@ -90,6 +108,8 @@ def data(*, builder: str, train_split: str, **overrides) -> ConfigDict:
       data_dir="",                # TFDS data_dir holding the prepared ArrayRecord shards
       train_split=train_split,
       train_methods=(),           # restrict training fakes to these methods; () = all
+      train_real_only=False,      # real clips only (teacher training: only there does the mouth
+                                  # say what the audio says)
       max_frames=1000,            # clips are capped at this many frames (the reference's cap)
       train_window=1000,          # training reads a random window of at most this many frames
       frame_budget=2000,          # frames per batch: B = frame_budget // bucket length
@@ -110,6 +130,10 @@ def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
       every_steps=0,              # 0: only at the end
       frame_budget=4000,
       threshold_split="",         # choose the decision threshold on this split ('' = 0.5 only)
+      # The leading-silence shortcut (FakeAVCeleb fakes open with a silence that alone gives them
+      # away): 'keep' scores whole clips, 'trim' from the first non-silent frame; list both to
+      # report results with and without it.
+      leading_silence=("keep",),
   ))
   cfg.update(overrides)
   return cfg
@@ -121,7 +145,7 @@ def training(*, num_epochs: int, **overrides) -> ConfigDict:
       log_every_steps=50,
       checkpoint_every_steps=1000,
       keep_checkpoints=3,         # latest K
-      keep_best=2,                # plus the best M by `best_metric` on eval.splits[0]
+      keep_best=2,                # plus the best M by `best_metric` on the first evaluation
       best_metric="auc",
       init_from="",               # avcd checkpoint or converted PyTorch weights (see README)
       on_nonfinite="raise",       # 'raise' stops with the step and clip ids; 'skip' skips the update

@@ -20,10 +20,31 @@ from data_pipelines import loader, split_index
 MODEL_INPUTS = ("mfcc", "faces", "num_frames")
 
 
+def split_source(cfg: ml_collections.ConfigDict, spec: str) -> tuple[str, str]:
+  """An `eval.splits` entry -> (TFDS builder, split): 'SPLIT' of data.builder, or 'BUILDER:SPLIT'
+  of another corpus prepared in the same data_dir (e.g. 'cmdfd:wav2lip' for cross-dataset tests)."""
+  builder, _, split = spec.rpartition(":")
+  return builder or cfg.data.builder, split
+
+
+def report_name(spec: str) -> str:
+  return spec.replace(":", ".")
+
+
+# Evaluation variants of the leading-silence shortcut: the report directory suffix of each.
+LEADING_SILENCE = {"keep": "", "trim": "-silence_trimmed"}
+
+
 def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict, split: str,
-                mesh) -> list[dict]:
-  """Per-clip records (id, dataset, method, category, label, score, probability) of `split`."""
-  dataset = loader.eval_dataset(cfg.data, cfg.eval, split=split,
+                mesh, *, trim_leading_silence: bool = False) -> list[dict]:
+  """Per-clip records (id, dataset, method, category, label, score, probability) of `split`.
+
+  With trim_leading_silence, each clip is scored from its first non-silent frame on.
+  """
+  data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
+  data_cfg.trim_leading_silence = trim_leading_silence
+  data_cfg.builder, split = split_source(cfg, split)
+  dataset = loader.eval_dataset(data_cfg, cfg.eval, split=split,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
                                 batch_multiple=sharding.local_batch_multiple(mesh))
@@ -37,7 +58,7 @@ def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict,
     records.append(np.asarray(multihost_utils.process_allgather(batch["record"], tiled=True)))
   records = np.concatenate(records)
   keep = records >= 0
-  index = split_index.load_index(split_index.open_split(cfg.data.builder, cfg.data.data_dir, split))
+  index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
   clips = index.clips(records[keep])
   if len(np.unique(records[keep])) != len(index):
     raise RuntimeError(f"{split}: scored {keep.sum()} rows for {len(index)} clips; every clip "
@@ -51,35 +72,50 @@ def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict,
 
 def evaluate_splits(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict, mesh,
                     workdir: str | pathlib.Path, *, write: bool = True) -> dict[str, dict]:
-  """Scores every split in `eval.splits` and returns {split: metrics}; reports under workdir/eval.
+  """Scores every split in `eval.splits` and returns {report name: metrics}.
 
-  With `eval.threshold_split`, the threshold chosen there is applied to the other splits too.
+  Each split is scored once per `eval.leading_silence` variant: 'keep' reports as SPLIT, 'trim'
+  (clips scored from their first non-silent frame) as SPLIT-silence_trimmed; reports go to
+  WORKDIR/eval/NAME. With `eval.threshold_split`, the threshold chosen there (same variant) is
+  applied to the other splits too.
   """
-  splits = list(cfg.eval.splits)
-  chosen_threshold = None
-  if cfg.eval.threshold_split:
-    records = score_split(predict_fn, params, batch_stats, cfg, cfg.eval.threshold_split, mesh)
-    from avcd import metrics  # pylint: disable=g-import-not-at-top
-    chosen_threshold = metrics.choose_threshold(np.array([r["label"] for r in records]),
-                                                np.array([r["probability"] for r in records]),
-                                                name=cfg.eval.threshold_split)
+  from avcd import metrics  # pylint: disable=g-import-not-at-top
+  unknown = set(cfg.eval.leading_silence) - set(LEADING_SILENCE)
+  if unknown or not cfg.eval.leading_silence:
+    raise ValueError(f"eval.leading_silence={cfg.eval.leading_silence}: choose from "
+                     f"{tuple(LEADING_SILENCE)}")
   results = {}
-  for split in splits:
-    records = score_split(predict_fn, params, batch_stats, cfg, split, mesh)
-    kwargs = dict(split=split, chosen_threshold=chosen_threshold,
-                  threshold_split=cfg.eval.threshold_split)
-    if write and jax.process_index() == 0:
-      out_dir = pathlib.Path(workdir) / "eval" / split
-      results[split] = reports.write_report(records, out_dir, **kwargs)
-      logging.info("%s: wrote %s", split, out_dir)
-    else:
-      results[split] = reports.split_metrics(records, **kwargs)
+  for variant in cfg.eval.leading_silence:
+    trim = variant == "trim"
+    chosen_threshold = None
+    if cfg.eval.threshold_split:
+      records = score_split(predict_fn, params, batch_stats, cfg, cfg.eval.threshold_split, mesh,
+                            trim_leading_silence=trim)
+      chosen_threshold = metrics.choose_threshold(
+          np.array([r["label"] for r in records]), np.array([r["probability"] for r in records]),
+          name=cfg.eval.threshold_split)
+    for split in cfg.eval.splits:
+      name = report_name(split) + LEADING_SILENCE[variant]
+      records = score_split(predict_fn, params, batch_stats, cfg, split, mesh,
+                            trim_leading_silence=trim)
+      kwargs = dict(split=name, chosen_threshold=chosen_threshold,
+                    threshold_split=cfg.eval.threshold_split)
+      if write and jax.process_index() == 0:
+        out_dir = pathlib.Path(workdir) / "eval" / name
+        results[name] = reports.write_report(records, out_dir, **kwargs)
+        logging.info("%s: wrote %s", name, out_dir)
+      else:
+        results[name] = reports.split_metrics(records, **kwargs)
   return results
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict[str, dict]:
-  """`avcd eval`: restores a training checkpoint, scores the config's splits, prints the tables."""
+                        checkpoint: str | None = None) -> dict[str, dict]:
+  """`avcd eval`: restores a student, scores the config's splits, prints the tables.
+
+  `checkpoint`: a step of WORKDIR/checkpoints (default: the latest), or the path of any avcd
+  checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either way.
+  """
   from avcd import checkpoints, steps, train  # pylint: disable=g-import-not-at-top
   from avcd import train_state as ts  # pylint: disable=g-import-not-at-top
   from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
@@ -90,22 +126,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   # The optimizer only shapes the restore target; its schedule's length does not matter here.
   graphdef, abstract, shardings, _ = train.abstract_train_state(
       config, ts.make_optimizer(config.optim, steps_per_epoch=1), mesh)
-  checkpointer = checkpoints.TrainCheckpointer(
-      workdir / "checkpoints", keep_latest=config.train.keep_checkpoints,
-      keep_best=config.train.keep_best, best_metric=config.train.best_metric)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None or step not in checkpointer.all_steps():
-    raise FileNotFoundError(f"no checkpoint {'at all' if step is None else f'for step {step}'} "
-                            f"in {checkpointer.directory} (steps: {checkpointer.all_steps()})")
-  state = checkpointer.restore(step, checkpoints.abstract_like(abstract, shardings))
-  checkpointer.close()
+  if checkpoint is None:
+    source = workdir / "checkpoints"
+  elif str(checkpoint).isdigit():
+    source = workdir / "checkpoints" / str(checkpoint)
+  else:
+    source = pathlib.Path(checkpoint)
+  step_dir = checkpoints.locate(source)
+  params, batch_stats = checkpoints.restore_student(
+      step_dir, checkpoints.abstract_like(abstract, shardings), expected=config.model)
   batch_sharding = sharding.batch_sharding(mesh)
   predict_fn = jax.jit(steps.make_predict_fn(graphdef),
                        in_shardings=(shardings.params, shardings.batch_stats, batch_sharding),
                        out_shardings=sharding.replicated(mesh))
-  results = evaluate_splits(predict_fn, state.params, state.batch_stats, config, mesh, workdir)
+  results = evaluate_splits(predict_fn, params, batch_stats, config, mesh, workdir)
   if jax.process_index() == 0:
     for split, result in results.items():
-      print(f"\n## {split} (checkpoint step {step})\n")
+      print(f"\n## {split} (checkpoint {step_dir})\n")
       print(reports.markdown_table(result))
   return results

@@ -2,8 +2,10 @@
 
     avcd train --config=configs/synthetic.py --workdir=runs/synthetic
 
-Resume order: a checkpoint already in WORKDIR/checkpoints, else `train.init_from` (an avcd
-training or model checkpoint, e.g. converted PyTorch weights), else from scratch.
+Resume order: the newest intact checkpoint in WORKDIR/checkpoints (a corrupt one is moved aside
+and the one before it used), else `train.init_from` (an avcd training or model checkpoint, e.g.
+converted PyTorch weights), else from scratch. SIGTERM checkpoints the current step and returns;
+see docs/checkpoints.md.
 """
 
 import pathlib
@@ -16,9 +18,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from avcd import checkpoints, evaluate, sharding, steps, teachers_setup, writers
+from avcd import checkpoints, evaluate, flops, preemption, sharding, steps, teacher_cache
+from avcd import teachers_setup, writers
 from avcd import train_state as ts
-from data_pipelines import corpus_setup, loader
+from data_pipelines import corpus_setup, loader, split_index
 
 # What the train step reads; the rest of a loader batch (ids, phonemes, ...) stays on the host.
 TRAIN_INPUTS = ("mfcc", "faces", "stft", "lips", "num_frames", "label", "augment", "asr_probs",
@@ -42,22 +45,31 @@ def abstract_train_state(config: ml_collections.ConfigDict, optimizer, mesh):
 
 
 def _initial_state(config, checkpointer, abstract, shardings, init_fn, train_iter):
-  """Resume from the workdir, else start from train.init_from, else from scratch."""
-  latest = checkpointer.latest_step()
+  """Resume from the workdir's newest intact step, else start from train.init_from, else anew."""
+  latest = checkpointer.restorable_step()
   target = checkpoints.abstract_like(abstract, shardings)
   if latest is not None:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
-    return checkpointer.restore(latest, target, data_iterator=train_iter)
+    return checkpointer.restore(latest, target, data_iterator=train_iter, expected=config.model)
   state = jax.jit(init_fn, out_shardings=shardings)()
   if config.train.init_from:
-    params, batch_stats = checkpoints.restore_student(config.train.init_from, target)
+    params, batch_stats = checkpoints.restore_student(config.train.init_from, target,
+                                                      expected=config.model)
     state = state.replace(params=params, batch_stats=batch_stats)
     logging.info("initialised the student from %s", config.train.init_from)
   return state
 
 
+def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[str]:
+  """The ids of a batch's clips (filler rows dropped), for error messages."""
+  index = split_index.load_index(split_index.open_split(config.data.builder, config.data.data_dir,
+                                                        config.data.train_split))
+  return sorted({str(i) for i in index.clips(records[records >= 0])["id"]})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the student on `config`, evaluates it, and returns the final evaluation metrics."""
+  """Trains the student on `config`, evaluates it, and returns the final evaluation metrics
+  ({} when preemption stopped it after a checkpoint)."""
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
 
@@ -74,15 +86,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = loader.steps_per_epoch(config.data, process_count=jax.process_count(),
                                            batch_multiple=batch_multiple)
   total_steps = steps_per_epoch * config.train.num_epochs
-  train_data = loader.train_dataset(config.data, seed=config.seed,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    batch_multiple=batch_multiple)
-  train_iter = iter(train_data)
   logging.info("%d steps per epoch, %d steps", steps_per_epoch, total_steps)
 
   # ---- Teachers (frozen) -----------------------------------------------------------------------
   teachers_graphdef, teachers_state = teachers_setup.frozen_teachers(config, workdir, mesh)
+  teacher_posteriors = None
+  if config.teachers.cache:
+    # The batches then carry the teachers' posteriors: the step neither runs nor holds teachers.
+    teacher_posteriors = teacher_cache.build_or_reuse(config, workdir, mesh, teachers_graphdef,
+                                                      teachers_state)
+    teachers_state = None
+
+  # ---- Training batches ------------------------------------------------------------------------
+  train_data = loader.train_dataset(config.data, seed=config.seed,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count(),
+                                    batch_multiple=batch_multiple,
+                                    teacher_posteriors=teacher_posteriors)
+  train_iter = iter(train_data)
 
   # ---- Student, optimizer and train state ------------------------------------------------------
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch)
@@ -96,9 +117,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Compiled steps --------------------------------------------------------------------------
   batch_sharding = sharding.batch_sharding(mesh)
   teachers_sharding = jax.tree.map(lambda x: x.sharding, teachers_state)
-  update_fn = jax.jit(steps.make_update_fn(graphdef, teachers_graphdef, optimizer, config),
-                      in_shardings=(shardings, batch_sharding, teachers_sharding),
-                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  update_fn = sharding.jit_update(
+      steps.make_update_fn(graphdef, teachers_graphdef, optimizer, config), shardings,
+      teachers_sharding, mesh)
+  step_flops = flops.StepFlops(update_fn, config.optim.grad_accum_steps)
+  peak_flops = flops.peak_flops_per_device()
   predict_fn = jax.jit(steps.make_predict_fn(graphdef),
                        in_shardings=(shardings.params, shardings.batch_stats, batch_sharding),
                        out_shardings=sharding.replicated(mesh))
@@ -114,29 +137,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
   def checkpoint_metrics(results: dict) -> dict:
-    value = results[config.eval.splits[0]].get(config.train.best_metric)
+    value = next(iter(results.values())).get(config.train.best_metric)  # first split, variant
     return {config.train.best_metric: value}
 
   # ---- Training loop ---------------------------------------------------------------------------
   pending = None       # the previous step's (step, metrics, records), checked one step late
   interval = []        # host metrics since the last log line
+  interval_flops = 0.0
   interval_start = time.perf_counter()
 
   def check(pending_step):
     step, metrics, records = pending_step
     metrics = jax.tree.map(float, metrics)
     if not metrics["finite"] and config.train.on_nonfinite == "raise":
+      checkpointer.wait()  # the last good checkpoint may still be being written
       last_good = checkpointer.latest_step()
       raise NonFiniteLossError(
-          f"non-finite loss {metrics['loss']} at step {step}; clips (records of split "
-          f"{config.data.train_split!r}) {sorted(set(records[records >= 0].tolist()))}; last "
-          f"good checkpoint: "
+          f"non-finite loss {metrics['loss']} at step {step}; clips of split "
+          f"{config.data.train_split!r} in this process's batch: {_clip_ids(config, records)}; "
+          f"last good checkpoint: "
           f"{checkpointer.directory / str(last_good) if last_good is not None else 'none'}")
+    if not metrics["finite"]:
+      logging.warning("non-finite loss %s at step %d: update skipped (train.on_nonfinite='skip'; "
+                      "counted as skipped_steps)", metrics["loss"], step)
     interval.append(metrics)
+
+  watcher = preemption.PreemptionWatcher()
 
   for step in range(first_step + 1, total_steps + 1):
     batch = next(train_iter)
     inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TRAIN_INPUTS}, mesh)
+    interval_flops += step_flops(state, inputs, teachers_state)
     state, metrics = update_fn(state, inputs, teachers_state)
     if pending is not None:
       check(pending)  # the previous step: reading it now keeps the device busy
@@ -152,22 +183,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       summary.update(
           frames_per_second=frames / elapsed,
           frames_per_second_per_device=frames / elapsed / jax.device_count(),
+          flops_per_second=interval_flops / elapsed,
           learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step)),
           skipped_steps=float(state.skipped_steps), epoch=step / steps_per_epoch)
+      mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), peak_flops)
+      if mfu is not None:
+        summary["mfu"] = mfu
       writer.write_scalars(step, summary)
-      logging.info("step %d/%d loss %.4f (ce %.4f bce %.4f metric %.4f) %.0f frames/s", step,
-                   total_steps, summary["loss"], summary["loss_ce"], summary["loss_bce"],
-                   summary["loss_metric"], summary["frames_per_second"])
-      interval, interval_start = [], time.perf_counter()
+      logging.info("step %d/%d loss %.4f (ce %.4f bce %.4f metric %.4f) %.0f frames/s "
+                   "%.3g TFLOP/s", step, total_steps, summary["loss"], summary["loss_ce"],
+                   summary["loss_bce"], summary["loss_metric"], summary["frames_per_second"],
+                   summary["flops_per_second"] / 1e12)
+      interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
 
-    if step == total_steps:
+    preempted = watcher.stop_requested(step)
+    if step == total_steps and not preempted:
       break
     results = None
-    if config.eval.every_steps and step % config.eval.every_steps == 0:
+    if config.eval.every_steps and step % config.eval.every_steps == 0 and not preempted:
       results = run_evaluation(step)
-    if step % config.train.checkpoint_every_steps == 0:
+    if step % config.train.checkpoint_every_steps == 0 or preempted:
+      if pending is not None:
+        check(pending)  # a step is checkpointed only once its loss is known to be finite
+        pending = None
       checkpointer.save(step, state, data_iterator=train_iter, config=config,
-                        metrics=checkpoint_metrics(results) if results else None)
+                        metrics=checkpoint_metrics(results) if results else None, force=preempted)
+    if preempted:
+      checkpointer.wait()
+      checkpointer.close()
+      writer.flush()
+      watcher.close()
+      logging.warning("preempted: saved step %d in %s and stopped; the next start resumes there",
+                      step, checkpointer.directory)
+      return {}
 
   # ---- Final evaluation and checkpoint -----------------------------------------------------------
   results = run_evaluation(total_steps)
@@ -177,5 +225,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.wait()
   checkpointer.close()
   writer.flush()
+  watcher.close()
   multihost_utils.sync_global_devices("avcd train done")
   return results

@@ -1,0 +1,26 @@
+"""avcd train-teacher --config=configs/X.py [--config.field=value ...] --workdir=DIR
+
+Writes the teachers' model checkpoint, report.json and soft_targets.png into DIR; point a student
+run at it with --config.teachers.checkpoint=DIR.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for the teachers.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from avcd import sharding, train_teacher  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed()
+  train_teacher.train_teachers(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,215 @@
+"""Training the ASR and VSR teachers on per-frame phoneme labels, and checking what they agree on.
+
+    avcd train-teacher --config=configs/synthetic.py --workdir=runs/synthetic/teachers
+
+Both teachers learn, by per-frame cross-entropy, the `phonemes` of the real clips of
+`data.train_split` (only in real clips does the mouth say what the audio says): the ASR teacher
+from the STFT, the VSR teacher from mouth crops through its own visual frontend (or stored lip
+features). The result is a model checkpoint with a `teachers` item, which `teachers.checkpoint`
+points a student run at, plus `report.json` and `soft_targets.png`: per-frame phoneme accuracy on
+`teachers.training.eval_split`, and how the soft target 1 - D(ASR, VSR) is distributed over the
+frames of real clips and of each fake method.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from avcd import checkpoints, losses, sharding
+from avcd import train_state as ts
+from avcd.models.student import frame_mask
+from data_pipelines import corpus_setup, loader, split_index
+
+TEACHER_INPUTS = ("stft", "faces", "lips", "num_frames", "phonemes")
+
+
+def _teacher_data_config(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+  cfg.train_real_only = True
+  cfg.augment = False  # flips and rotations would move the mouth out of the crop box
+  return cfg
+
+
+def _masked_cross_entropy(logits, labels, valid):
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  count = jnp.maximum(jnp.sum(valid), 1)
+  accuracy = jnp.sum((jnp.argmax(logits, -1) == labels) & valid) / count
+  return -jnp.sum(jnp.where(valid, picked, 0.0)) / count, accuracy
+
+
+def _teacher_logits(teachers, batch, mask, *, train, rngs=None):
+  lips = batch.get("lips")
+  if lips is None:
+    lips = teachers.vsr.lip_features(batch["faces"], mask, train=train)
+  return (teachers.asr(batch["stft"], mask, train=train, rngs=rngs),
+          teachers.vsr(lips, mask, train=train, rngs=rngs))
+
+
+def make_update_fn(graphdef, optimizer):
+  """update_fn(state, batch) -> (state, metrics): one step on both teachers' phoneme losses."""
+
+  def update_fn(state: ts.TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    mask = frame_mask(batch["num_frames"], batch["phonemes"].shape[1])
+    valid = mask & (batch["phonemes"] >= 0)
+
+    def loss_fn(params):
+      teachers = nnx.merge(graphdef, params, state.batch_stats, copy=True)
+      asr, vsr = _teacher_logits(teachers, batch, mask, train=True, rngs=nnx.Rngs(dropout=rng))
+      asr_loss, asr_accuracy = _masked_cross_entropy(asr, batch["phonemes"], valid)
+      vsr_loss, vsr_accuracy = _masked_cross_entropy(vsr, batch["phonemes"], valid)
+      metrics = dict(asr_loss=asr_loss, vsr_loss=vsr_loss, asr_accuracy=asr_accuracy,
+                     vsr_accuracy=vsr_accuracy)
+      return asr_loss + vsr_loss, (metrics, nnx.state(teachers, nnx.BatchStat))
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state), metrics
+
+  return update_fn
+
+
+def make_posteriors_fn(graphdef, divergence: str):
+  """posteriors_fn(params, batch_stats, batch) -> per-frame predictions and soft targets."""
+
+  def posteriors_fn(params, batch_stats, batch):
+    teachers = nnx.merge(graphdef, params, batch_stats)
+    mask = frame_mask(batch["num_frames"], batch["phonemes"].shape[1])
+    asr, vsr = _teacher_logits(teachers, batch, mask, train=False)
+    target = losses.soft_target(jax.nn.softmax(asr, -1), jax.nn.softmax(vsr, -1), divergence)
+    return dict(asr=jnp.argmax(asr, -1), vsr=jnp.argmax(vsr, -1), soft_target=target, mask=mask)
+
+  return posteriors_fn
+
+
+def _evaluate(posteriors_fn, state, config, data_cfg, split, mesh) -> dict:
+  """Per-frame phoneme accuracy on real clips; soft-target distribution per method."""
+  dataset = loader.eval_dataset(data_cfg, config.eval, split=split,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(),
+                                batch_multiple=sharding.local_batch_multiple(mesh))
+  index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
+  correct = {"asr": 0, "vsr": 0}
+  counted = 0
+  targets_by_method = {}
+  for batch in dataset:
+    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TEACHER_INPUTS}, mesh)
+    out = jax.tree.map(np.asarray, posteriors_fn(state.params, state.batch_stats, inputs))
+    for row, record in enumerate(batch["record"]):
+      if record < 0:
+        continue
+      valid = out["mask"][row]
+      method = str(index.method[record])
+      targets_by_method.setdefault(method, []).append(out["soft_target"][row][valid])
+      if index.label[record] == 0:
+        known = valid & (batch["phonemes"][row] >= 0)
+        counted += int(known.sum())
+        for name in correct:
+          correct[name] += int((out[name][row] == batch["phonemes"][row])[known].sum())
+  targets = {m: np.concatenate(v) for m, v in sorted(targets_by_method.items())}
+  return dict(
+      split=split,
+      asr_frame_accuracy=correct["asr"] / max(counted, 1),
+      vsr_frame_accuracy=correct["vsr"] / max(counted, 1),
+      frames=counted,
+      soft_target={m: dict(mean=float(v.mean()), median=float(np.median(v)),
+                           p10=float(np.percentile(v, 10)), p90=float(np.percentile(v, 90)),
+                           frames=int(v.size)) for m, v in targets.items()},
+  ), targets
+
+
+def _plot_soft_targets(targets: dict, path: pathlib.Path, divergence: str) -> None:
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  fig = figure.Figure(figsize=(7, 4), dpi=110)
+  ax = fig.add_subplot()
+  low = min(float(v.min()) for v in targets.values())
+  bins = np.linspace(min(low, 0.0), 1.0, 60)
+  for method, values in targets.items():
+    ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.6, label=method)
+  ax.set_xlabel(f"soft target 1 - D ({divergence}) per frame")
+  ax.set_ylabel("density")
+  ax.set_title("Teacher agreement by generation method")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.Path) -> dict:
+  """Trains both teachers on `config`, saves them to output_dir and returns the report."""
+  output_dir = pathlib.Path(output_dir).absolute()
+  output_dir.mkdir(parents=True, exist_ok=True)
+  training = config.teachers.training
+
+  # ---- Devices and data ------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  corpus_setup.prepare_corpus(config.data, output_dir.parent)
+  data_cfg = _teacher_data_config(config.data)
+  batch_multiple = sharding.local_batch_multiple(mesh)
+  steps_per_epoch = loader.steps_per_epoch(data_cfg, process_count=jax.process_count(),
+                                           batch_multiple=batch_multiple)
+  total_steps = steps_per_epoch * training.num_epochs
+  train_iter = iter(loader.train_dataset(data_cfg, seed=config.seed,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count(),
+                                         batch_multiple=batch_multiple))
+
+  # ---- Model, optimizer, state -----------------------------------------------------------------
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, training.learning_rate, min(training.warmup_steps, total_steps // 2), total_steps)
+  optimizer = optax.adamw(schedule, weight_decay=training.weight_decay)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
+  init_fn = lambda: ts.init_train_state(ts.build_teachers(config.teachers, config.seed),
+                                        optimizer, config.seed)
+  shardings = sharding.state_shardings(jax.eval_shape(init_fn), mesh)
+  state = jax.jit(init_fn, out_shardings=shardings)()
+  batch_sharding = sharding.batch_sharding(mesh)
+  update_fn = jax.jit(make_update_fn(graphdef, optimizer), in_shardings=(shardings, batch_sharding),
+                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  posteriors_fn = jax.jit(make_posteriors_fn(graphdef, config.loss.divergence),
+                          in_shardings=(shardings.params, shardings.batch_stats, batch_sharding))
+  logging.info("training teachers: %d steps (%d per epoch) on real clips of %s", total_steps,
+               steps_per_epoch, data_cfg.train_split)
+
+  # ---- Training loop ---------------------------------------------------------------------------
+  start, log = time.perf_counter(), []
+  for step in range(1, total_steps + 1):
+    batch = next(train_iter)
+    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TEACHER_INPUTS}, mesh)
+    state, metrics = update_fn(state, inputs)
+    log.append(metrics)
+    if step % steps_per_epoch == 0 or step == total_steps:
+      summary = {k: float(np.mean([float(m[k]) for m in log])) for k in log[0]}
+      if not np.isfinite(summary["loss"]):
+        raise FloatingPointError(f"teacher loss is {summary['loss']} at step {step}")
+      logging.info("teachers step %d/%d (%.0f s): loss %.3f, frame accuracy ASR %.3f VSR %.3f",
+                   step, total_steps, time.perf_counter() - start, summary["loss"],
+                   summary["asr_accuracy"], summary["vsr_accuracy"])
+      log = []
+
+  # ---- Evaluation, report and checkpoint -------------------------------------------------------
+  report, targets = _evaluate(posteriors_fn, state, config, data_cfg, training.eval_split, mesh)
+  report.update(train_steps=total_steps, train_seconds=time.perf_counter() - start,
+                divergence=config.loss.divergence)
+  logging.info("teachers on %s: frame accuracy ASR %.3f, VSR %.3f; soft target medians %s",
+               training.eval_split, report["asr_frame_accuracy"], report["vsr_frame_accuracy"],
+               {m: round(v["median"], 3) for m, v in report["soft_target"].items()})
+  if jax.process_index() == 0:
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    _plot_soft_targets(targets, output_dir / "soft_targets.png", config.loss.divergence)
+  checkpoints.save_model(output_dir,
+                         teachers_state=dict(params=state.params, batch_stats=state.batch_stats),
+                         config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
+                         meta=dict(report=report))
+  return report

@@ -1,0 +1,37 @@
+r"""FakeAVCeleb intra-dataset, per category, with and without the leading-silence shortcut.
+
+FakeAVCeleb's fakes open with a short silence that alone separates them from real clips. This
+config reports every test result twice: whole clips (WORKDIR/eval/test) and clips scored from
+their first non-silent frame (WORKDIR/eval/test-silence_trimmed). Train without the shortcut with
+--config.data.trim_leading_silence=True (or short random windows, --config.data.train_window=50).
+
+  avcd train --config=configs/fakeavceleb.py --workdir=runs/fakeavceleb \
+      --config.data.data_dir=DATA_DIR --config.teachers.checkpoint=TEACHERS \
+      --config.train.init_from=TALKNET
+
+Hardware: one or more GPU/TPU hosts. Expected result: metrics.json per variant with
+`per_category` (RealVideo-FakeAudio, FakeVideo-RealAudio, FakeVideo-FakeAudio against the real
+clips) and `per_method` (faceswap, fsgan, wav2lip, rtvc, ...); the gap between the two variants
+measures how much a detector leans on the silence.
+"""
+
+from avcd import config_lib
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 898
+  config.model = config_lib.student()
+  config.teachers = config_lib.teachers()
+  config.teachers.vsr.use_frontend = False  # the authors' lip features are stored in the shards
+  config.loss = config_lib.losses()
+  config.data = config_lib.data(builder="fakeavceleb", train_split="train")
+  config.eval = config_lib.evaluation(splits=("test",), leading_silence=("keep", "trim"),
+                                      every_steps=5000)
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-5, decay_per_epoch=0.95, b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0,
+      grad_accum_steps=1))
+  config.train = config_lib.training(num_epochs=100, checkpoint_every_steps=5000)
+  config.mesh = config_lib.mesh()
+  return config
