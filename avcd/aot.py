@@ -86,8 +86,12 @@ class TrainStep:
         train_batch_spec(rows, length, with_lips=self.with_lips,
                          teacher_classes=self.teacher_classes))
 
+  def arguments(self, length: int, rows: int) -> tuple:
+    """Abstract (state, batch, teachers_state) of a batch of `rows` clips of `length` frames."""
+    return self.state, self.batch(length, rows), self.teachers_state
+
   def lower(self, length: int, rows: int) -> jax.stages.Lowered:
-    return self.update_fn.lower(self.state, self.batch(length, rows), self.teachers_state)
+    return self.update_fn.lower(*self.arguments(length, rows))
 
   def initial_arguments(self) -> tuple:
     """(state, teachers_state) on the mesh: the seed's initialisation, untrained teachers."""
@@ -169,7 +173,8 @@ def compile_buckets(config: ml_collections.ConfigDict, mesh,
         length=length, rows=rows, argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
-        flops=flops.lowered_flops(lowered, config.optim.grad_accum_steps)))
+        flops=flops.program_flops(step.update_fn, step.arguments(length, rows),
+                                  config.optim.grad_accum_steps)))
   return reports
 
 

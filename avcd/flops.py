@@ -7,6 +7,7 @@ against the bf16 peak whatever the compute dtype (the usual convention: a float3
 """
 
 import jax
+import jax.numpy as jnp
 
 # Dense (no sparsity) bf16 matmul peak per JAX device, from the vendors' data sheets. The first
 # entry whose text occurs in `device.device_kind` wins, so more specific names come first. TPU v2
@@ -35,21 +36,27 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
   return next((peak for name, peak in PEAK_BF16_FLOPS_PER_DEVICE if name in kind), None)
 
 
-def lowered_flops(lowered: jax.stages.Lowered, accum_steps: int = 1) -> float:
-  """FLOPs of one call of a lowered train step.
+def program_flops(fn, args: tuple, accum_steps: int = 1) -> float:
+  """FLOPs of one call `fn(*args)`, from XLA's cost analysis of the program lowered for the CPU.
 
-  XLA's cost analysis counts a while loop's body once; the step's scan over `accum_steps`
-  micro-batches runs it accum_steps times. Scaling the whole count also scales the optimizer
-  update outside the loop, ~15 FLOPs per parameter against millions per frame: negligible.
+  The count is a property of the program, not of the backend, and only the CPU's analysis sees
+  all of it: GPU backends analyse no unoptimised program and count none of the cuDNN/cuBLAS calls
+  of compiled ones. `fn` may be jitted with shardings; it is re-traced from shapes alone.
+  XLA counts a while loop's body once; the step's scan over `accum_steps` micro-batches runs it
+  accum_steps times. Scaling the whole count also scales the optimizer update outside the loop,
+  ~15 FLOPs per parameter against millions per frame: negligible.
   """
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
+  lowered = jax.jit(getattr(fn, "__wrapped__", fn)).trace(*shapes).lower(
+      lowering_platforms=("cpu",))
   return float(lowered.cost_analysis()["flops"]) * accum_steps
 
 
 class StepFlops:
   """FLOPs of a jitted `update_fn(state, batch, teachers_state)`, counted once per batch shape.
 
-  Batches come in a few bucket shapes; each compiles once and has its own count. Lowering is
-  cached by jit, so counting before or after the first call costs no extra compilation.
+  Batches come in a few bucket shapes; each has its own count, from one CPU lowering (no
+  compilation) the first time the shape appears.
   """
 
   def __init__(self, update_fn, accum_steps: int):
@@ -60,8 +67,8 @@ class StepFlops:
   def __call__(self, state, batch, teachers_state) -> float:
     shape = tuple(x.shape for x in jax.tree.leaves(batch))
     if shape not in self._by_shape:
-      self._by_shape[shape] = lowered_flops(
-          self._update_fn.lower(state, batch, teachers_state), self._accum_steps)
+      self._by_shape[shape] = program_flops(self._update_fn, (state, batch, teachers_state),
+                                            self._accum_steps)
     return self._by_shape[shape]
 
 

@@ -20,11 +20,15 @@ from avcd.models.teachers import ASRTeacher, VSRTeacher
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = REPO.parent / "shared" / "parity"
-MANIFEST = PARITY_DIR / "state_dict_manifest.json"
 
 
 def fixture_path() -> pathlib.Path:
   return pathlib.Path(os.environ.get("AVCD_PARITY_FIXTURE", PARITY_DIR / "fixture_public.npz"))
+
+
+def manifest_path() -> pathlib.Path:
+  """The state-dict manifest lies beside the fixture (fixtures are made from it)."""
+  return fixture_path().parent / "state_dict_manifest.json"
 
 
 def load_fixture() -> dict:
@@ -32,8 +36,8 @@ def load_fixture() -> dict:
   if not path.exists():
     pytest.skip(f"parity fixture {path} not found (set AVCD_PARITY_FIXTURE or provide "
                 f"../shared/parity/fixture_public.npz)")
-  if not MANIFEST.exists():
-    pytest.skip(f"state-dict manifest {MANIFEST} not found")
+  if not manifest_path().exists():
+    pytest.skip(f"state-dict manifest {manifest_path()} not found")
   with np.load(path) as data:
     return {k: data[k] for k in data.files}
 
@@ -58,7 +62,7 @@ def _generate(key: str, shape: list[int], kind: str, seed: str) -> np.ndarray:
 
 def reference_state_dict(seed: str) -> dict[str, np.ndarray]:
   """The MTL_DDF state dict (without buffers) the fixture with this seed was made from."""
-  manifest = json.loads(MANIFEST.read_text())
+  manifest = json.loads(manifest_path().read_text())
   return {e["key"]: _generate(e["key"], e["shape"], e["kind"], seed)
           for e in manifest["keys"] if e["kind"] != "buffer"}
 

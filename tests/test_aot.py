@@ -35,23 +35,21 @@ def test_compile_reports_memory_and_flops_without_running(tmp_path):
   assert step_gflop > 0 and frame_gflop == pytest.approx(step_gflop / frames, abs=1e-3)
 
 
-def test_lowered_flops_count_a_matmul_and_scale_with_micro_batches():
+def test_program_flops_count_a_matmul_and_scale_with_micro_batches():
   x, w = jnp.ones((64, 128)), jnp.ones((128, 32))
-  lowered = jax.jit(jnp.matmul).lower(x, w)
-  assert flops.lowered_flops(lowered) == 2 * 64 * 128 * 32
-  assert flops.lowered_flops(lowered, accum_steps=4) == 4 * 2 * 64 * 128 * 32
+  assert flops.program_flops(jax.jit(jnp.matmul), (x, w)) == 2 * 64 * 128 * 32
+  assert flops.program_flops(jnp.matmul, (x, w), accum_steps=4) == 4 * 2 * 64 * 128 * 32
 
 
 class _RecordingStep:
-  """A jitted update_fn(state, batch, teachers) that records the batch shapes it lowers."""
+  """update_fn(state, batch, teachers) that records the batch shapes it is traced with."""
 
   def __init__(self):
-    self._jitted = jax.jit(lambda state, batch, teachers: (state, (batch @ teachers).sum()))
-    self.lowered_shapes = []
+    self.traced_shapes = []
 
-  def lower(self, state, batch, teachers):
-    self.lowered_shapes.append(batch.shape)
-    return self._jitted.lower(state, batch, teachers)
+  def __call__(self, state, batch, teachers):
+    self.traced_shapes.append(batch.shape)
+    return state, (batch @ teachers).sum()
 
 
 def test_step_flops_lowers_each_batch_shape_once():
@@ -61,7 +59,7 @@ def test_step_flops_lowers_each_batch_shape_once():
   small = step_flops(0.0, jnp.ones((2, 8)), teachers)
   large = step_flops(0.0, jnp.ones((6, 8)), teachers)
   assert step_flops(0.0, jnp.zeros((2, 8)), teachers) == small
-  assert step.lowered_shapes == [(2, 8), (6, 8)]
+  assert step.traced_shapes == [(2, 8), (6, 8)]
   assert large == pytest.approx(3 * small, rel=0.05)  # the matmul dominates
 
 

@@ -32,7 +32,7 @@ class CodeCarrier:
 
 def _with_buffers(state_dict: dict) -> dict:
   """Adds the buffers torch.save(MTL_DDF.state_dict()) holds besides the generated weights."""
-  manifest = json.loads(parity_utils.MANIFEST.read_text())
+  manifest = json.loads(parity_utils.manifest_path().read_text())
   state_dict = dict(state_dict)
   for entry in manifest["keys"]:
     if entry["kind"] != "buffer":

@@ -69,7 +69,8 @@ def measure(config_path: str, dtype: str, rows: int, length: int, *, steps: int,
   lowered = step.lower(length, rows)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
-  step_flops = flops.lowered_flops(lowered, config.optim.grad_accum_steps)
+  step_flops = flops.program_flops(step.update_fn, step.arguments(length, rows),
+                                   config.optim.grad_accum_steps)
 
   rng = np.random.default_rng(0)
   batches = [sharding.global_batch(aot.random_train_batch(step.batch(length, rows), rng), mesh)
