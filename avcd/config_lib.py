@@ -157,3 +157,16 @@ def training(*, num_epochs: int, **overrides) -> ConfigDict:
 def mesh() -> ConfigDict:
   """Device mesh: `data` x `fsdp` (-1 = all remaining devices)."""
   return ConfigDict(dict(data=-1, fsdp=1))
+
+
+def optimizer(**overrides) -> ConfigDict:
+  """The reference's train.py: Adam 1e-5, StepLR x0.95 after every epoch, no clipping."""
+  cfg = ConfigDict(dict(
+      learning_rate=1e-5,
+      decay_per_epoch=0.95,
+      b1=0.9, b2=0.999, eps=1e-8,
+      clip_grad_norm=0.0,     # 0 disables clipping
+      grad_accum_steps=1,     # micro-batches per optimizer step (their gradients are averaged)
+  ))
+  cfg.update(overrides)
+  return cfg

@@ -31,9 +31,7 @@ def get_config():
   config.eval = config_lib.evaluation(
       splits=("test", *(f"cmdfd:{split}" for split in CMDFD_SPLITS)),
       threshold_split="test", every_steps=5000)
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-5, decay_per_epoch=0.95, b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0,
-      grad_accum_steps=1))
+  config.optim = config_lib.optimizer()
   config.train = config_lib.training(num_epochs=100, checkpoint_every_steps=5000)
   config.mesh = config_lib.mesh()
   return config

@@ -25,13 +25,7 @@ def get_config():
   config.data = config_lib.data(builder="fakeavceleb", train_split="train")
   config.eval = config_lib.evaluation(splits=("test",))
 
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-5,
-      decay_per_epoch=0.95,   # StepLR(step_size=1 epoch, gamma=0.95) as the reference's train.py
-      b1=0.9, b2=0.999, eps=1e-8,
-      clip_grad_norm=0.0,     # 0 disables clipping (the reference does not clip)
-      grad_accum_steps=1,
-  ))
+  config.optim = config_lib.optimizer()
   config.train = config_lib.training(num_epochs=100)
   config.mesh = config_lib.mesh()
   return config

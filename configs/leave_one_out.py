@@ -41,9 +41,7 @@ def get_config(corpus_and_method: str = "fakeavceleb/wav2lip"):
       builder=corpus, train_split="train",
       train_methods=tuple(m for m in METHODS[corpus] if m != held_out))
   config.eval = config_lib.evaluation(splits=(TEST_SPLIT[corpus],), every_steps=5000)
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-5, decay_per_epoch=0.95, b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0,
-      grad_accum_steps=1))
+  config.optim = config_lib.optimizer()
   config.train = config_lib.training(num_epochs=100, checkpoint_every_steps=5000)
   config.mesh = config_lib.mesh()
   return config

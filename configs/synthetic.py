@@ -57,9 +57,7 @@ def get_config(variant: str = "demo"):
                      max_frames=75, num_speakers=64))
   config.eval = config_lib.evaluation(splits=("test",), frame_budget=1500)
 
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, decay_per_epoch=0.95, b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0,
-      grad_accum_steps=1))
+  config.optim = config_lib.optimizer(learning_rate=1e-3)
   config.train = config_lib.training(num_epochs=8, log_every_steps=120,
                                      checkpoint_every_steps=480)
   config.mesh = config_lib.mesh()

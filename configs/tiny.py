@@ -36,9 +36,7 @@ def get_config():
                      max_frames=40, num_speakers=10))
   config.eval = config_lib.evaluation(splits=("test",), frame_budget=120)
 
-  config.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, decay_per_epoch=0.95, b1=0.9, b2=0.999, eps=1e-8, clip_grad_norm=0.0,
-      grad_accum_steps=1))
+  config.optim = config_lib.optimizer(learning_rate=1e-3)
   config.train = config_lib.training(num_epochs=2, log_every_steps=1, checkpoint_every_steps=2)
   config.mesh = config_lib.mesh()
   return config

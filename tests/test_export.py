@@ -147,7 +147,8 @@ def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
     inputs.append(f"{name}={tmp_path / f'{name}.npy'}")
   outdir = tmp_path / "outputs"
   result = subprocess.run(
-      ["saved_model_cli", "run", "--dir", str(saved_model), "--tag_set", "serve",
+      # The venv's own script: CI runs the venv's python without putting its bin/ on PATH.
+      [str(pathlib.Path(sys.executable).parent / "saved_model_cli"), "run", "--dir", str(saved_model), "--tag_set", "serve",
        "--signature_def", export.SIGNATURE_KEY, "--inputs", ";".join(inputs),
        "--outdir", str(outdir)],
       capture_output=True, text=True, timeout=300, check=False)
