@@ -14,6 +14,7 @@ interrupted protocol continues where it stopped.
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -83,7 +84,7 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
 
 def markdown(aucs: dict, teacher_report: dict, config: ml_collections.ConfigDict,
-             seeds: list[int], command: str) -> str:
+             seeds: list[int], command: str, soft_target_plot: str) -> str:
   trained = tuple(config.data.train_methods)
   methods = sorted({m for row in aucs.values() for m in row if m != "all"},
                    key=lambda m: (m not in trained, m))
@@ -113,6 +114,7 @@ def markdown(aucs: dict, teacher_report: dict, config: ml_collections.ConfigDict
       "| Method | median | 10th pct | 90th pct |", "|---|---:|---:|---:|"]
   lines += [f"| {m} | {v['median']:.3f} | {v['p10']:.3f} | {v['p90']:.3f} |"
             for m, v in targets.items()]
+  lines += ["", f"![Soft target distributions by method]({soft_target_plot})"]
   return "\n".join(lines) + "\n"
 
 
@@ -129,9 +131,11 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
   aucs, teacher_report = run_protocol(config, workdir, seeds)
   command = " ".join(["python -m avcd.generalisation", *argv_for_record()])
-  text = markdown(aucs, teacher_report, config, seeds, command)
   output = pathlib.Path(_OUTPUT.value)
   output.parent.mkdir(parents=True, exist_ok=True)
+  plot = output.with_name(f"{output.stem}_soft_targets.png")
+  shutil.copyfile(workdir / "teachers" / "soft_targets.png", plot)
+  text = markdown(aucs, teacher_report, config, seeds, command, plot.name)
   output.write_text(text)
   print(text)
 
