@@ -228,9 +228,11 @@ def _run_cli_slowly(*args):
   """Runs the CLI at the lowest CPU priority, in its own process group.
 
   On a loaded machine a build at normal priority can finish all its clips between two polls of
-  `_interrupt_after`; at nice 19 it yields the CPU to the poll.
+  `_interrupt_after`; at nice 19 it yields the CPU to the poll. It stays in the test's session:
+  with scheduler autogroups (Linux's default) a new session would be a CPU group of its own,
+  where nice has no effect against the test.
   """
-  return _run_cli(*args, start_new_session=True, preexec_fn=lambda: os.nice(19))
+  return _run_cli(*args, process_group=0, preexec_fn=lambda: os.nice(19))
 
 
 def _interrupt_after(process, out: pathlib.Path, finished: int, sig: int) -> None:
