@@ -224,15 +224,23 @@ def _finished_files(out: pathlib.Path) -> dict[pathlib.Path, int]:
   return {p: p.stat().st_ino for p in store.glob("*/*") if p.suffix in (".example", ".rejected")}
 
 
+def _start_blocked_and_slow() -> None:
+  # A parent (a test runner's worker, a job scheduler) may hand down SIGINT ignored or blocked:
+  # exec keeps both. The CLI must undo them, or the interrupted build runs on to the end.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  os.nice(19)
+
+
 def _run_cli_slowly(*args):
-  """Runs the CLI at the lowest CPU priority, in its own process group.
+  """Runs the CLI at the lowest CPU priority, SIGINT ignored and blocked, in its own process group.
 
   On a loaded machine a build at normal priority can finish all its clips between two polls of
   `_interrupt_after`; at nice 19 it yields the CPU to the poll. It stays in the test's session:
   with scheduler autogroups (Linux's default) a new session would be a CPU group of its own,
   where nice has no effect against the test.
   """
-  return _run_cli(*args, process_group=0, preexec_fn=lambda: os.nice(19))
+  return _run_cli(*args, process_group=0, preexec_fn=_start_blocked_and_slow)
 
 
 def _interrupt_after(process, out: pathlib.Path, finished: int, sig: int) -> None:

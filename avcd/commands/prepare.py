@@ -57,6 +57,11 @@ flags.mark_flag_as_required("output")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Interrupts must stop the build whatever this process inherited: a parent may have left
+  # SIGINT ignored or blocked (both survive fork and exec), which would let a "stopped" build run
+  # on to the end.
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+  signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   tfds.disable_progress_bar()  # prepare logs its own progress lines
   options = extraction.ExtractOptions(luma=_LUMA.value, max_frames=_MAX_FRAMES.value,
