@@ -23,6 +23,15 @@ COMMANDS = {
 }
 
 
+
+def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]:
+  """Parses a flag value of the form AxB (e.g. a mesh 4x2 or a batch 20x100) into two ints."""
+  try:
+    first, second = (int(n) for n in text.lower().split("x"))
+  except ValueError:
+    raise app.UsageError(f"--{flag}={text!r}: expected {form}, e.g. {example}") from None
+  return first, second
+
 def usage() -> str:
   width = max(map(len, COMMANDS))
   lines = ["usage: avcd COMMAND [--flag=value ...]   (avcd COMMAND --help for its flags)", "",

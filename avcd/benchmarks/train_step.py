@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import ConfigDict
 
-from avcd import aot, config_loading, flops, sharding
+from avcd import aot, cli, config_loading, flops, sharding
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/tiny.py", "configs/default.py"],
                              "Config files to benchmark (their model and teacher sizes).")
@@ -45,14 +45,6 @@ def _platform_defaults() -> tuple[str, list[str]]:
   if jax.default_backend() == "cpu":
     return "1x100", ["float32"]
   return "20x100", ["float32", "bfloat16"]
-
-
-def _parse_batch(text: str) -> tuple[int, int]:
-  try:
-    rows, length = (int(n) for n in text.lower().split("x"))
-  except ValueError:
-    raise app.UsageError(f"--batch={text!r}: expected BxT, e.g. 20x100") from None
-  return rows, length
 
 
 def measure(config_path: str, dtype: str, rows: int, length: int, *, steps: int,
@@ -114,7 +106,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   default_batch, default_dtypes = _platform_defaults()
-  rows, length = _parse_batch(_BATCH.value or default_batch)
+  rows, length = cli.parse_pair("batch", _BATCH.value or default_batch, "BxT", "20x100")
   dtypes = _DTYPES.value or default_dtypes
   device = jax.local_devices()[0]
   peak = _PEAK_TFLOPS.value * 1e12 if _PEAK_TFLOPS.value else flops.peak_flops_per_device(device)

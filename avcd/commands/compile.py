@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from avcd import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _MESH = flags.DEFINE_string("mesh", None, "Target mesh DATAxFSDP, e.g. 8x1, 4x2 or -1x2 "
@@ -23,14 +25,6 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Compile for this many CPU devi
 _LENGTHS = flags.DEFINE_multi_integer("lengths", None, "Bucket lengths to compile (default: "
                                       "every data.bucket_lengths).")
 flags.mark_flags_as_required(["config"])
-
-
-def _parse_mesh(text: str) -> tuple[int, int]:
-  try:
-    data, fsdp = (int(size) for size in text.lower().split("x"))
-  except ValueError:
-    raise app.UsageError(f"--mesh={text!r}: expected DATAxFSDP, e.g. 4x2") from None
-  return data, fsdp
 
 
 def main(argv):
@@ -44,7 +38,7 @@ def main(argv):
 
   config = _CONFIG.value
   if _MESH.value:
-    config.mesh.data, config.mesh.fsdp = _parse_mesh(_MESH.value)
+    config.mesh.data, config.mesh.fsdp = cli.parse_pair("mesh", _MESH.value, "DATAxFSDP", "4x2")
   mesh = sharding.make_mesh(config.mesh)
   reports = aot.compile_buckets(config, mesh, _LENGTHS.value)
   print(aot.format_reports(reports, mesh))
