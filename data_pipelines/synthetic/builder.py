@@ -19,11 +19,18 @@ from data_pipelines import schema
 from data_pipelines.synthetic import generator
 
 
+# Fields added after corpora were first built: named only when they differ from their default,
+# so that the specs of earlier corpora keep their names (and their builds stay reusable).
+_LATER_FIELDS = ("version", "held_out")
+
+
 def config_name(spec: generator.SyntheticSpec) -> str:
   """Every field of the spec, e.g. 'seed0-train_clips240-...-methodslipsync.desync-...'."""
   parts = []
   for field in dataclasses.fields(spec):
     value = getattr(spec, field.name)
+    if field.name in _LATER_FIELDS and value == field.default:
+      continue
     text = ".".join(map(str, value)) if isinstance(value, tuple) else repr(value)
     parts.append(f"{field.name}{text}")
   return "-".join(parts)

@@ -28,16 +28,19 @@ _BLOCK = 8
 
 
 def render_faces(rng: np.random.Generator, face: speakers.Face, track: np.ndarray, *,
-                 re_rendered: bool) -> tuple[np.ndarray, np.ndarray]:
+                 re_rendered: bool, mouth_artefact: str = "") -> tuple[np.ndarray, np.ndarray]:
   """Frames (T, 112, 112) uint8 of `face` saying the viseme track (T, 6), and head poses (T, 2, 3).
 
   re_rendered: a talking-head generator's texture (blur, compression blocks, ringing, little noise).
+  mouth_artefact: one of mouth.ARTEFACTS, a lip-sync generator's trace on the mouth patch ('' none).
   A pose maps face coordinates (x, y, 1) to frame coordinates.
   """
   num_frames = len(track)
   frames = np.repeat(_still_face(face)[None], num_frames, axis=0)
   _draw_eyes(frames, face, _blinks(rng, num_frames))
   mouth.draw_mouths(frames, face, track)
+  if mouth_artefact:
+    mouth.patch_artefact(rng, frames, face, mouth_artefact)
 
   angle, dx, dy, scale, gain, slope = _wander(rng, num_frames, 6)
   poses = np.empty((num_frames, 2, 3), np.float32)
@@ -57,6 +60,8 @@ def render_faces(rng: np.random.Generator, face: speakers.Face, track: np.ndarra
     frames = _re_rendered_texture(rng, frames)
     noise *= _RE_RENDERED_NOISE
   frames += noise * rng.standard_normal(frames.shape, dtype=np.float32)
+  if not np.all(np.isfinite(frames)):  # a degenerate shape would otherwise cast to garbage
+    raise FloatingPointError("rendered face frames hold non-finite values")
   return np.clip(np.round(frames), 0, 255).astype(np.uint8), poses
 
 

@@ -20,17 +20,19 @@ _PATCH_HALF_HEIGHT, _PATCH_HALF_WIDTH = 18, 26  # the drawn region around the mo
 MIDLINE = 55.5  # the face's vertical axis of symmetry in pixel coordinates
 
 
-def viseme_track(rng: np.random.Generator, visemes: np.ndarray, utterance: phonemes.Utterance,
+def viseme_track(rng: np.random.Generator, shapes: np.ndarray, utterance: phonemes.Utterance,
                  *, smoothing_frames: float = 0.0) -> np.ndarray:
-  """Per-frame viseme parameters (T, len(VISEME_FIELDS)) for phoneme ids `visemes` (T,).
+  """Per-frame viseme parameters (T, len(VISEME_FIELDS)) of the mouth shapes `shapes` (T, 6):
+  `phonemes.VISEME_PARAMS[ids]` for a mouth saying phoneme ids, or a generator's own shapes.
 
-  The opening is scaled by the utterance's per-segment emphasis, as the audio's loudness is.
+  The opening is scaled by the utterance's per-segment emphasis, as the audio's loudness is; width
+  and roundness vary a little from segment to segment.
   smoothing_frames: 0 for natural coarticulation; > 0 low-passes the track with a Gaussian of that
   standard deviation instead (a talking-head generator's over-smooth mouth).
   """
   num_segments = int(utterance.segments.max()) + 1
   jitter = 1.0 + _SEGMENT_JITTER * rng.standard_normal((num_segments, 2)).astype(np.float32)
-  track = phonemes.VISEME_PARAMS[visemes].copy()
+  track = np.array(shapes, np.float32)
   track[:, phonemes.OPENING] *= utterance.emphasis
   track[:, [phonemes.WIDTH, phonemes.ROUNDNESS]] *= jitter[utterance.segments]
   track[:, phonemes.ROUNDNESS] = np.clip(track[:, phonemes.ROUNDNESS], 0.0, 1.0)
@@ -89,3 +91,48 @@ def draw_mouths(frames: np.ndarray, face: speakers.Face, track: np.ndarray) -> N
   patch += upper_teeth_mask * (_TEETH - patch)
   patch += lower_teeth_mask * (_TEETH - patch)
   patch += tongue_mask * (_TONGUE - patch)
+
+
+# Traces that lip-sync generators leave on the mouth patch they re-render (see patch_artefact).
+ARTEFACTS = ("pasted", "flicker", "sharpened")
+_FEATHER_PX = 2.0            # the blend mask ramps from 0 to 1 over this many pixels inside
+_PASTE_BLUR_PX = (0.8, 1.2)  # Gaussian std of the pasted patch's blur
+_PASTE_GAIN = (0.05, 0.09)   # relative gain mismatch of the pasted patch (either sign)
+_FLICKER_GAIN = (0.025, 0.04)  # std of the per-frame relative gain of the patch
+_SHARPEN_AMOUNT = (0.8, 1.2)   # unsharp masking: x + amount (x - blur(x))
+_SHARPEN_BLUR_PX = 1.0
+
+
+def blend_mask(face: speakers.Face) -> tuple[tuple[slice, slice], np.ndarray]:
+  """The mouth patch's slices and a mask over it: 1 inside, ramping to 0 towards its edges."""
+  rows, cols = patch_slices(face)
+  inside = lambda n: np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / _FEATHER_PX
+  mask = np.minimum(inside(rows.stop - rows.start)[:, None], inside(cols.stop - cols.start)[None])
+  return (rows, cols), np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+
+def patch_artefact(rng: np.random.Generator, frames: np.ndarray, face: speakers.Face,
+                   kind: str) -> None:
+  """Leaves a lip-sync generator's trace on the mouth patch of frames (T, H, W) float32, in place.
+
+  Applied in face coordinates, so the trace moves with the head as a re-rendered patch does.
+  'pasted': the patch is blurred and blended in with a gain that differs from the face's, which
+  leaves a seam along its edge (Wav2Lip-like); 'flicker': the patch's gain changes from frame to
+  frame, as frames generated one by one do; 'sharpened': the patch is sharpened by unsharp
+  masking, as a restoration stage does (VideoReTalk-like).
+  """
+  (rows, cols), mask = blend_mask(face)
+  patch = frames[:, rows, cols]  # a view: changing it changes the frames
+  if kind == "pasted":
+    blurred = scipy.ndimage.gaussian_filter(frames, (0.0, *[rng.uniform(*_PASTE_BLUR_PX)] * 2))
+    gain = 1.0 + rng.choice((-1.0, 1.0)) * rng.uniform(*_PASTE_GAIN)
+    target = gain * blurred[:, rows, cols]
+  elif kind == "flicker":
+    gains = 1.0 + rng.uniform(*_FLICKER_GAIN) * rng.standard_normal(len(frames))
+    target = gains.astype(np.float32)[:, None, None] * patch
+  elif kind == "sharpened":
+    blurred = scipy.ndimage.gaussian_filter(frames, (0.0, _SHARPEN_BLUR_PX, _SHARPEN_BLUR_PX))
+    target = patch + rng.uniform(*_SHARPEN_AMOUNT) * (patch - blurred[:, rows, cols])
+  else:
+    raise ValueError(f"unknown mouth artefact {kind!r}; choose one of {ARTEFACTS}")
+  patch += mask * (target - patch)

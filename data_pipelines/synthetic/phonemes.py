@@ -78,6 +78,12 @@ OPENING, WIDTH, ROUNDNESS, UPPER_TEETH, LOWER_TEETH, TONGUE = range(len(VISEME_F
 
 _VOWELS = np.array([i for i, p in enumerate(PHONEMES) if p.group in ("open", "mid", "close")])
 _CONSONANTS = np.array([i for i, p in enumerate(PHONEMES) if p.group in ("fricative", "nasal")])
+GROUPS = tuple(dict.fromkeys(p.group for p in PHONEMES))
+GROUP_INDEX = np.array([GROUPS.index(p.group) for p in PHONEMES], np.int32)
+# Per group: the mean of its members' viseme parameters.
+GROUP_MEAN_PARAMS = np.stack([VISEME_PARAMS[GROUP_INDEX == g].mean(axis=0)
+                              for g in range(len(GROUPS))]).astype(np.float32)
+_GROUP_MEMBERS = tuple(np.flatnonzero(GROUP_INDEX == g) for g in range(len(GROUPS)))
 # Other members of each phoneme's group (empty for silence).
 _GROUP_MATES = tuple(
     np.array([j for j, q in enumerate(PHONEMES) if q.group == p.group and j != i], np.int64)
@@ -117,13 +123,40 @@ def sample_utterance(rng: np.random.Generator, num_frames: int) -> Utterance:
   return Utterance(np.asarray(ids, np.int32)[segments], segments, emphasis[segments])
 
 
-def swap_within_groups(rng: np.random.Generator, utterance: Utterance) -> np.ndarray:
+def swap_within_groups(rng: np.random.Generator, utterance: Utterance,
+                       probability: float = 1.0) -> np.ndarray:
   """Per-frame ids of another phoneme of the same group, segment by segment; silence stays.
 
   A group's members are equally frequent and each is replaced by a uniformly drawn other member,
   so the swapped stream has the same phoneme statistics, loudness and opening as the original.
+  probability < 1 swaps each spoken segment with that probability and keeps the others (one
+  extra draw per segment, made only then, so that full swaps draw exactly as before).
   """
   segment_ids = utterance.phonemes[np.unique(utterance.segments, return_index=True)[1]]
   swapped = np.array([rng.choice(_GROUP_MATES[i]) if i != SILENCE else SILENCE
                       for i in segment_ids], np.int32)
+  if probability < 1.0:
+    keep = rng.random(len(segment_ids)) >= probability
+    swapped = np.where(keep, segment_ids, swapped)
   return swapped[utterance.segments]
+
+
+def group_shapes(utterance: Utterance, rng: np.random.Generator) -> np.ndarray:
+  """Per-frame viseme parameters (T, len(VISEME_FIELDS)) that know each segment's group only.
+
+  A generator that predicts the sound class but not the phoneme: each spoken segment gets its
+  group's opening, its group's mean roundness, teeth and tongue (a neutral shape), and the width
+  of a member of its group drawn uniformly, whatever the phoneme said. Opening and width, the
+  mouth's size, then have exactly a real clip's distribution within each group, independent of
+  the audio within a group as a real mouth's size is after loudness equalisation: the audio's
+  energy against the mouth's size cannot tell such a clip from a real one. (The group's mean
+  width, or a mean plus noise of the same variance, would: both change the shape of the size's
+  distribution, and with it the per-clip correlations.)
+  """
+  segment_ids = utterance.phonemes[np.unique(utterance.segments, return_index=True)[1]]
+  groups = GROUP_INDEX[segment_ids]
+  params = GROUP_MEAN_PARAMS[groups].copy()
+  params[:, OPENING] = VISEME_PARAMS[segment_ids, OPENING]
+  members = [_GROUP_MEMBERS[g][rng.integers(len(_GROUP_MEMBERS[g]))] for g in groups]
+  params[:, WIDTH] = VISEME_PARAMS[members, WIDTH]
+  return params[utterance.segments]

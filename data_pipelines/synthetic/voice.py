@@ -21,14 +21,27 @@ _SNR_DB = (25.0, 40.0)      # open-vowel RMS over the background noise floor
 _PEAK_RMS = (1500.0, 5000.0)  # int16 RMS of an open vowel: the recording gain
 _VOCODER_CUTOFF_HZ = (5000.0, 7000.0)
 _VOCODER_INTONATION = 0.3   # vocoders flatten the pitch contour to this fraction
+PRE_EMPHASIS = 0.97         # python_speech_features.mfcc's preemph
+# |1 - 0.97 exp(-i 2 pi f / 16 kHz)| near an open vowel's first formants (~900 Hz): with
+# equal_mfcc_energy, sounds are scaled by it so that an open vowel keeps its raw loudness.
+_OPEN_VOWEL_PRE_EMPHASIS_GAIN = 0.35
+_INT16_PEAK = 32000.0
 
 
 def render_speech(rng: np.random.Generator, utterance: phonemes.Utterance, voice: speakers.Voice,
-                  *, vocoded: bool) -> np.ndarray:
+                  *, vocoded: bool, equal_mfcc_energy: bool = False) -> np.ndarray:
   """int16 samples at schema.SAMPLE_RATE covering the utterance's frames (640 per frame).
 
   vocoded: synthesise as a voice-conversion vocoder would: a flattened pitch contour, no breath
   noise, no energy above a cutoff between 5 and 7 kHz.
+  equal_mfcc_energy: give each phoneme's sound unit RMS after the MFCC's pre-emphasis instead of
+  before it, over every 40 ms MFCC window. MFCC c0 is the log energy of the pre-emphasised
+  signal, which favours high formants: with raw RMS equal, the members of a group differ in c0
+  (iy above uw, s above f, n above m), and because the wider mouth of each group also has the
+  higher formants, "energy vs mouth width" would tell a within-group phoneme swap apart. Made
+  equal window by window (not just on average: the energy of a low formant between sparse
+  harmonics follows the pitch, and its log would average lower), a group's members share c0 and
+  only their spectral shape tells them apart.
   """
   num_frames = len(utterance.phonemes)
   num_samples = num_frames * SAMPLES_PER_FRAME
@@ -55,6 +68,8 @@ def render_speech(rng: np.random.Generator, utterance: phonemes.Utterance, voice
     if phoneme.voiced:
       sound = _unit_rms(_unit_rms(np.fft.irfft(harmonics * envelope, num_samples))
                         + breathiness * sound)
+    if equal_mfcc_energy:
+      sound = _OPEN_VOWEL_PRE_EMPHASIS_GAIN * sound / _local_rms(pre_emphasised(sound))
     gain = np.where(phoneme_per_sample == phoneme_id, phoneme.loudness * amplitude, 0.0)
     for _ in range(2):
       gain = scipy.ndimage.uniform_filter1d(gain, fade, mode="nearest")
@@ -62,8 +77,13 @@ def render_speech(rng: np.random.Generator, utterance: phonemes.Utterance, voice
 
   noise_floor = 10.0 ** (-rng.uniform(*_SNR_DB) / 20.0)
   speech += noise_floor * rng.standard_normal(num_samples)
-  samples = np.round(rng.uniform(*_PEAK_RMS) * speech)
-  return np.clip(samples, -32768, 32767).astype(np.int16)
+  samples = rng.uniform(*_PEAK_RMS) * speech
+  peak = np.max(np.abs(samples))
+  if equal_mfcc_energy and peak > _INT16_PEAK:
+    # A recording levelled to its peak: clipping would change c0 more for some phonemes
+    # (the loud, low, peaky ones) than for others.
+    samples *= _INT16_PEAK / peak
+  return np.clip(np.round(samples), -32768, 32767).astype(np.int16)
 
 
 def _pitch_contour(rng, num_frames, voice, vocoded) -> np.ndarray:
@@ -108,5 +128,20 @@ def _segment_envelope(utterance) -> np.ndarray:
   return attack * decay
 
 
+def pre_emphasised(x: np.ndarray) -> np.ndarray:
+  """x[n] - 0.97 x[n - 1], the first step of python_speech_features' MFCC (its default)."""
+  return np.append(x[:1], x[1:] - PRE_EMPHASIS * x[:-1])
+
+
+def _local_rms(x: np.ndarray) -> np.ndarray:
+  """RMS over the MFCC's 40 ms window around every sample."""
+  window = int(0.040 * schema.SAMPLE_RATE)
+  return np.sqrt(np.maximum(scipy.ndimage.uniform_filter1d(x * x, window, mode="wrap"), 1e-24))
+
+
+def _rms(x: np.ndarray) -> float:
+  return max(float(np.sqrt(np.mean(x * x))), 1e-12)
+
+
 def _unit_rms(x: np.ndarray) -> np.ndarray:
-  return x / max(float(np.sqrt(np.mean(x * x))), 1e-12)
+  return x / _rms(x)
