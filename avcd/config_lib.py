@@ -98,6 +98,13 @@ def losses() -> ConfigDict:
       # 'jensen_shannon': true Jensen-Shannon divergence in bits, in [0, 1].
       divergence="symmetric_kl_mean",
       metric_margin=1.0,
+      # 'reference': sigmoid of the clip distance, as the authors (never satisfied, see
+      # losses.metric_loss); 'centred': 2 sigmoid - 1, satisfiable with metric_margin < 1.
+      metric_form="reference",
+      # The sync-only control (docs/generalisation.md): cosine BCE against 1 on real clips and 0
+      # on real clips whose audio is rolled by sync_roll_frames (either direction); no teachers.
+      sync_weight=0.0,
+      sync_roll_frames=(3, 10),
   ))
 
 
@@ -163,6 +170,7 @@ def optimizer(**overrides) -> ConfigDict:
   """The reference's train.py: Adam 1e-5, StepLR x0.95 after every epoch, no clipping."""
   cfg = ConfigDict(dict(
       learning_rate=1e-5,
+      warmup_steps=0,         # linear warmup from 0 (the reference has none)
       decay_per_epoch=0.95,
       b1=0.9, b2=0.999, eps=1e-8,
       clip_grad_norm=0.0,     # 0 disables clipping

@@ -7,6 +7,8 @@ Per clip b and valid frame t:
     student's audio and visual embeddings, scored with binary cross-entropy;
   * joint-modal metric loss: d_b = ||s - c||_2 over the clip's frames, sigma_b = sigmoid(d_b);
     real clips pull sigma_b down, fakes push it above the margin.
+The sync-only control of the generalisation study replaces distillation by the same cosine BCE
+against targets that know timing only (`sync_loss`).
 """
 
 import jax
@@ -72,11 +74,41 @@ def clip_distance(target: jax.Array, prediction: jax.Array, mask: jax.Array) -> 
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
-def metric_loss(distance: jax.Array, labels: jax.Array, margin: float) -> jax.Array:
-  """Per clip: (1 - y) sigmoid(d)^2 + y max(0, margin - sigmoid(d))^2."""
+METRIC_FORMS = ("reference", "centred")
+
+
+def metric_loss(distance: jax.Array, labels: jax.Array, margin: float,
+                form: str = "reference") -> jax.Array:
+  """Per clip: (1 - y) m(d)^2 + y max(0, margin - m(d))^2.
+
+  'reference': m(d) = sigmoid(d), the authors' form. Since d >= 0, m(d) >= 1/2: a real clip's term
+  never falls below 1/4 and, with the reference's margin of 1, no fake ever satisfies its term
+  either, so the loss pushes every distance one way whatever the label. 'centred': m(d) =
+  2 sigmoid(d) - 1 = tanh(d / 2), in [0, 1) with m(0) = 0, which both labels can satisfy when
+  margin < 1.
+  """
+  if form not in METRIC_FORMS:
+    raise ValueError(f"unknown metric loss form {form!r}; choose one of {METRIC_FORMS}")
   sigma = jax.nn.sigmoid(distance)
+  if form == "centred":
+    sigma = 2.0 * sigma - 1.0
   y = labels.astype(jnp.float32)
   return (1.0 - y) * jnp.square(sigma) + y * jnp.square(jnp.maximum(margin - sigma, 0.0))
+
+
+def sync_loss(similarity: jax.Array, rolled_similarity: jax.Array, labels: jax.Array,
+              mask: jax.Array) -> jax.Array:
+  """The sync-only control: BCE of the scaled cosine against 1 on every valid frame of a real clip,
+  and against 0 on the same frames with the clip's audio rolled in time. Fakes do not count.
+
+  The targets know timing only, never content: what distillation's teacher targets add beyond
+  them is the claim under test.
+  """
+  real_frames = mask & (labels[:, None] == 0)
+  weights = real_frames.astype(jnp.float32)
+  terms = (binary_cross_entropy(similarity, jnp.ones_like(similarity))
+           + binary_cross_entropy(rolled_similarity, jnp.zeros_like(rolled_similarity)))
+  return jnp.sum(terms * weights) / jnp.maximum(2.0 * jnp.sum(weights), 1.0)
 
 
 def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -88,12 +120,16 @@ def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, j
 
 
 def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Array,
-                    labels: jax.Array, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+                    labels: jax.Array, cfg: ml_collections.ConfigDict,
+                    rolled_embeds: tuple[jax.Array, jax.Array] | None = None
+                    ) -> tuple[jax.Array, dict]:
   """The weighted total loss and a dict of its parts, batch means and per-clip values.
 
   student_out: the Student's outputs (`audio_embed`, `visual_embed`, `frame_logits`, `mask`);
   asr_probs, vsr_probs: (B, T, K) teacher posteriors (no gradient flows into them);
   labels: (B,) clip labels (1 = fake). Clips with no valid frame (batch filler) count nowhere.
+  rolled_embeds: the (audio, visual) embeddings of the same clips with their audio rolled in
+  time, for the sync-only control (`cfg.sync_weight`); None when that weight is 0.
   The batch CE and BCE average over all valid frames of the batch (the reference's mean over
   B x T frames); the metric loss averages over valid clips.
   """
@@ -103,18 +139,22 @@ def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Arra
   # Padded frames may hold zero embeddings (0/0 in the cosine's gradient) or a similarity of
   # exactly 0 or 1 (log 0): give them a harmless constant so no NaN leaks into valid gradients.
   valid = lambda x, fill: jnp.where(mask[..., None] if x.ndim == 3 else mask, x, fill)
-  similarity = valid(scaled_cosine(valid(student_out["audio_embed"], 1.0),
-                                   valid(student_out["visual_embed"], 1.0)), 0.5)
+  cosine = lambda audio, visual: valid(scaled_cosine(valid(audio, 1.0), valid(visual, 1.0)), 0.5)
+  similarity = cosine(student_out["audio_embed"], student_out["visual_embed"])
 
   ce_clip, ce = _masked_frame_mean(frame_cross_entropy(student_out["frame_logits"], labels), mask)
   bce_clip, bce = _masked_frame_mean(binary_cross_entropy(similarity, target), mask)
   distance = clip_distance(target, similarity, mask)
-  metric_clip = metric_loss(distance, labels, cfg.metric_margin)
+  metric_clip = metric_loss(distance, labels, cfg.metric_margin, cfg.metric_form)
   metric = jnp.sum(jnp.where(clip_valid, metric_clip, 0.0)) / jnp.maximum(jnp.sum(clip_valid), 1)
+  sync = jnp.zeros((), jnp.float32)
+  if rolled_embeds is not None:
+    sync = sync_loss(similarity, cosine(*rolled_embeds), labels, mask)
 
-  total = cfg.ce_weight * ce + cfg.distill_weight * bce + cfg.metric_weight * metric
+  total = (cfg.ce_weight * ce + cfg.distill_weight * bce + cfg.metric_weight * metric
+           + cfg.sync_weight * sync)
   parts = dict(
-      loss=total, loss_ce=ce, loss_bce=bce, loss_metric=metric,
+      loss=total, loss_ce=ce, loss_bce=bce, loss_metric=metric, loss_sync=sync,
       clip_loss_ce=ce_clip, clip_loss_bce=bce_clip, clip_loss_metric=metric_clip,
       clip_distance=distance, soft_target=target, scaled_cosine=similarity)
   return total, parts

@@ -25,6 +25,21 @@ def teacher_posteriors(teachers_graphdef, teachers_state, batch: dict, mask: jax
   return jax.lax.stop_gradient(asr), jax.lax.stop_gradient(vsr)
 
 
+def _roll_shifts(rng: jax.Array, count: int, frames: tuple[int, int]) -> jax.Array:
+  """(count,) shifts of frames[0] to frames[1] frames (inclusive), either direction."""
+  magnitude_rng, sign_rng = jax.random.split(rng)
+  magnitude = jax.random.randint(magnitude_rng, (count,), frames[0], frames[1] + 1)
+  return jnp.where(jax.random.bernoulli(sign_rng, shape=(count,)), magnitude, -magnitude)
+
+
+def _roll_within_clips(x: jax.Array, shifts: jax.Array, num_frames: jax.Array) -> jax.Array:
+  """(B, T, ...) -> each clip's valid frames rolled circularly by its shift; padding stays."""
+  t = jnp.arange(x.shape[1])[None, :]
+  length = jnp.maximum(num_frames[:, None], 1)
+  source = jnp.where(t < num_frames[:, None], jnp.mod(t + shifts[:, None], length), t)
+  return jnp.take_along_axis(x, source.reshape(*source.shape, *([1] * (x.ndim - 2))), axis=1)
+
+
 def _microbatches(batch: dict, count: int) -> dict:
   """(B, ...) -> (count, B / count, ...), micro-batch a taking rows a, a + count, ... so every
   device keeps its own rows."""
@@ -49,9 +64,11 @@ def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransfo
     raise ValueError(f"train.on_nonfinite must be one of {NONFINITE_POLICIES}")
   accum_steps = cfg.optim.grad_accum_steps
   use_augmentation = cfg.data.augment
+  use_sync_loss = cfg.loss.sync_weight > 0
 
   def micro_step(params, batch_stats, teachers_state, batch, rng):
     dropout_rng, teacher_rng = jax.random.split(rng)
+    roll_rng = jax.random.fold_in(rng, 1)  # drawn apart so the other streams stay as they were
     mask = frame_mask(batch["num_frames"], batch["faces"].shape[1])
     asr, vsr = teacher_posteriors(teachers_graphdef, teachers_state, batch, mask,
                                   dropout=cfg.teachers.dropout_in_train, rng=teacher_rng)
@@ -60,13 +77,20 @@ def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransfo
     def loss_fn(params):
       # copy=True: the module's variables belong to this trace, so BatchNorm may update them.
       student = nnx.merge(graphdef, params, batch_stats, copy=True)
-      out = student(batch["mfcc"], faces, batch["num_frames"], train=True,
-                    rngs=nnx.Rngs(dropout=dropout_rng))
-      total, parts = losses.detector_losses(out, asr, vsr, batch["label"], cfg.loss)
+      rngs = nnx.Rngs(dropout=dropout_rng)
+      out = student(batch["mfcc"], faces, batch["num_frames"], train=True, rngs=rngs)
+      rolled = None
+      if use_sync_loss:
+        shifts = _roll_shifts(roll_rng, batch["num_frames"].shape[0], cfg.loss.sync_roll_frames)
+        audio = _roll_within_clips(out["audio_frontend"], shifts, batch["num_frames"])
+        rolled = student.cross_attend(audio, out["visual_frontend"], out["mask"], train=True,
+                                      rngs=rngs)
+      total, parts = losses.detector_losses(out, asr, vsr, batch["label"], cfg.loss,
+                                            rolled_embeds=rolled)
       return total, (parts, nnx.state(student, nnx.BatchStat))
 
     (_, (parts, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    metrics = {k: parts[k] for k in ("loss", "loss_ce", "loss_bce", "loss_metric")}
+    metrics = {k: parts[k] for k in ("loss", "loss_ce", "loss_bce", "loss_metric", "loss_sync")}
     metrics["soft_target"] = jnp.sum(jnp.where(mask, parts["soft_target"], 0.0)) / jnp.maximum(
         jnp.sum(mask), 1)
     return grads, new_batch_stats, metrics

@@ -132,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        workdir)
     scalars = {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()
                if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None}
+    scalars.update({f"{split}/auc/{method}": v["auc"] for split, m in results.items()
+                    for method, v in m.get("per_method", {}).items() if v.get("auc") is not None})
     writer.write_scalars(step, scalars)
     logging.info("step %d evaluation: %s", step, scalars)
     return results

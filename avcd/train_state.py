@@ -38,7 +38,12 @@ def split_model(model: nnx.Module):
 
 
 def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The reference's StepLR: lr x decay_per_epoch after every epoch."""
+  """The reference's StepLR: lr x decay_per_epoch after every epoch; after a linear warmup over
+  `warmup_steps` (from 0) when that is set, the epochs counted from the warmup's end."""
+  if optim_cfg.warmup_steps > 0:
+    return optax.warmup_exponential_decay_schedule(
+        0.0, optim_cfg.learning_rate, optim_cfg.warmup_steps, transition_steps=steps_per_epoch,
+        decay_rate=optim_cfg.decay_per_epoch, staircase=True)
   return optax.exponential_decay(optim_cfg.learning_rate, transition_steps=steps_per_epoch,
                                  decay_rate=optim_cfg.decay_per_epoch, staircase=True)
 

@@ -107,3 +107,27 @@ def test_gradient_accumulation_equals_the_full_batch_step():
                              rtol=1e-4)
   cosine = full @ accumulated / np.linalg.norm(full) / np.linalg.norm(accumulated)
   assert cosine > 0.999, cosine
+
+
+def test_roll_within_clips_keeps_each_clip_and_its_padding():
+  x = jnp.arange(2 * 6, dtype=jnp.float32).reshape(2, 6, 1)
+  rolled = steps._roll_within_clips(x, jnp.array([2, -1]), jnp.array([4, 6]))
+  np.testing.assert_array_equal(rolled[0, :, 0], [2, 3, 0, 1, 4, 5])   # frames 4, 5 are padding
+  np.testing.assert_array_equal(rolled[1, :, 0], [11, 6, 7, 8, 9, 10])
+
+
+def test_sync_control_trains_without_teachers_and_counts_real_clips_only():
+  config = _config(**{"loss.distill_weight": 0.0, "loss.metric_weight": 0.0,
+                      "loss.sync_weight": 1.0, "optim.learning_rate": 3e-3})
+  state, update_fn, teachers_state = _setup(config)
+  batch = jax.tree.map(jnp.asarray, _batch())
+  losses = []
+  for _ in range(6):
+    state, metrics = update_fn(state, batch, teachers_state)
+    losses.append((float(metrics["loss"]), float(metrics["loss_sync"]),
+                   float(metrics["loss_ce"])))
+  assert losses[0][1] > 0 and losses[-1][1] < losses[0][1], losses
+  np.testing.assert_allclose([l for l, _, _ in losses], [s + c for _, s, c in losses], rtol=1e-5)
+  only_fakes = dict(batch, label=jnp.ones_like(batch["label"]))
+  _, metrics = update_fn(state, only_fakes, teachers_state)
+  assert float(metrics["loss_sync"]) == 0.0
