@@ -1,23 +1,40 @@
-r"""The generalisation protocol on the synthetic corpus: does correlation distillation help on an
-unseen forgery method?
+r"""The claim study: does correlation distillation help on lip-sync generators a detector never saw?
 
-    python -m avcd.generalisation --config=configs/synthetic.py:generalisation \
-        --workdir=runs/generalisation --output=docs/generalisation.md
+    python -m avcd.generalisation --stage=1 --workdir=runs/generalisation
 
-Trains the teachers once, then the student with three loss ablations (CE only; CE +
-distillation; CE + distillation + contrastive) for each seed, on the training fakes the config
-names (`data.train_methods`), and evaluates every run on the test split: all methods, including
-the held-out ones. Writes a Markdown table of per-method test AUC (mean ± std over seeds) to
---output, with the teachers' accuracy and soft-target medians. Finished runs are reused, so an
-interrupted protocol continues where it stopped.
+runs what stage 1 still lacks and rewrites docs/generalisation/results.md from every results
+file under docs/generalisation/results/ (committed, so the study continues on any machine;
+`--report_only` skips the runs). docs/generalisation.md holds the pre-registration: rows,
+endpoint, contrasts, the number of seed pairs and the decision rule. Stages:
+
+  recipe  choose one training recipe for every row on the validation AUC of the trained
+          methods only (the test split is not even scored)
+  pilot   4 paired seeds of the stage 1 rows; prints only the SD of the paired differences of the
+          primary endpoint and the number of pairs it implies (blind to the endpoint's mean)
+  1       corpus 0: R0, R2, R3 over the pre-registered seeds, and the teachers-only row
+  2       corpus 0: R1, R4; corpus 1: every row; corpus 0 with a weaker VSR teacher: R1, R2
+
+Rows: R0 frame CE; R1 + correlation distillation; R2 + the joint-modal contrastive (metric) loss
+(the paper's method); R3 CE + a sync-only auxiliary (the distillation BCE against timing-only
+targets, no teachers); R4 R2 with the centred metric loss (losses.metric_loss).
+
+Every run trains the config's student from scratch on the corpus's training split (real, ls_a,
+desync, talking_head, voice_swap), then scores the validation split (trained methods) and the test
+split (200 clips of every method, 1400 real, speakers never seen). Its results file holds the
+per-method AUCs, the gate (every trained method >= 95% test AUC), the recipe, the commit, the
+time taken and every test clip's score, which the report's bootstrap resamples by speaker.
 """
 
+import dataclasses
+import datetime
 import json
 import pathlib
 import shutil
+import subprocess
 import sys
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app
@@ -25,119 +42,627 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from avcd import statistics
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config (configs/synthetic.py:generalisation).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the teachers and every run.")
-_OUTPUT = flags.DEFINE_string("output", "docs/generalisation.md", "Markdown table to write.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Student seeds.")
-flags.mark_flags_as_required(["config", "workdir"])
+    "config", "configs/synthetic.py:generalisation", "The study's base config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Corpora, teachers and every run's directory.")
+_RESULTS = flags.DEFINE_string("results", "docs/generalisation/results",
+                               "Results files (committed).")
+_REPORT = flags.DEFINE_string("report", "docs/generalisation/results.md", "Report to write.")
+_STAGE = flags.DEFINE_enum("stage", "1", ["recipe", "pilot", "1", "2"], "What to run.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the report from results.")
+_MAX_RUNS = flags.DEFINE_integer("max_runs", 0, "Stop after this many new runs (0: all).")
 
-# Ablation rows: (name, distillation weight, contrastive (metric) weight).
-ROWS = (("CE only", 0.0, 0.0), ("CE + distillation", 1.0, 0.0),
-        ("CE + distillation + contrastive", 1.0, 1.0))
+PRIMARY_HELD_OUT = ("ls_b", "ls_c")     # the primary endpoint: mean test AUC over these
+TRAINED = ("ls_a", "desync", "talking_head", "voice_swap")
+GATE_AUC = 0.95
+PILOT_SEEDS = 4
+MINIMUM_EFFECT = 0.05                   # 5 AUC points
+TEACHER_CONDITIONS = ("standard", "weak_vsr")
+# The weaker VSR teacher sees the mouth at this many pixels (the standard one at 32): chosen, on
+# the teachers' own validation frames only, to reach 60-70% per-frame phoneme accuracy.
+WEAK_VSR_MOUTH_SIZE = 10
+# The student's training recipe for every row (teachers train with the base config's own).
+# Chosen by --stage=recipe on trained methods' validation AUC (docs/generalisation.md).
+RECIPE = dict(learning_rate=None, frame_budget=None, num_epochs=None)
+WARMUP_STEPS = 100
+RECIPE_CELLS = tuple((lr, budget) for lr in (1e-3, 3e-3) for budget in (400, 1200))
+RECIPE_ROWS = ("R0", "R2")
+RECIPE_SEEDS = (0, 1)
+RECIPE_EPOCHS = 12
+RECIPE_TARGET = 0.97
 
 
-def _run_config(config: ml_collections.ConfigDict, teachers_dir: pathlib.Path, seed: int,
-                distill_weight: float, metric_weight: float) -> ml_collections.ConfigDict:
-  run = ml_collections.ConfigDict(config.to_dict())
-  run.seed = seed
-  run.loss.distill_weight = distill_weight
-  run.loss.metric_weight = metric_weight
-  run.teachers.source = "checkpoint"
-  run.teachers.checkpoint = str(teachers_dir)
-  return run
+@dataclasses.dataclass(frozen=True)
+class Row:
+  name: str
+  distill_weight: float
+  metric_weight: float
+  sync_weight: float = 0.0
+  metric_form: str = "reference"
+  metric_margin: float = 1.0
+
+  @property
+  def uses_teachers(self) -> bool:
+    return self.distill_weight > 0 or self.metric_weight > 0
 
 
-def _slug(name: str) -> str:
-  return name.lower().replace(" + ", "-").replace(" ", "-")
+ROWS = {
+    "R0": Row("CE", 0.0, 0.0),
+    "R1": Row("CE + distillation", 1.0, 0.0),
+    "R2": Row("CE + distillation + contrastive", 1.0, 1.0),
+    "R3": Row("CE + sync-only auxiliary", 0.0, 0.0, sync_weight=1.0),
+    "R4": Row("R2 with the centred contrastive loss", 1.0, 1.0, metric_form="centred",
+              metric_margin=0.5),
+}
 
 
-def run_protocol(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                 seeds: list[int]) -> dict:
-  """Runs (or reuses) every run; returns {row: {method: [auc per seed]}} and the teacher report."""
-  from avcd import train, train_teacher  # pylint: disable=g-import-not-at-top
-  from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run. Rows without teachers (R0, R3) have teacher 'none': the same run serves
+  every teacher condition."""
+  corpus: int
+  teacher: str
+  row: str
+  seed: int
 
+  @property
+  def name(self) -> str:
+    return f"corpus{self.corpus}-{self.teacher}-{self.row}-seed{self.seed}"
+
+  @classmethod
+  def of(cls, corpus: int, teacher: str, row: str, seed: int) -> "Run":
+    return cls(corpus, teacher if ROWS[row].uses_teachers else "none", row, seed)
+
+
+def stage_runs(stage: str, pairs: int) -> list[Run]:
+  """The runs a stage needs, in the order they are run (pairs stay together)."""
+  if stage == "pilot":
+    return [Run.of(0, "standard", row, seed) for seed in range(PILOT_SEEDS)
+            for row in ("R0", "R2", "R3")]
+  if stage == "1":
+    return [Run.of(0, "standard", row, seed) for seed in range(pairs)
+            for row in ("R0", "R2", "R3")]
+  if stage == "2":
+    runs = [Run.of(0, "standard", row, seed) for seed in range(pairs) for row in ("R1", "R4")]
+    runs += [Run.of(1, "standard", row, seed) for seed in range(pairs) for row in ROWS]
+    runs += [Run.of(0, "weak_vsr", row, seed) for seed in range(pairs) for row in ("R1", "R2")]
+    return runs
+  raise ValueError(f"no runs for stage {stage!r}")
+
+
+def stage_teachers(stage: str) -> list[tuple[int, str]]:
+  """The (corpus, teacher condition) pairs whose teachers-only row a stage reports."""
+  return {"pilot": [], "recipe": [], "1": [(0, "standard")],
+          "2": [(1, "standard"), (0, "weak_vsr")]}[stage]
+
+
+# ---- Configs ---------------------------------------------------------------------------------
+
+def corpus_config(base: ml_collections.ConfigDict, corpus: int, teacher: str,
+                  workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The base config on corpus `corpus` (its seed), with that teacher condition's teachers."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.data.synthetic.seed = corpus
+  config.data.data_dir = str(workdir / f"corpus{corpus}" / "data")
+  if teacher == "weak_vsr":
+    config.teachers.vsr.mouth_size = WEAK_VSR_MOUTH_SIZE
+  config.teachers.source = "checkpoint"
+  config.teachers.checkpoint = str(teachers_dir(workdir, corpus, teacher))
+  return config
+
+
+def teachers_dir(workdir: pathlib.Path, corpus: int, teacher: str) -> pathlib.Path:
+  # R0/R3 runs ('none') still load teachers for the cache's logged soft targets: the standard ones.
+  return workdir / f"corpus{corpus}" / f"teachers-{'standard' if teacher == 'none' else teacher}"
+
+
+def run_config(base: ml_collections.ConfigDict, run: Run, workdir: pathlib.Path,
+               recipe: dict | None = None) -> ml_collections.ConfigDict:
+  """A student run's config: the corpus's, the row's losses, and `recipe` (default RECIPE)."""
+  config = corpus_config(base, run.corpus, run.teacher, workdir)
+  recipe = RECIPE if recipe is None else recipe
+  config.optim.update(learning_rate=recipe["learning_rate"], warmup_steps=WARMUP_STEPS)
+  config.data.frame_budget = recipe["frame_budget"]
+  config.train.num_epochs = recipe["num_epochs"]
+  row = ROWS[run.row]
+  config.seed = run.seed
+  config.loss.update(distill_weight=row.distill_weight, metric_weight=row.metric_weight,
+                     sync_weight=row.sync_weight, metric_form=row.metric_form,
+                     metric_margin=row.metric_margin)
+  return config
+
+
+def recipe_config(base: ml_collections.ConfigDict, learning_rate: float, frame_budget: int,
+                  row: str, seed: int, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """A recipe-selection run: validation only (every epoch), never the test split."""
+  config = run_config(base, Run.of(0, "standard", row, seed), workdir, recipe=dict(
+      learning_rate=learning_rate, frame_budget=frame_budget, num_epochs=RECIPE_EPOCHS))
+  config.eval.splits = ("validation",)
+  return config
+
+
+def recipe_fields(config: ml_collections.ConfigDict) -> dict:
+  """What a results file records of the recipe (and what must match across runs)."""
+  return dict(learning_rate=config.optim.learning_rate, warmup_steps=config.optim.warmup_steps,
+              decay_per_epoch=config.optim.decay_per_epoch, frame_budget=config.data.frame_budget,
+              num_epochs=config.train.num_epochs, train_window=config.data.train_window,
+              augment=config.data.augment, model=config.model.to_dict(),
+              corpus=config.data.synthetic.to_dict())
+
+
+# ---- Running ---------------------------------------------------------------------------------
+
+def commit() -> str:
+  """The commit the code runs at ('+dirty' when the tree differs from it)."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + ("+dirty" if dirty else "")
+
+
+def _write_json(path: pathlib.Path, content: dict) -> None:
+  """Written whole or not at all: a killed job leaves no half file behind."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+  partial.replace(path)
+
+
+def _speakers(config: ml_collections.ConfigDict, split: str, ids: list[str]) -> list[int]:
+  from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
+  spec = generator.SyntheticSpec(**config.data.synthetic.to_dict())
+  return [generator.speaker_of(spec, split, int(clip.rsplit("-", 1)[1])) for clip in ids]
+
+
+def _read_scores(run_dir: pathlib.Path, split: str) -> list[dict]:
+  from avcd import reports  # pylint: disable=g-import-not-at-top
+  return sorted(reports.read_scores_csv(run_dir / "eval" / split / "scores.csv"),
+                key=lambda r: r["id"])
+
+
+def ensure_teachers(base, corpus: int, teacher: str, workdir: pathlib.Path,
+                    results: pathlib.Path) -> None:
+  """Trains the corpus's teachers of that condition once and records their report."""
+  from avcd import train_teacher  # pylint: disable=g-import-not-at-top
+  config = corpus_config(base, corpus, teacher, workdir)
+  out = teachers_dir(workdir, corpus, teacher)
+  report_file = results / f"teachers-corpus{corpus}-{teacher}.json"
+  if not (out / "report.json").exists():
+    logging.info("training the %s teachers of corpus %d", teacher, corpus)
+    train_teacher.train_teachers(config, out)
+  if not report_file.exists():
+    report = json.loads((out / "report.json").read_text())
+    _write_json(report_file, dict(report, commit=commit(), corpus=corpus, teacher=teacher))
+
+
+def ensure_test_clips(config, corpus: int, run_dir: pathlib.Path, results: pathlib.Path) -> None:
+  """Records the corpus's test clips (id, method, label, speaker) in the order scores are kept."""
+  path = results / f"clips-corpus{corpus}.json"
+  if path.exists():
+    return
+  records = _read_scores(run_dir, "test")
+  ids = [r["id"] for r in records]
+  _write_json(path, dict(corpus=corpus, ids=ids, methods=[r["method"] for r in records],
+                         labels=[r["label"] for r in records],
+                         speakers=_speakers(config, "test", ids)))
+
+
+def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> None:
+  """Trains and scores one run, writes its results file, and removes its checkpoints."""
+  from avcd import train  # pylint: disable=g-import-not-at-top
+  config = run_config(base, run, workdir)
+  run_dir = workdir / f"corpus{run.corpus}" / "runs" / run.name
+  shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt starts over
+  start = time.perf_counter()
+  metrics = train.train_and_evaluate(config, run_dir)
+  seconds = time.perf_counter() - start
+  ensure_test_clips(config, run.corpus, run_dir, results)
+  test = _read_scores(run_dir, "test")
+  test_auc = {m: v["auc"] for m, v in metrics["test"]["per_method"].items()}
+  failing = {m: test_auc[m] for m in TRAINED if not test_auc[m] >= GATE_AUC}
+  _write_json(results / "runs" / f"{run.name}.json", dict(
+      run=dataclasses.asdict(run), commit=commit(), seconds=seconds,
+      date=datetime.date.today().isoformat(), recipe=recipe_fields(config),
+      validation_auc={m: v["auc"] for m, v in metrics["validation"]["per_method"].items()},
+      test_auc=dict(test_auc, all=metrics["test"]["auc"]),
+      gate=dict(passed=not failing, failing=failing),
+      test_ids_digest=_digest([r["id"] for r in test]),
+      test_scores=[round(r["score"], 6) for r in test]))
+  shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+  logging.info("%s: %.0f s, test AUC %s", run.name, seconds,
+               {m: round(v, 3) for m, v in test_auc.items()})
+
+
+def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results) -> None:
+  from avcd import train  # pylint: disable=g-import-not-at-top
+  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
+  config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir)
+  name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
+  run_dir = workdir / "corpus0" / "recipe" / name
+  shutil.rmtree(run_dir, ignore_errors=True)
+  steps = loader.steps_per_epoch(config.data, process_count=1, batch_multiple=1)
+  config.eval.every_steps = steps
+  start = time.perf_counter()
+  train.train_and_evaluate(config, run_dir)
+  seconds = time.perf_counter() - start
+  epochs = []
+  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "validation/auc" in record:
+      epochs.append(dict(epoch=record["step"] / steps, time=record["time"], auc={
+          m: record[f"validation/auc/{m}"] for m in TRAINED}))
+  _write_json(results / "recipe" / f"{name}.json", dict(
+      learning_rate=learning_rate, frame_budget=frame_budget, row=row, seed=seed,
+      steps_per_epoch=steps, seconds=seconds, commit=commit(), recipe=recipe_fields(config),
+      epochs=epochs))
+  shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _digest(ids: list[str]) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def teachers_only(base, corpus: int, teacher: str, workdir: pathlib.Path,
+                  results: pathlib.Path) -> None:
+  """The teachers-only row: clip score 1 - mean soft target, on the test split; no training."""
+  from avcd import sharding, steps, teachers_setup, losses  # pylint: disable=g-import-not-at-top
+  from avcd.models import layers  # pylint: disable=g-import-not-at-top
+  from avcd.models.student import frame_mask  # pylint: disable=g-import-not-at-top
+  from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
+  path = results / "runs" / f"corpus{corpus}-{teacher}-teachers_only.json"
+  clips_path = results / f"clips-corpus{corpus}.json"
+  if path.exists() or not clips_path.exists():
+    return
+  config = corpus_config(base, corpus, teacher, workdir)
+  mesh = sharding.make_mesh(config.mesh)
   corpus_setup.prepare_corpus(config.data, workdir)
-  teachers_dir = workdir / "teachers"
-  report_path = teachers_dir / "report.json"
-  if not report_path.exists():
-    train_teacher.train_teachers(config, teachers_dir)
-  teacher_report = json.loads(report_path.read_text())
+  graphdef, state = teachers_setup.frozen_teachers(config, workdir, mesh)
 
-  aucs = {}
-  for name, distill_weight, metric_weight in ROWS:
-    for seed in seeds:
-      run_dir = workdir / f"{_slug(name)}-seed{seed}"
-      metrics_path = run_dir / "eval" / config.eval.splits[0] / "metrics.json"
-      if not metrics_path.exists():
-        start = time.perf_counter()
-        train.train_and_evaluate(
-            _run_config(config, teachers_dir, seed, distill_weight, metric_weight), run_dir)
-        logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - start)
-      metrics = json.loads(metrics_path.read_text())
-      row = aucs.setdefault(name, {})
-      row.setdefault("all", []).append(metrics["auc"])
-      for method, values in metrics["per_method"].items():
-        row.setdefault(method, []).append(values["auc"])
-  return aucs, teacher_report
+  @jax.jit
+  def clip_scores(teachers_state, batch):
+    mask = frame_mask(batch["num_frames"], batch["faces"].shape[1])
+    asr, vsr = steps.teacher_posteriors(graphdef, teachers_state, batch, mask, dropout=False,
+                                        rng=None)
+    target = losses.soft_target(asr, vsr, config.loss.divergence)
+    return 1.0 - layers.masked_mean(target[..., None], mask, axis=1)[..., 0]
+
+  dataset = loader.eval_dataset(config.data, config.eval, split="test", process_index=0,
+                                process_count=1, batch_multiple=1)
+  scores = {}
+  for batch in dataset:
+    inputs = {k: batch[k] for k in ("stft", "faces", "lips", "num_frames") if k in batch}
+    for record, score in zip(batch["record"], np.asarray(clip_scores(state, inputs))):
+      if record >= 0:
+        scores[int(record)] = float(score)
+  clips = json.loads(clips_path.read_text())
+  ordered = [scores[int(clip.rsplit("-", 1)[1])] for clip in clips["ids"]]
+  test = statistics.TestSet(np.array(clips["labels"]), np.array(clips["methods"]),
+                            np.array(clips["speakers"]))
+  test_auc = {m: test.method_auc(np.array(ordered), m) for m in sorted(set(clips["methods"]))
+              if m != "real"}
+  _write_json(path, dict(run=dict(corpus=corpus, teacher=teacher, row="teachers_only"),
+                         commit=commit(), test_auc=test_auc, test_ids_digest=_digest(clips["ids"]),
+                         test_scores=[round(s, 6) for s in ordered]))
 
 
-def markdown(aucs: dict, teacher_report: dict, config: ml_collections.ConfigDict,
-             seeds: list[int], command: str, soft_target_plot: str) -> str:
-  trained = tuple(config.data.train_methods)
-  methods = sorted({m for row in aucs.values() for m in row if m != "all"},
-                   key=lambda m: (m not in trained, m))
-  header = [f"{m} {'(trained)' if m in trained else '(held out)'}" for m in methods] + ["all"]
-  lines = [
-      "# Generalisation to unseen forgeries (synthetic corpus)", "",
-      f"Produced by:\n\n```sh\n{command}\n```", "",
-      f"Student trained on real clips and the fakes of {', '.join(trained)}; tested on the test "
-      f"split's held-out speakers, every method. Test ROC-AUC (%), mean ± std over seeds "
-      f"{', '.join(map(str, seeds))}; each method column scores all real test clips against "
-      "that method's fakes.", "",
-      "| Loss | " + " | ".join(header) + " |",
-      "|---|" + "---:|" * len(header)]
-  for name, _, _ in ROWS:
+# ---- Reading results -------------------------------------------------------------------------
+
+def load_results(results: pathlib.Path) -> dict:
+  """Every committed result: runs by name, test sets by corpus, teacher reports, recipe runs."""
+  runs = {p.stem: json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))}
+  test_sets = {}
+  for path in sorted(results.glob("clips-corpus*.json")):
+    clips = json.loads(path.read_text())
+    test_sets[clips["corpus"]] = statistics.TestSet(
+        np.array(clips["labels"]), np.array(clips["methods"]), np.array(clips["speakers"]))
+  teachers = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("teachers-*.json"))}
+  recipe = [json.loads(p.read_text()) for p in sorted((results / "recipe").glob("*.json"))]
+  prereg_path = results.parent / "preregistration.json"
+  prereg = json.loads(prereg_path.read_text()) if prereg_path.exists() else None
+  return dict(runs=runs, test_sets=test_sets, teachers=teachers, recipe=recipe, prereg=prereg)
+
+
+def _scores(result: dict) -> np.ndarray:
+  return np.asarray(result["test_scores"], np.float64)
+
+
+def pilot_pairs(loaded: dict) -> int:
+  """The pre-registration's number of pairs from the pilot: SD of the paired differences of the
+  primary endpoint (R2 - R0 and R2 - R3, the larger), printed without the endpoint's mean."""
+  endpoint = statistics.mean_method_auc(PRIMARY_HELD_OUT)
+  test = loaded["test_sets"][0]
+  sds = {}
+  for treatment, control in (("R2", "R0"), ("R2", "R3")):
+    differences = []
+    for seed in range(PILOT_SEEDS):
+      a = loaded["runs"].get(Run.of(0, "standard", control, seed).name)
+      b = loaded["runs"].get(Run.of(0, "standard", treatment, seed).name)
+      if a is None or b is None:
+        raise ValueError(f"the pilot lacks seed {seed} of {treatment} or {control}")
+      differences.append(endpoint(test, _scores(b), None) - endpoint(test, _scores(a), None))
+    sds[f"{treatment}-{control}"] = float(np.std(differences, ddof=1))
+  sd = max(sds.values())
+  pairs = statistics.pairs_needed(sd, MINIMUM_EFFECT)
+  print(f"pilot: SD of paired differences of the primary endpoint {sds}; "
+        f"pairs per corpus n = ceil((2.8 * {sd:.4f} / {MINIMUM_EFFECT})^2) + 2 = {pairs}")
+  return pairs, sds
+
+
+def choose_recipe(recipe_runs: list[dict]) -> dict | None:
+  """The cheapest recipe cell (mean seconds to the epoch) at which every run of the cell reaches
+  RECIPE_TARGET validation AUC on every trained method; None when no cell does."""
+  cells = {}
+  for run in recipe_runs:
+    cells.setdefault((run["learning_rate"], run["frame_budget"]), []).append(run)
+  best = None
+  for (learning_rate, budget), runs in sorted(cells.items()):
+    if len(runs) < len(RECIPE_ROWS) * len(RECIPE_SEEDS):
+      continue
+    for epoch in range(1, RECIPE_EPOCHS + 1):
+      at = [next((e for e in r["epochs"] if round(e["epoch"]) == epoch), None) for r in runs]
+      if any(e is None for e in at):
+        break
+      if all(min(e["auc"].values()) >= RECIPE_TARGET for e in at):
+        cost = float(np.mean([r["seconds"] * epoch / RECIPE_EPOCHS for r in runs]))
+        if best is None or cost < best["seconds"]:
+          best = dict(learning_rate=learning_rate, frame_budget=budget, num_epochs=epoch,
+                      seconds=cost)
+        break
+  return best
+
+
+# ---- Report ----------------------------------------------------------------------------------
+
+def _pct(value: float) -> str:
+  return f"{100 * value:.1f}"
+
+
+def _conditions(runs: dict) -> list[tuple[int, str]]:
+  """(corpus, teacher) conditions with runs, standard teachers first."""
+  found = {(r["run"]["corpus"], r["run"]["teacher"]) for r in runs.values()
+           if r["run"]["teacher"] != "none"}
+  found |= {(r["run"]["corpus"], "standard") for r in runs.values()}
+  return sorted(found, key=lambda c: (TEACHER_CONDITIONS.index(c[1]), c[0]))
+
+
+def _runs_of(loaded: dict, corpus: int, teacher: str, row: str) -> dict[int, dict]:
+  """{seed: result} of one row in one condition (R0 and R3 runs serve every condition)."""
+  out = {}
+  for name, result in loaded["runs"].items():
+    run = result["run"]
+    if (run.get("row") == row and run["corpus"] == corpus
+        and name == Run.of(corpus, teacher, row, run["seed"]).name):
+      out[run["seed"]] = result
+  return out
+
+
+def _pairs(loaded, conditions, treatment: str, control: str) -> dict[int, list]:
+  pairs = {}
+  for corpus, teacher in conditions:
+    a, b = _runs_of(loaded, corpus, teacher, control), _runs_of(loaded, corpus, teacher, treatment)
+    common = sorted(set(a) & set(b))
+    if common:
+      pairs[corpus] = [(_scores(a[s]), _scores(b[s])) for s in common]
+  return pairs
+
+
+def _method_table(loaded: dict, corpus: int, teacher: str, num_resamples: int) -> list[str]:
+  test = loaded["test_sets"][corpus]
+  methods = [m for m in (*TRAINED, "ls_a_clean", *PRIMARY_HELD_OUT) if m in set(test.methods)]
+  header = ([f"{m} (trained)" for m in TRAINED] + ["ls_a_clean (diagnostic)"]
+            + [f"{m} (held out)" for m in PRIMARY_HELD_OUT] + ["**primary endpoint**"])
+  lines = ["| row | runs | " + " | ".join(header) + " |", "|---|---:|" + "---:|" * len(header)]
+  endpoints = [statistics.mean_method_auc([m]) for m in methods]
+  endpoints.append(statistics.mean_method_auc(PRIMARY_HELD_OUT))
+  for row in ROWS:
+    runs = _runs_of(loaded, corpus, teacher, row)
+    if not runs:
+      continue
+    scores = {corpus: [_scores(r) for _, r in sorted(runs.items())]}
     cells = []
-    for method in [*methods, "all"]:
-      values = 100 * np.asarray(aucs[name][method], float)
-      cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}")
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  targets = teacher_report["soft_target"]
-  lines += [
-      "", "## Teachers", "",
-      f"Per-frame phoneme accuracy on the {teacher_report['split']} split's real clips: ASR "
-      f"{100 * teacher_report['asr_frame_accuracy']:.1f}%, VSR "
-      f"{100 * teacher_report['vsr_frame_accuracy']:.1f}% ({teacher_report['frames']} frames). "
-      f"Soft target 1 − D ({teacher_report['divergence']}) per frame, by method:", "",
-      "| Method | median | 10th pct | 90th pct |", "|---|---:|---:|---:|"]
-  lines += [f"| {m} | {v['median']:.3f} | {v['p10']:.3f} | {v['p90']:.3f} |"
-            for m, v in targets.items()]
-  lines += ["", f"![Soft target distributions by method]({soft_target_plot})"]
-  return "\n".join(lines) + "\n"
+    for endpoint in endpoints:
+      e = statistics.estimate(loaded["test_sets"], scores, endpoint, num_resamples=num_resamples)
+      cells.append(f"{_pct(e.mean)} [{_pct(e.low)}, {_pct(e.high)}]")
+    lines.append(f"| {row} {ROWS[row].name} | {len(runs)} | " + " | ".join(cells) + " |")
+  only = loaded["runs"].get(f"corpus{corpus}-{teacher}-teachers_only")
+  if only:
+    cells = [_pct(only["test_auc"][m]) for m in methods]
+    cells.append(_pct(np.mean([only["test_auc"][m] for m in PRIMARY_HELD_OUT])))
+    lines.append("| teachers only (1 - mean soft target) | - | " + " | ".join(cells) + " |")
+  return lines
 
 
-def argv_for_record() -> list[str]:
-  """The flags this run was started with, as the table's reproduction command."""
-  return [a for a in sys.argv[1:] if a.startswith("--")]
+def _contrast_line(name: str, c: statistics.Contrast, adjusted: float | None = None) -> str:
+  p = f"{c.p:.2g}" + (f" (Holm {adjusted:.2g})" if adjusted is not None else "")
+  corpora = ", ".join(f"corpus {k}: {100 * v:+.1f}" for k, v in sorted(c.per_corpus.items()))
+  return (f"| {name} | {c.pairs} | {100 * c.mean:+.1f} | [{100 * c.low:+.1f}, {100 * c.high:+.1f}]"
+          f" | {p} | {corpora} |")
 
+
+def verdict(primary: statistics.Contrast, adjusted_p: float, by_generator: dict,
+            against_sync: statistics.Contrast | None, gate_failures: int, complete: bool) -> str:
+  """The pre-registered decision rule (docs/generalisation.md) applied to R2 - R0."""
+  signs = [primary.mean] + list(primary.per_corpus.values()) + list(by_generator.values())
+  holds = (primary.mean >= MINIMUM_EFFECT and primary.low > 0 and adjusted_p < 0.05
+           and all(v > 0 for v in signs) and gate_failures == 0
+           and against_sync is not None and against_sync.mean > 0)
+  if primary.high < MINIMUM_EFFECT:
+    outcome = "fails"
+  elif holds:
+    outcome = "holds"
+  else:
+    outcome = "inconclusive"
+  return outcome if complete else f"{outcome} so far (stage 2 is not complete)"
+
+
+def write_report(loaded: dict, path: pathlib.Path, command: str, num_resamples: int = 2000):
+  runs = loaded["runs"]
+  lines = ["# Claim study: results", "",
+           f"Generated by `{command}` on {datetime.date.today().isoformat()} from the results "
+           "files beside this one (`results/`); the pre-registration, the corpus and the rows "
+           "are described in [../generalisation.md](../generalisation.md). AUC in %, mean over "
+           "runs [95% hierarchical bootstrap interval: seeds, and test speakers, resampled "
+           f"within each corpus; {num_resamples} resamples].", ""]
+  if loaded["recipe"]:
+    chosen = choose_recipe(loaded["recipe"])
+    lines += ["## Recipe selection (validation split, trained methods only)", "",
+              "| learning rate | frame budget | row | seed | epochs to every trained method >= "
+              f"{_pct(RECIPE_TARGET)} | seconds ({RECIPE_EPOCHS} epochs) |", "|---:|---:|---|---:|---:|---:|"]
+    for r in sorted(loaded["recipe"], key=lambda r: (r["learning_rate"], r["frame_budget"],
+                                                     r["row"], r["seed"])):
+      reached = next((round(e["epoch"]) for e in r["epochs"]
+                      if min(e["auc"].values()) >= RECIPE_TARGET), None)
+      lines.append(f"| {r['learning_rate']:g} | {r['frame_budget']} | {r['row']} | {r['seed']} | "
+                   f"{reached if reached is not None else 'never'} | {r['seconds']:.0f} |")
+    lines += ["", f"Chosen: {chosen}" if chosen else "No cell reached the target.", ""]
+  for key, report in sorted(loaded["teachers"].items()):
+    medians = ", ".join(f"{m} {v['median']:.3f}" for m, v in report["soft_target"].items())
+    lines.append(f"- Teachers {key}: per-frame phoneme accuracy ASR "
+                 f"{_pct(report['asr_frame_accuracy'])}%, VSR {_pct(report['vsr_frame_accuracy'])}%"
+                 f"; soft-target medians by method: {medians}.")
+  if loaded["teachers"]:
+    lines.append("")
+  if not loaded["test_sets"]:
+    path.write_text("\n".join(lines) + "\nNo test results yet.\n")
+    return
+  for corpus, teacher in _conditions(runs):
+    lines += [f"## Test AUC by method: corpus {corpus}, {teacher} teachers", ""]
+    lines += _method_table(loaded, corpus, teacher, num_resamples)
+    lines.append("")
+
+  endpoint = statistics.mean_method_auc(PRIMARY_HELD_OUT)
+  standard = [c for c in _conditions(runs) if c[1] == "standard"]
+  lines += ["## Paired contrasts of the primary endpoint (mean AUC over ls_b and ls_c)", "",
+            "| contrast | pairs | difference | 95% interval | p (paired t) | by corpus |",
+            "|---|---:|---:|---:|---|---|"]
+  contrasts = {}
+  for treatment, control in (("R2", "R0"), ("R1", "R0"), ("R2", "R3"), ("R4", "R0"),
+                             ("R4", "R2")):
+    pairs = _pairs(loaded, standard, treatment, control)
+    if pairs:
+      contrasts[(treatment, control)] = statistics.paired_contrast(
+          loaded["test_sets"], pairs, endpoint, num_resamples=num_resamples)
+  primary = [k for k in (("R2", "R0"), ("R1", "R0")) if k in contrasts]
+  adjusted = dict(zip(primary, statistics.holm([contrasts[k].p for k in primary])))
+  for key, contrast in contrasts.items():
+    lines.append(_contrast_line(f"{key[0]} - {key[1]}", contrast, adjusted.get(key)))
+  weak = [c for c in _conditions(runs) if c[1] == "weak_vsr"]
+  for treatment in ("R1", "R2"):
+    pairs = _pairs(loaded, weak, treatment, "R0")
+    if pairs:
+      lines.append(_contrast_line(f"{treatment} - R0, weaker VSR teacher",
+                                  statistics.paired_contrast(loaded["test_sets"], pairs, endpoint,
+                                                             num_resamples=num_resamples)))
+  lines.append("")
+
+  by_generator = {}
+  if ("R2", "R0") in contrasts:
+    pairs = _pairs(loaded, standard, "R2", "R0")
+    lines += ["R2 - R0 by held-out generator: " + ", ".join(
+        f"{m} {100 * statistics.paired_contrast(loaded['test_sets'], pairs, statistics.mean_method_auc([m]), num_resamples=200).mean:+.1f}"
+        for m in PRIMARY_HELD_OUT), ""]
+    for m in PRIMARY_HELD_OUT:
+      by_generator[m] = statistics.paired_contrast(
+          loaded["test_sets"], pairs, statistics.mean_method_auc([m]), num_resamples=10).mean
+
+  lines += ["## Does a row read ls_a's trace? (ls_a minus ls_a_clean, test AUC)", "",
+            "| row | condition | runs | ls_a - ls_a_clean |", "|---|---|---:|---:|"]
+  for corpus, teacher in _conditions(runs):
+    for row in ROWS:
+      results = _runs_of(loaded, corpus, teacher, row)
+      if results:
+        gap = [r["test_auc"]["ls_a"] - r["test_auc"]["ls_a_clean"] for r in results.values()]
+        lines.append(f"| {row} | corpus {corpus}, {teacher} | {len(gap)} | "
+                     f"{100 * np.mean(gap):+.1f} ± {100 * np.std(gap):.1f} |")
+  failures = {name: r["gate"]["failing"] for name, r in runs.items()
+              if "gate" in r and not r["gate"]["passed"]}
+  lines += ["", "## Gate (every trained method >= 95% test AUC)", "",
+            f"{sum('gate' in r for r in runs.values()) - len(failures)} of "
+            f"{sum('gate' in r for r in runs.values())} runs passed."]
+  lines += [f"- {name} failed: " + ", ".join(f"{m} {_pct(v)}" for m, v in sorted(f.items()))
+            for name, f in sorted(failures.items())]
+  seconds = [r["seconds"] for r in runs.values() if "seconds" in r]
+  if seconds:
+    lines += ["", f"Run time: median {np.median(seconds) / 60:.1f} min per run "
+              f"({len(seconds)} runs, 2-core CPU)."]
+  if ("R2", "R0") in contrasts:
+    prereg = loaded["prereg"] or {}
+    planned = set(r.name for r in stage_runs("1", prereg.get("pairs", 0))
+                  + stage_runs("2", prereg.get("pairs", 0)))
+    complete = bool(prereg) and planned <= set(runs)
+    lines += ["", "## Verdict", "", "By the pre-registered rule, the claim " + verdict(
+        contrasts[("R2", "R0")], adjusted[("R2", "R0")], by_generator,
+        contrasts.get(("R2", "R3")), len(failures), complete) + "."]
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(lines) + "\n")
+
+
+# ---- Command ---------------------------------------------------------------------------------
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  workdir = pathlib.Path(_WORKDIR.value).absolute()
-  seeds = [int(s) for s in _SEEDS.value]
-  aucs, teacher_report = run_protocol(config, workdir, seeds)
-  command = " ".join(["python -m avcd.generalisation", *argv_for_record()])
-  output = pathlib.Path(_OUTPUT.value)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  plot = output.with_name(f"{output.stem}_soft_targets.png")
-  shutil.copyfile(workdir / "teachers" / "soft_targets.png", plot)
-  text = markdown(aucs, teacher_report, config, seeds, command, plot.name)
-  output.write_text(text)
-  print(text)
+  results = pathlib.Path(_RESULTS.value)
+  command = " ".join(["python -m avcd.generalisation",
+                      *[a for a in sys.argv[1:] if a.startswith("--") and "workdir" not in a]])
+  if not _REPORT_ONLY.value:
+    if not _WORKDIR.value:
+      raise app.UsageError("--workdir is required unless --report_only")
+    run_stage(_CONFIG.value, _STAGE.value, pathlib.Path(_WORKDIR.value).absolute(), results,
+              _MAX_RUNS.value)
+  write_report(load_results(results), pathlib.Path(_REPORT.value), command)
+  print(pathlib.Path(_REPORT.value).read_text())
+
+
+def run_stage(base, stage: str, workdir: pathlib.Path, results: pathlib.Path,
+              max_runs: int) -> None:
+  """Runs what `stage` still lacks (at most max_runs new runs when > 0)."""
+  jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  ensure_teachers(base, 0, "standard", workdir, results)
+  done = 0
+  if stage == "recipe":
+    for (learning_rate, budget) in RECIPE_CELLS:
+      for row in RECIPE_ROWS:
+        for seed in RECIPE_SEEDS:
+          name = f"lr{learning_rate:g}-budget{budget}-{row}-seed{seed}"
+          if (results / "recipe" / f"{name}.json").exists():
+            continue
+          if max_runs and done >= max_runs:
+            return
+          execute_recipe(base, learning_rate, budget, row, seed, workdir, results)
+          done += 1
+    return
+  prereg_path = results.parent / "preregistration.json"
+  pairs = PILOT_SEEDS
+  if stage in ("1", "2"):
+    if not prereg_path.exists():
+      raise app.UsageError(f"{prereg_path} is missing: run --stage=pilot first")
+    pairs = json.loads(prereg_path.read_text())["pairs"]
+  for corpus, teacher in {(r.corpus, r.teacher if r.teacher != "none" else "standard")
+                          for r in stage_runs(stage, pairs)} | set(stage_teachers(stage)):
+    ensure_teachers(base, corpus, teacher, workdir, results)
+  for run in stage_runs(stage, pairs):
+    if (results / "runs" / f"{run.name}.json").exists():
+      continue
+    if max_runs and done >= max_runs:
+      return
+    execute(base, run, workdir, results)
+    done += 1
+  for corpus, teacher in stage_teachers(stage):
+    teachers_only(base, corpus, teacher, workdir, results)
+  if stage == "pilot" and not prereg_path.exists():
+    pairs, sds = pilot_pairs(load_results(results))
+    _write_json(prereg_path, dict(pairs=pairs, pilot_sd=sds, minimum_effect=MINIMUM_EFFECT,
+                                  commit=commit(), date=datetime.date.today().isoformat()))
 
 
 if __name__ == "__main__":

@@ -1,31 +1,94 @@
-"""The generalisation protocol's table: rows, held-out marking, mean ± std over seeds."""
+"""The claim study's plan, recipe choice, decision rule and report (the runs themselves are too
+long for a test; their results files are what the report reads)."""
 
-import pathlib
+import json
 
-from avcd import config_loading
-from avcd import generalisation
+import numpy as np
+
+from avcd import generalisation as g
+from avcd import statistics
 
 
-def test_table_marks_held_out_methods_and_averages_seeds():
-  config = config_loading.load_config(
-      f"{pathlib.Path(__file__).parents[1] / 'configs' / 'synthetic.py'}:generalisation")
-  methods = ("desync", "lipsync", "talking_head", "voice_swap", "all")
-  aucs = {name: {m: [0.5, 0.7, 0.9] for m in methods} for name, _, _ in generalisation.ROWS}
-  aucs["CE only"]["lipsync"] = [0.25, 0.25, 0.25]
-  target = dict(median=0.99, p10=0.9, p90=1.0)
-  report = dict(split="validation", asr_frame_accuracy=0.978, vsr_frame_accuracy=0.911,
-                frames=1902, divergence="symmetric_kl_mean",
-                soft_target={"real": target, "lipsync": dict(median=0.28, p10=0.2, p90=0.47)})
+def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
+  pilot = g.stage_runs("pilot", 0)
+  assert [r.name for r in pilot[:3]] == ["corpus0-none-R0-seed0", "corpus0-standard-R2-seed0",
+                                         "corpus0-none-R3-seed0"]
+  assert len(pilot) == 3 * g.PILOT_SEEDS
+  stage1, stage2 = g.stage_runs("1", 7), g.stage_runs("2", 7)
+  assert set(pilot) <= set(stage1) and len(stage1) == 21
+  names = [r.name for r in stage1 + stage2]
+  assert len(names) == len(set(names))
+  # The weaker teacher changes only the rows that use teachers; R0 and R3 are shared.
+  assert {r.row for r in stage2 if r.teacher == "weak_vsr"} == {"R1", "R2"}
+  assert g.Run.of(0, "weak_vsr", "R0", 3) == g.Run.of(0, "standard", "R0", 3)
+  assert {r.row for r in stage2 if r.corpus == 1} == set(g.ROWS)
 
-  text = generalisation.markdown(aucs, report, config, [0, 1, 2], "python -m x", "plot.png")
 
-  header = next(line for line in text.splitlines() if line.startswith("| Loss |"))
-  assert header == ("| Loss | desync (trained) | talking_head (trained) | voice_swap (trained) "
-                    "| lipsync (held out) | all |")
-  rows = {line.split(" | ")[0][2:]: line for line in text.splitlines()
-          if line.startswith("| CE")}
-  assert list(rows) == [name for name, _, _ in generalisation.ROWS]
-  assert rows["CE only"].endswith("| 70.0 ± 16.3 | 70.0 ± 16.3 | 70.0 ± 16.3 | 25.0 ± 0.0 "
-                                  "| 70.0 ± 16.3 |")
-  assert "ASR 97.8%, VSR 91.1%" in text
-  assert "| lipsync | 0.280 | 0.200 | 0.470 |" in text and "](plot.png)" in text
+def _recipe_run(learning_rate, budget, row, seed, reached_at, seconds):
+  epochs = [dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in g.TRAINED})
+            for e in range(1, g.RECIPE_EPOCHS + 1)]
+  return dict(learning_rate=learning_rate, frame_budget=budget, row=row, seed=seed,
+              seconds=seconds, epochs=epochs)
+
+
+def test_recipe_is_the_cheapest_cell_where_every_run_reaches_the_target():
+  runs = []
+  for row in g.RECIPE_ROWS:
+    for seed in g.RECIPE_SEEDS:
+      runs.append(_recipe_run(1e-3, 400, row, seed, 6, 1200))   # 600 s to epoch 6
+      runs.append(_recipe_run(3e-3, 400, row, seed, 4 if seed else 9, 1200))  # one seed slow
+      runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))  # 750 s to epoch 5
+  chosen = g.choose_recipe(runs)
+  assert chosen == dict(learning_rate=1e-3, frame_budget=400, num_epochs=6, seconds=600.0)
+  never = [_recipe_run(1e-3, 400, row, seed, 99, 1200) for row in g.RECIPE_ROWS
+           for seed in g.RECIPE_SEEDS]
+  assert g.choose_recipe(never) is None
+
+
+def _contrast(mean, low, high, per_corpus=(0.1, 0.1)):
+  return statistics.Contrast(mean, low, high, 5.0, 0.001, 8, dict(enumerate(per_corpus)))
+
+
+def test_decision_rule():
+  good = dict(primary=_contrast(0.08, 0.03, 0.13), adjusted_p=0.002,
+              by_generator={"ls_b": 0.07, "ls_c": 0.09}, against_sync=_contrast(0.02, -0.01, 0.05),
+              gate_failures=0, complete=True)
+  assert g.verdict(**good) == "holds"
+  assert g.verdict(**dict(good, gate_failures=1)) == "inconclusive"
+  assert g.verdict(**dict(good, against_sync=_contrast(-0.01, -0.04, 0.02))) == "inconclusive"
+  assert g.verdict(**dict(good, by_generator={"ls_b": -0.01, "ls_c": 0.1})) == "inconclusive"
+  assert g.verdict(**dict(good, primary=_contrast(0.08, 0.03, 0.13, (0.17, -0.01)))
+                   ) == "inconclusive"
+  assert g.verdict(**dict(good, primary=_contrast(0.01, -0.02, 0.04))) == "fails"
+  assert g.verdict(**dict(good, complete=False)) == "holds so far (stage 2 is not complete)"
+
+
+def test_report_reads_results_files(tmp_path):
+  results = tmp_path / "results"
+  rng = np.random.default_rng(0)
+  methods = ["real"] * 40 + [m for m in (*g.TRAINED, "ls_a_clean", "ls_b", "ls_c") for _ in range(8)]
+  labels = [int(m != "real") for m in methods]
+  clips = dict(corpus=0, ids=[f"synthetic-test-{i:06d}" for i in range(len(methods))],
+               methods=methods, labels=labels, speakers=[i % 10 for i in range(len(methods))])
+  (results / "runs").mkdir(parents=True)
+  (results / "clips-corpus0.json").write_text(json.dumps(clips))
+  held_out = np.isin(methods, ["ls_b", "ls_c"])
+  for seed in range(3):
+    for row, gain in (("R0", 0.0), ("R2", 2.0), ("R3", 1.0)):
+      run = g.Run.of(0, "standard", row, seed)
+      scores = rng.normal(size=len(methods)) + 3.0 * (np.array(labels) & ~held_out) + gain * held_out
+      (results / "runs" / f"{run.name}.json").write_text(json.dumps(dict(
+          run=dict(corpus=0, teacher=run.teacher, row=row, seed=seed), seconds=300.0,
+          test_auc={"ls_a": 1.0, "ls_a_clean": 0.9}, gate=dict(passed=seed != 2, failing={}
+                                                               if seed != 2 else {"desync": 0.9}),
+          test_scores=scores.tolist())))
+  report = tmp_path / "results.md"
+  g.write_report(g.load_results(results), report, "python -m avcd.generalisation --report_only",
+                 num_resamples=50)
+  text = report.read_text()
+  assert "## Test AUC by method: corpus 0, standard teachers" in text
+  assert "| R2 CE + distillation + contrastive | 3 |" in text
+  row = next(line for line in text.splitlines() if line.startswith("| R2 - R0 |"))
+  assert "| 3 | +" in row  # three pairs, R2 better on the held-out generators
+  assert "6 of 9 runs passed" in text and "corpus0-none-R0-seed2 failed: desync 90.0" in text
+  assert "By the pre-registered rule, the claim" in text and "so far" in text
