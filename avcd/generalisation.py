@@ -282,11 +282,12 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
 
 def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results) -> None:
   from avcd import train  # pylint: disable=g-import-not-at-top
-  from data_pipelines import loader  # pylint: disable=g-import-not-at-top
+  from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
   config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir)
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
   run_dir = workdir / "corpus0" / "recipe" / name
   shutil.rmtree(run_dir, ignore_errors=True)
+  corpus_setup.prepare_corpus(config.data, workdir)  # names the corpus's builder for the loader
   steps = loader.steps_per_epoch(config.data, process_count=1, batch_multiple=1)
   config.eval.every_steps = steps
   start = time.perf_counter()
@@ -397,12 +398,13 @@ def pilot_pairs(loaded: dict) -> int:
 
 
 def choose_recipe(recipe_runs: list[dict]) -> dict | None:
-  """The cheapest recipe cell (mean seconds to the epoch) at which every run of the cell reaches
-  RECIPE_TARGET validation AUC on every trained method; None when no cell does."""
+  """The cheapest recipe cell at which every run of the cell reaches RECIPE_TARGET validation AUC
+  on every trained method: fewest epochs (every cell sees the same frames per epoch), then least
+  measured time to that epoch. None when no cell gets there."""
   cells = {}
   for run in recipe_runs:
     cells.setdefault((run["learning_rate"], run["frame_budget"]), []).append(run)
-  best = None
+  candidates = []
   for (learning_rate, budget), runs in sorted(cells.items()):
     if len(runs) < len(RECIPE_ROWS) * len(RECIPE_SEEDS):
       continue
@@ -411,12 +413,11 @@ def choose_recipe(recipe_runs: list[dict]) -> dict | None:
       if any(e is None for e in at):
         break
       if all(min(e["auc"].values()) >= RECIPE_TARGET for e in at):
-        cost = float(np.mean([r["seconds"] * epoch / RECIPE_EPOCHS for r in runs]))
-        if best is None or cost < best["seconds"]:
-          best = dict(learning_rate=learning_rate, frame_budget=budget, num_epochs=epoch,
-                      seconds=cost)
+        seconds = float(np.mean([r["seconds"] * epoch / RECIPE_EPOCHS for r in runs]))
+        candidates.append(dict(learning_rate=learning_rate, frame_budget=budget,
+                               num_epochs=epoch, seconds=seconds))
         break
-  return best
+  return min(candidates, key=lambda c: (c["num_epochs"], c["seconds"]), default=None)
 
 
 # ---- Report ----------------------------------------------------------------------------------
