@@ -631,16 +631,26 @@ def run_stage(base, stage: str, workdir: pathlib.Path, results: pathlib.Path,
   ensure_teachers(base, 0, "standard", workdir, results)
   done = 0
   if stage == "recipe":
+    # A cell qualifies only if every run of it reaches the target, so a cell is abandoned at its
+    # first run that never does (that run's file records it). Each cell's first seeds run first.
     for (learning_rate, budget) in RECIPE_CELLS:
-      for row in RECIPE_ROWS:
-        for seed in RECIPE_SEEDS:
+      for seed in RECIPE_SEEDS:
+        for row in RECIPE_ROWS:
           name = f"lr{learning_rate:g}-budget{budget}-{row}-seed{seed}"
-          if (results / "recipe" / f"{name}.json").exists():
-            continue
-          if max_runs and done >= max_runs:
-            return
-          execute_recipe(base, learning_rate, budget, row, seed, workdir, results)
-          done += 1
+          path = results / "recipe" / f"{name}.json"
+          if not path.exists():
+            if max_runs and done >= max_runs:
+              return
+            execute_recipe(base, learning_rate, budget, row, seed, workdir, results)
+            done += 1
+          if not any(min(e["auc"].values()) >= RECIPE_TARGET
+                     for e in json.loads(path.read_text())["epochs"]):
+            logging.info("recipe cell lr=%g budget=%d: %s never reached %.2f; cell abandoned",
+                         learning_rate, budget, name, RECIPE_TARGET)
+            break
+        else:
+          continue
+        break
     return
   prereg_path = results.parent / "preregistration.json"
   pairs = PILOT_SEEDS
