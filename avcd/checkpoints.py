@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import time
 
 import jax
@@ -55,6 +56,31 @@ class CorruptCheckpointError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not fit the networks (or optimizer) the config builds."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint step failed (a full disk, a lost mount, ...); earlier steps are intact."""
+
+
+class ResumeRefusedError(RuntimeError):
+  """Every checkpoint of a workdir was corrupt and moved aside; training will not silently start
+  over until told to."""
+
+
+def _root_cause(error: BaseException) -> str:
+  """The innermost cause of an error chain, in one line (Orbax wraps a failed write a few times)."""
+  while error.__cause__ is not None or (error.__context__ is not None
+                                        and not error.__suppress_context__):
+    error = error.__cause__ or error.__context__
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror + (f" ({error.filename})" if error.filename else "")
+  text = " ".join(str(error).split())
+  # TensorStore's errors end in "[OS error 28: No space left on device]" after long context.
+  os_error = re.search(r"\[OS error \d+: ([^\]]+)\]", text)
+  if os_error:
+    path = re.search(r'writing (?:local file )?"([^"]+)"', text)
+    return os_error.group(1) + (f" ({path.group(1)})" if path else "")
+  return text or type(error).__name__
 
 
 def _file_digest(path: pathlib.Path) -> str:
@@ -165,6 +191,19 @@ def _verify(step_dir: pathlib.Path) -> None:
     raise CorruptCheckpointError(problem)
 
 
+_VERIFIED = {}  # step directory -> its checksums file's (mtime, size) when it verified
+
+
+def _verify_once(step_dir: pathlib.Path) -> None:
+  """_verify, unless this process verified the step already and its checksums are unchanged."""
+  manifest = step_dir / CHECKSUMS
+  stamp = (manifest.stat().st_mtime_ns, manifest.stat().st_size) if manifest.exists() else None
+  if stamp is None or _VERIFIED.get(step_dir) != stamp:
+    _verify(step_dir)
+    if stamp is not None:
+      _VERIFIED[step_dir] = stamp
+
+
 def _path_name(key_path) -> str:
   parts = []
   for key in key_path:
@@ -262,6 +301,7 @@ class TrainCheckpointer:
     self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._verified = set()  # steps already checked against their checksums
+    self._saving = None  # the step of the latest save started
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -273,8 +313,26 @@ class TrainCheckpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def raise_if_failed(self) -> None:
+    """Raises CheckpointSaveError if a save started earlier has failed in the background.
+
+    Saves are asynchronous: the loop asks after every step, so a failed save stops training at
+    once, with its cause, instead of surfacing at exit among the background threads' noise.
+    """
+    try:
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      step = self._saving
+      raise CheckpointSaveError(
+          f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
+          f"{_root_cause(e)}; the steps before it are intact") from e
+
   def save(self, step: int, state, *, data_iterator=None, config=None,
            metrics: dict | None = None, force: bool = False) -> bool:
+    # Orbax waits for the previous save before it starts one; waiting here first costs nothing
+    # more and names the right step if that save failed.
+    self.wait()
+    self._saving = step
     items = {STATE: ocp.args.StandardSave(state),
              META: ocp.args.JsonSave(dict(step=step, metrics=metrics or {},
                                           avcd_version=version.VERSION,
@@ -285,17 +343,29 @@ class TrainCheckpointer:
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                              force=force)
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                                force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(
+          f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
+          f"{_root_cause(e)}; the steps before it are intact") from e
 
-  def restorable_step(self) -> int | None:
-    """The newest step whose files match their checksums; None if there is no step at all.
+  def corrupt_steps(self) -> list[pathlib.Path]:
+    """The steps moved aside as corrupt (`STEP.corrupt-TIME`), oldest first."""
+    return sorted(self.directory.glob("*.corrupt-*"))
+
+  def restorable_step(self, *, start_over: bool = False) -> int | None:
+    """The newest step whose files match their checksums; None if training starts from scratch.
 
     A step that fails is moved aside to `STEP.corrupt-TIME` with a warning naming it, and the step
-    before it is tried. Process 0 verifies and every process gets its choice.
+    before it is tried. Process 0 verifies and every process gets its choice. A workdir whose
+    every step was moved aside (now or by an earlier start) is not trained from scratch unless
+    `start_over`: the user decides, with `avcd train --start_over` or by moving the folders.
 
     Raises:
       CorruptCheckpointError: there are steps, and none of them verifies.
+      ResumeRefusedError: no step is left, corrupt ones were moved aside, and not `start_over`.
     """
     chosen, rejected = -1, []
     if jax.process_index() == 0:
@@ -323,6 +393,15 @@ class TrainCheckpointer:
           f"no checkpoint in {self.directory} is intact; the {moved} corrupt step(s) were moved "
           "aside: " + (" | ".join(rejected) if rejected else "see the log of process 0"))
     if chosen < 0:
+      aside = self.corrupt_steps()
+      if aside and not start_over:
+        raise ResumeRefusedError(
+            f"{self.directory} has no intact checkpoint, only corrupt steps moved aside earlier "
+            f"({', '.join(p.name for p in aside)}); training will not silently start over. Pass "
+            "--start_over to train from step 0, or move those folders out of the directory.")
+      if aside:
+        logging.warning("starting over in %s as asked (--start_over); the corrupt steps stay "
+                        "there: %s", self.directory, ", ".join(p.name for p in aside))
       return None
     self._verified.add(chosen)
     return chosen
@@ -361,10 +440,21 @@ class TrainCheckpointer:
         **{META: ocp.args.JsonRestore()}))[META]
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until every save is committed; CheckpointSaveError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(
+          f"saving checkpoint step {self._saving} to {self.directory / str(self._saving)} "
+          f"failed: {_root_cause(e)}; the steps before it are intact") from e
+    self.raise_if_failed()
 
   def close(self) -> None:
-    self._manager.close()
+    """Releases Orbax's threads. After a failed save its own errors are already reported."""
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.debug("closing the checkpoint manager: %s", e)
 
 
 def save_model(directory: str | pathlib.Path, *, student_state=None, teachers_state=None,
@@ -411,6 +501,88 @@ def locate(path: str | pathlib.Path) -> pathlib.Path:
   return path / str(step)
 
 
+def select_step(path: str | pathlib.Path, step: int | None = None) -> pathlib.Path:
+  """The verified step directory a read-only command (eval, export, predict) restores.
+
+  `path`: anything `locate` accepts. `step`: a step of it; None takes the newest step whose files
+  match their checksums, skipping corrupt ones with a warning that names them (never moving them:
+  reading changes nothing). A step asked for by number must verify.
+
+  Raises:
+    FileNotFoundError: no such directory or step; CorruptCheckpointError: the step asked for, or
+    every step, fails its checksums.
+  """
+  if step is not None:
+    step_dir = locate(locate_root(path) / str(step))
+    _verify_once(step_dir)
+    return step_dir
+  newest = locate(path)
+  root = newest.parent
+  chosen, problems = -1, []
+  if jax.process_index() == 0:
+    with _read_only_manager(root) as manager:
+      candidates = sorted(manager.all_steps(), reverse=True)
+    for candidate in candidates:
+      try:
+        verify_checksums(root / str(candidate))
+      except CorruptCheckpointError as e:
+        problems.append(str(e))
+        logging.warning("%s; trying the step before it", e)
+        continue
+      chosen = candidate
+      break
+  if jax.process_count() > 1:
+    chosen = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
+  if chosen < 0:
+    raise CorruptCheckpointError(f"no step of {root} is intact: " + " | ".join(problems)
+                                 if problems else f"no step of {root} is intact")
+  if problems:
+    logging.warning("using step %d of %s: every newer step is corrupt", chosen, root)
+  step_dir = root / str(chosen)
+  if (step_dir / CHECKSUMS).exists():
+    _VERIFIED[step_dir] = ((step_dir / CHECKSUMS).stat().st_mtime_ns,
+                           (step_dir / CHECKSUMS).stat().st_size)
+  return step_dir
+
+
+def locate_root(path: str | pathlib.Path) -> pathlib.Path:
+  """The directory of steps a path means: WORKDIR/checkpoints for a training workdir, else the
+  path itself (a directory of steps or a model checkpoint)."""
+  path = pathlib.Path(path).absolute()
+  if (path / "checkpoints").is_dir():
+    return path / "checkpoints"
+  if not path.is_dir():
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+  return path
+
+
+def read_config(step_dir: str | pathlib.Path) -> ml_collections.ConfigDict | None:
+  """The config a step was written with (locked, its tuples restored), or None when it has none."""
+  step_dir = pathlib.Path(step_dir)
+  if not (step_dir / CONFIG).is_dir():
+    return None
+  with _read_only_manager(step_dir.parent) as manager:
+    return config_from_json(manager.restore(int(step_dir.name), args=ocp.args.Composite(
+        **{CONFIG: ocp.args.JsonRestore()}))[CONFIG])
+
+
+def config_from_json(data: dict) -> ml_collections.ConfigDict:
+  """The locked ConfigDict a config's JSON (a checkpoint's, an export's) was written from.
+
+  JSON turns the config files' tuples into lists; they become tuples again, so that the networks
+  see the values the config file gave.
+  """
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+  config = ml_collections.ConfigDict(tuples(data))
+  config.lock()
+  return config
+
+
 def model_items(directory: str | pathlib.Path) -> set[str]:
   """The items stored in a model or training checkpoint's step (see `locate`)."""
   return {p.name for p in locate(directory).iterdir() if p.is_dir()}
@@ -431,7 +603,7 @@ def restore_item(directory: str | pathlib.Path, item: str, abstract_state,
   items = {p.name for p in step_dir.iterdir() if p.is_dir()}
   if item not in items:
     raise ValueError(f"checkpoint {step_dir} has no {item!r} item (it has {sorted(items)})")
-  _verify(step_dir)
+  _verify_once(step_dir)
   _check_layout(step_dir, item, abstract_state, expected)
   with _read_only_manager(step_dir.parent) as manager:
     restored = manager.restore(int(step_dir.name), args=ocp.args.Composite(
@@ -450,7 +622,7 @@ def abstract_like(tree, shardings=None):
 
 def restore_student(directory: str | pathlib.Path, state_target,
                     expected: ml_collections.ConfigDict | None = None):
-  """(params, batch_stats) of the student in a model checkpoint or a training checkpoint.
+  """(params, batch_stats, item) of the student in a model checkpoint or a training checkpoint.
 
   `state_target` is the abstract TrainState of the run (its params/batch_stats give the layout);
   a training checkpoint must have been written with the same model and optimizer structure.
@@ -461,9 +633,9 @@ def restore_student(directory: str | pathlib.Path, state_target,
     restored = restore_item(directory, STUDENT, dict(params=state_target.params,
                                                      batch_stats=state_target.batch_stats),
                             expected)
-    return restored["params"], restored["batch_stats"]
+    return restored["params"], restored["batch_stats"], STUDENT
   if STATE in items:
     restored = restore_item(directory, STATE, state_target, expected)
-    return restored.params, restored.batch_stats
+    return restored.params, restored.batch_stats, STATE
   raise ValueError(f"{locate(directory)} holds neither a student model nor a training state "
                    f"(items: {sorted(items)})")

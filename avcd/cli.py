@@ -1,11 +1,19 @@
 """`avcd COMMAND [--flag=value ...]`: dispatches to one module of avcd.commands.
 
 Each command module defines its absl flags at import and a `main(argv)`; only the chosen module
-is imported, so commands never see each other's flags.
+is imported, so commands never see each other's flags, and `--help` imports no JAX.
+
+A mistake gets one line naming the flag, field or file and what is wrong, never a traceback:
+exit status 2 for usage errors (bad flags, config fields or paths, found before any work starts),
+1 for failures while working (a corrupt checkpoint, a full disk, a non-finite loss, ...). A
+traceback means a bug in avcd.
 """
 
 import importlib
 import logging
+import os
+import pathlib
+import re
 import sys
 
 from absl import app
@@ -21,7 +29,9 @@ COMMANDS = {
     "predict": ("predict", "score raw videos"),
     "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
 }
-
+USAGE_EXIT, FAILURE_EXIT = 2, 1
+EXIT_STATUS_HELP = ("Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
+                    "a usage error (a bad flag, config field or path; nothing was done).")
 
 
 def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]:
@@ -32,22 +42,159 @@ def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]
     raise app.UsageError(f"--{flag}={text!r}: expected {form}, e.g. {example}") from None
   return first, second
 
+
+def existing_directory(flag: str, value: str) -> pathlib.Path:
+  """The directory a flag names; a UsageError when it is missing or not a directory."""
+  path = pathlib.Path(value)
+  if not path.exists():
+    raise app.UsageError(f"--{flag}={value}: no such directory")
+  if not path.is_dir():
+    raise app.UsageError(f"--{flag}={value}: not a directory")
+  return path
+
+
+def writable_directory(flag: str, value: str) -> pathlib.Path:
+  """A directory a command will write into: created now, so a bad path fails before any work."""
+  path = pathlib.Path(value)
+  if path.exists() and not path.is_dir():
+    raise app.UsageError(f"--{flag}={value}: is a file, not a directory")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise app.UsageError(f"--{flag}={value}: cannot create it ({e.strerror})") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise app.UsageError(f"--{flag}={value}: not writable")
+  return path
+
+
+def require_tensorflow(what: str) -> None:
+  """A UsageError, before any work, where TensorFlow (the `tf` extra) is not installed."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("tensorflow") is None:
+    raise app.UsageError(f"{what} needs TensorFlow, which is not installed: "
+                         "pip install -e '.[tf]'")
+
+
 def usage() -> str:
   width = max(map(len, COMMANDS))
   lines = ["usage: avcd COMMAND [--flag=value ...]   (avcd COMMAND --help for its flags)", "",
            "commands:"]
   lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-  return "\n".join(lines)
+  return "\n".join(lines + ["", EXIT_STATUS_HELP])
 
 
 class _QuietLibraries(logging.Filter):
   """Drops the INFO chatter of Orbax, Grain and TFDS (every step of every save) from the log;
-  their warnings and errors still show."""
+  their warnings and errors still show, Orbax's without their tracebacks: a failed background
+  save is reported by avcd in one line with its cause (checkpoints.CheckpointSaveError), and
+  Orbax logs the same failure from three threads with 60 lines of traceback each."""
 
   _CHATTY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
 
+  # Warnings that say nothing a user can act on: avcd saves between evaluations on purpose, and
+  # every synthetic corpus is a "custom data configuration".
+  _NOT_ACTIONABLE = ("Requested `tracked_metric`; did not provide metrics",
+                     "Using custom data configuration")
+
   def filter(self, record: logging.LogRecord) -> bool:
+    if "/orbax/" in record.pathname and record.exc_info:
+      record.exc_info, record.exc_text = None, None
+    if record.levelno == logging.WARNING and any(
+        text in str(record.msg) for text in self._NOT_ACTIONABLE):
+      return False
     return record.levelno > logging.INFO or not any(p in record.pathname for p in self._CHATTY)
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  if isinstance(error, OSError) and error.strerror and error.filename:
+    text = f"{error.filename}: {error.strerror}"
+  return text or type(error).__name__
+
+
+def _bad_config_override(argv: list[str]) -> str | None:
+  """The first `--config*` flag whose file or field does not exist, described, or None."""
+  from avcd import config_loading  # pylint: disable=g-import-not-at-top
+  files = {}
+  for arg in argv:
+    match = re.match(r"--(\w+)=(.+)$", arg)
+    if match and match.group(1) in _config_flags():
+      files[match.group(1)] = match.group(2)
+  for name, value in files.items():
+    path = value.partition(":")[0]
+    if not pathlib.Path(path).is_file():
+      return f"--{name}={value}: no such config file"
+    try:
+      config = config_loading.load_config(value)
+    except Exception as e:  # the config file's own code failed
+      return f"--{name}={value}: the config file fails to load: {_one_line(e)}"
+    for arg in argv:
+      match = re.match(rf"--{name}\.([\w.]+)(?:=(.*))?$", arg)
+      if match:
+        problem = config_loading.field_problem(config, match.group(1))
+        if problem:
+          return f"--{name}.{match.group(1)}: {problem}"
+  return None
+
+
+def _config_flags() -> list[str]:
+  """The names of the ml_collections config-file flags defined."""
+  return [name for name, flag in flags.FLAGS._flags().items()  # pylint: disable=protected-access
+          if "config" in type(flag.parser).__name__.lower()]
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one line (exit 2) for any mistake instead of a traceback."""
+  try:
+    remaining = flags.FLAGS(argv)
+    for name in _config_flags():  # ml_collections defers a config file's errors to first use
+      if flags.FLAGS[name].present:
+        flags.FLAGS[name].value.keys()
+    return remaining
+  except Exception as e:  # flags.Error, or whatever a config file or override raised
+    message = _bad_config_override(argv[1:]) or _one_line(e).removeprefix("FATAL ")
+    _fail(argv[0], message, USAGE_EXIT)
+
+
+def _fail(program: str, message: str, status: int) -> None:
+  hint = f" (see {program} --help)" if status == USAGE_EXIT else ""
+  print(f"{program}: error: {message}{hint}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _known_failure(error: Exception) -> int | None:
+  """The exit status of an error a user can act on from its message; None for a bug."""
+  from avcd import config_checks  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (app.UsageError, config_checks.ConfigError)):
+    return USAGE_EXIT
+  known = [OSError, MemoryError]
+  for module, names in (("avcd.checkpoints", ("CorruptCheckpointError", "CheckpointMismatchError",
+                                              "CheckpointSaveError", "ResumeRefusedError")),
+                        ("avcd.workdir_lock", ("WorkdirBusyError",)),
+                        ("avcd.train", ("NonFiniteLossError",)),
+                        ("avcd.convert", ("ConvertError",)),
+                        ("avcd.weights", ("WeightMappingError",)),
+                        ("data_pipelines.manifests", ("ManifestError",)),
+                        ("data_pipelines.prepare", ("PrepareError",)),
+                        ("data_pipelines.schema", ("SchemaError",))):
+    if module in sys.modules:
+      known += [getattr(sys.modules[module], name) for name in names
+                if hasattr(sys.modules[module], name)]
+  return FAILURE_EXIT if isinstance(error, tuple(known)) else None
+
+
+def _guarded(main, program: str):
+  def run(argv):
+    try:
+      return main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      status = _known_failure(e)
+      if status is None:
+        raise
+      logging.getLogger("absl").debug("failed", exc_info=True)
+      kind = "" if status == USAGE_EXIT else f"{type(e).__name__}: "
+      _fail(program, kind + _one_line(e), status)
+  return run
 
 
 def main() -> None:
@@ -57,14 +204,16 @@ def main() -> None:
     return
   command = argv[1]
   if command not in COMMANDS:
-    sys.exit(f"avcd: unknown command {command!r}\n\n{usage()}")
+    print(f"avcd: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
   logging.getLogger("absl").addFilter(_QuietLibraries())
   module = importlib.import_module(f"avcd.commands.{COMMANDS[command][0]}")
   # absl's --help shows the main module's docstring and flags: make them the command's.
-  sys.modules["__main__"].__doc__ = module.__doc__
+  sys.modules["__main__"].__doc__ = f"{module.__doc__.rstrip()}\n\n{EXIT_STATUS_HELP}\n"
   for flag in flags.FLAGS.get_flags_for_module(module.__name__):
     flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
-  app.run(module.main, argv=[f"avcd {command}", *argv[2:]])
+  program = f"avcd {command}"
+  app.run(_guarded(module.main, program), argv=[program, *argv[2:]], flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,15 @@ def optimizer(**overrides) -> ConfigDict:
   ))
   cfg.update(overrides)
   return cfg
+
+
+def sibling(config_file: str, name: str, argument: str | None = None) -> ConfigDict:
+  """`get_config(argument)` of the config file `name` beside `config_file`, unlocked: a derived
+  config is that config plus what differs (e.g. configs/cross_dataset.py from default.py)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(config_file).with_name(name)
+  spec = importlib.util.spec_from_file_location(f"avcd_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(argument) if argument is not None else module.get_config()

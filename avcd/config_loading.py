@@ -38,3 +38,19 @@ def set_field(config: ml_collections.ConfigDict, dotted_name: str, value) -> Non
   if leaf not in node:
     raise AttributeError(f"config has no field {dotted_name!r}")
   setattr(node, leaf, value)
+
+
+def field_problem(config: ml_collections.ConfigDict, dotted_name: str) -> str | None:
+  """Why `dotted_name` is not a field of `config` (with the nearest names), or None if it is."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  node, walked = config, []
+  for part in dotted_name.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, known, n=1)
+      where = ".".join(walked) or "the config"
+      hint = f" (did you mean {'.'.join([*walked, close[0]])!r}?)" if close else ""
+      return f"{where} has no field {part!r}{hint}"
+    node = node[part]
+    walked.append(part)
+  return None

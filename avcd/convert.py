@@ -59,13 +59,18 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConvertError(f"{path} does not exist")
+  if path.stat().st_size == 0:
+    raise ConvertError(f"{path} is empty")
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     raise ConvertError(
         f"refusing {path}: it is not a plain file of tensors that torch.load(weights_only=True) "
         f"can read. A pickle that builds other objects can run arbitrary code when loaded, so "
-        f"avcd never unpickles it fully. torch says:\n{e}") from e
+        f"avcd never unpickles it fully. torch says: {' '.join(str(e).split())}") from e
+  except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's zip reader on a cut file
+    raise ConvertError(f"{path} is not a readable PyTorch file (truncated or damaged?): "
+                       f"{' '.join(str(e).split())}") from e
   if isinstance(loaded, dict) and len(loaded) == 1 and next(iter(loaded)) in _WRAPPER_KEYS:
     loaded = next(iter(loaded.values()))
   if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -74,8 +79,14 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     raise ConvertError(f"{path} holds a {kind}, not a state dict of tensors"
                        + (f" (keys: {', '.join(keys)}, ...)" if keys else ""))
   # numpy has no bfloat16: floating tensors are widened to float32 (the networks' parameters).
-  return {k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).numpy()
-          for k, v in loaded.items()}
+  arrays = {k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).numpy()
+            for k, v in loaded.items()}
+  broken = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
+  if broken:
+    raise ConvertError(f"{path} holds NaN or Inf in {len(broken)} tensors ({', '.join(broken[:8])}"
+                       f"{', ...' if len(broken) > 8 else ''}): a detector built on them would "
+                       "score NaN; refusing it")
+  return arrays
 
 
 def _sha256(path: pathlib.Path) -> str:

@@ -13,11 +13,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd import reports, sharding
-from data_pipelines import loader, split_index
-
-# What the student needs on the device; the rest of a batch stays on the host.
-MODEL_INPUTS = ("mfcc", "faces", "num_frames")
+from avcd import metrics, reports, sharding, steps
+from avcd import train_state as ts
+from data_pipelines import corpus_setup, loader, split_index
 
 
 def split_source(cfg: ml_collections.ConfigDict, spec: str) -> tuple[str, str]:
@@ -50,7 +48,7 @@ def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict,
                                 batch_multiple=sharding.local_batch_multiple(mesh))
   scores, probabilities, records = [], [], []
   for batch in dataset:
-    inputs = sharding.global_batch({k: batch[k] for k in MODEL_INPUTS}, mesh)
+    inputs = sharding.global_batch({k: batch[k] for k in steps.MODEL_INPUTS}, mesh)
     out = predict_fn(params, batch_stats, inputs)
     scores.append(np.asarray(multihost_utils.process_allgather(out["score"], tiled=True)))
     probabilities.append(np.asarray(multihost_utils.process_allgather(out["probability"],
@@ -79,11 +77,6 @@ def evaluate_splits(predict_fn, params, batch_stats, cfg: ml_collections.ConfigD
   WORKDIR/eval/NAME. With `eval.threshold_split`, the threshold chosen there (same variant) is
   applied to the other splits too.
   """
-  from avcd import metrics  # pylint: disable=g-import-not-at-top
-  unknown = set(cfg.eval.leading_silence) - set(LEADING_SILENCE)
-  if unknown or not cfg.eval.leading_silence:
-    raise ValueError(f"eval.leading_silence={cfg.eval.leading_silence}: choose from "
-                     f"{tuple(LEADING_SILENCE)}")
   results = {}
   for variant in cfg.eval.leading_silence:
     trim = variant == "trim"
@@ -113,35 +106,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | None = None) -> dict[str, dict]:
   """`avcd eval`: restores a student, scores the config's splits, prints the tables.
 
-  `checkpoint`: a step of WORKDIR/checkpoints (default: the latest), or the path of any avcd
-  checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either way.
+  `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any
+  avcd checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either
+  way. The checkpoint is found and verified before the corpus is prepared.
   """
-  from avcd import checkpoints, steps, train  # pylint: disable=g-import-not-at-top
-  from avcd import train_state as ts  # pylint: disable=g-import-not-at-top
-  from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
-
   workdir = pathlib.Path(workdir).absolute()
-  mesh = sharding.make_mesh(config.mesh)
-  corpus_setup.prepare_corpus(config.data, workdir)
-  # The optimizer only shapes the restore target; its schedule's length does not matter here.
-  graphdef, abstract, shardings, _ = train.abstract_train_state(
-      config, ts.make_optimizer(config.optim, steps_per_epoch=1), mesh)
-  if checkpoint is None:
-    source = workdir / "checkpoints"
-  elif str(checkpoint).isdigit():
-    source = workdir / "checkpoints" / str(checkpoint)
+  if checkpoint is None or str(checkpoint).isdigit():
+    path, step = workdir / "checkpoints", None if checkpoint is None else int(checkpoint)
   else:
-    source = pathlib.Path(checkpoint)
-  step_dir = checkpoints.locate(source)
-  params, batch_stats = checkpoints.restore_student(
-      step_dir, checkpoints.abstract_like(abstract, shardings), expected=config.model)
-  batch_sharding = sharding.batch_sharding(mesh)
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef),
-                       in_shardings=(shardings.params, shardings.batch_stats, batch_sharding),
-                       out_shardings=sharding.replicated(mesh))
-  results = evaluate_splits(predict_fn, params, batch_stats, config, mesh, workdir)
+    path, step = pathlib.Path(checkpoint), None
+  mesh = sharding.make_mesh(config.mesh)
+  student = ts.restore_student(path, step, config=config, mesh=mesh)
+  config = corpus_setup.prepare_corpus(config, workdir)
+  predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
+  results = evaluate_splits(predict_fn, student.params, student.batch_stats, config, mesh, workdir)
   if jax.process_index() == 0:
+    source = student.source
     for split, result in results.items():
-      print(f"\n## {split} (checkpoint {step_dir})\n")
+      print(f"\n## {split} (checkpoint {source['checkpoint_dir']}/{source['step']})\n")
       print(reports.markdown_table(result))
   return results

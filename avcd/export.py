@@ -1,4 +1,4 @@
-"""The student as a TensorFlow SavedModel, and the checkpoint restore that export and predict share.
+"""The student as a TensorFlow SavedModel.
 
     avcd export --workdir=DIR [--checkpoint=STEP] --output=DIR
 
@@ -22,10 +22,11 @@ the weights as variables, so serving needs a TensorFlow runtime with XLA. The li
 not 4 * T fails with InvalidArgumentError. `avcd_export.json` beside the SavedModel records the
 run's config, the avcd version, the signature and the feature settings predict needs.
 
-TensorFlow is imported only inside export_saved_model; restoring needs JAX and Orbax alone.
+The student comes from `train_state.restore_student`, the restore path (verified, with fallback
+past corrupt steps) that every command shares. TensorFlow is imported only inside
+export_saved_model.
 """
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -33,113 +34,15 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
 
-from avcd import checkpoints, steps, version
+from avcd import steps, version
 from avcd import train_state as ts
 from data_pipelines import schema
 
 SIGNATURE_KEY = "serving_default"
 METADATA_FILE = "avcd_export.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda")
-
-
-@dataclasses.dataclass(frozen=True)
-class RestoredStudent:
-  """A checkpoint's student in eval form, the run's config and where it came from."""
-  graphdef: nnx.GraphDef
-  params: nnx.State
-  batch_stats: nnx.State
-  config: ml_collections.ConfigDict
-  source: dict  # checkpoint directory, step and item
-
-
-def config_from_json(data: dict) -> ml_collections.ConfigDict:
-  """The ConfigDict a checkpoint's JSON `config` item was written from.
-
-  JSON turns the config files' tuples into lists; they become tuples again, so that the networks
-  see the values the config file gave. The config is locked, as the command line's are.
-  """
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-      return tuple(tuples(v) for v in value)
-    return value
-  config = ml_collections.ConfigDict(tuples(data))
-  config.lock()
-  return config
-
-
-def checkpoint_directory(path: str | pathlib.Path) -> pathlib.Path:
-  """The Orbax directory of a training run (WORKDIR/checkpoints) or a model checkpoint (itself)."""
-  path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
-    return path / "checkpoints"
-  if not path.is_dir():
-    raise FileNotFoundError(f"{path} does not exist")
-  return path
-
-
-def restore_student(path: str | pathlib.Path, step: int | None = None) -> RestoredStudent:
-  """Restores the student of a training run or model checkpoint with the config stored beside it.
-
-  Args:
-    path: a training run's workdir (its `checkpoints/` are read), the checkpoints directory itself,
-      or a model checkpoint with a `student` item (`avcd convert`, checkpoints.save_model).
-    step: the checkpoint step; None takes the latest.
-
-  Returns:
-    The student's graphdef, params and batch statistics (on one local device) and the config.
-
-  Raises:
-    FileNotFoundError: no such directory or step.
-    ValueError: the step holds no config, or neither a student nor a training state.
-  """
-  directory = checkpoint_directory(path)
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-  with ocp.CheckpointManager(directory, options=options) as manager:
-    all_steps = list(manager.all_steps())
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in all_steps:
-      raise FileNotFoundError(f"no checkpoint {'at all' if step is None else f'for step {step}'} "
-                              f"in {directory} (steps: {all_steps})")
-    items = {p.name for p in (directory / str(step)).iterdir() if p.is_dir()}
-    if checkpoints.CONFIG not in items:
-      raise ValueError(f"{directory} step {step} has no {checkpoints.CONFIG!r} item (it has "
-                       f"{sorted(items)}); its model's config cannot be known")
-    config = config_from_json(manager.restore(step, args=ocp.args.Composite(
-        **{checkpoints.CONFIG: ocp.args.JsonRestore()}))[checkpoints.CONFIG])
-
-    seed = config.get("seed", 0)  # the seed shapes nothing; absent from model-only configs
-    graphdef, params, batch_stats = ts.split_model(
-        nnx.eval_shape(lambda: ts.build_student(config.model, seed)))
-    if checkpoints.STUDENT in items:
-      item = checkpoints.STUDENT
-      target = dict(params=params, batch_stats=batch_stats)
-    elif checkpoints.STATE in items:
-      item = checkpoints.STATE
-      # A training state restores whole; the optimizer only shapes it (its schedule is irrelevant).
-      optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)
-      target = jax.eval_shape(lambda: ts.init_train_state(ts.build_student(config.model, seed),
-                                                          optimizer, seed))
-    else:
-      raise ValueError(f"{directory} step {step} holds neither a student model nor a training "
-                       f"state (items: {sorted(items)})")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          target)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(target)}))[item]
-  if item == checkpoints.STATE:
-    params, batch_stats = restored.params, restored.batch_stats
-  else:
-    params, batch_stats = restored["params"], restored["batch_stats"]
-  logging.info("restored the student from %s step %d (%s)", directory, step, item)
-  return RestoredStudent(graphdef=graphdef, params=params, batch_stats=batch_stats, config=config,
-                         source=dict(checkpoint_dir=str(directory), step=int(step), item=item))
 
 
 def feature_settings(config: ml_collections.ConfigDict) -> dict:
@@ -170,7 +73,7 @@ def describe_signature(spec: dict) -> str:
   return f"{spec['name']}\n  inputs\n{tensors('inputs')}\n  outputs\n{tensors('outputs')}"
 
 
-def serving_function(student: RestoredStudent):
+def serving_function(student: ts.RestoredStudent):
   """(fn(weights, mfcc, faces, num_frames) -> outputs, weights): the predict function of the
   student over a flat list of its parameter and statistic arrays."""
   weights, treedef = jax.tree.flatten((student.params, student.batch_stats))
@@ -183,7 +86,32 @@ def serving_function(student: RestoredStudent):
   return serve, weights
 
 
-def export_saved_model(student: RestoredStudent, output: str | pathlib.Path, *,
+def _input_checks(tf, mfcc, faces, num_frames, rows: int) -> list:
+  """The serving contract (docs/serving.md), as assertions that fail a call with a message naming
+  the input: the model's own shape errors are XLA's, and bad values would give NaN or 0.5."""
+  clips, frames = tf.shape(faces)[0], tf.shape(faces)[1]
+  check = tf.debugging
+  size = faces.shape[-1]
+  return [
+      check.assert_equal(tf.shape(faces)[2:], [size, size],
+                         message=f"faces must be {size} x {size} pixels"),
+      check.assert_positive(clips, message="faces: the batch holds no clip (B = 0)"),
+      check.assert_positive(frames, message="faces: the clips hold no frame (T = 0)"),
+      check.assert_equal(tf.shape(mfcc)[0], clips,
+                         message="mfcc and faces hold different numbers of clips"),
+      check.assert_equal(tf.shape(mfcc)[1], rows * frames,
+                         message=f"mfcc must hold {rows} rows per video frame of faces"),
+      check.assert_equal(tf.shape(num_frames)[0], clips,
+                         message="num_frames must hold one length per clip"),
+      check.assert_greater_equal(num_frames, 1,
+                                 message="num_frames: every clip needs at least one valid frame"),
+      check.assert_less_equal(num_frames, frames,
+                              message="num_frames: a clip cannot be longer than T frames"),
+      check.assert_all_finite(mfcc, message="mfcc holds NaN or Inf"),
+  ]
+
+
+def export_saved_model(student: ts.RestoredStudent, output: str | pathlib.Path, *,
                        platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
                        overwrite: bool = False) -> dict:
   """Writes the SavedModel and its metadata file to `output`; returns the metadata.
@@ -218,7 +146,8 @@ def export_saved_model(student: RestoredStudent, output: str | pathlib.Path, *,
       tf.TensorSpec([None, None, size, size], tf.uint8, name="faces"),
       tf.TensorSpec([None], tf.int32, name="num_frames")])
   def serving(mfcc, faces, num_frames):
-    return tf_serve(module.student_weights, mfcc, faces, num_frames)
+    with tf.control_dependencies(_input_checks(tf, mfcc, faces, num_frames, rows)):
+      return tf_serve(module.student_weights, mfcc, faces, num_frames)
 
   module.serving = serving
   tf.saved_model.save(module, str(output), signatures={SIGNATURE_KEY: serving})

@@ -74,6 +74,10 @@ RECIPE_EPOCHS = 12
 RECIPE_TARGET = 0.97
 
 
+class Preempted(RuntimeError):
+  """A run stopped by SIGTERM: nothing is recorded for it, and the stage stops."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   name: str
@@ -263,6 +267,8 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
   start = time.perf_counter()
   metrics = train.train_and_evaluate(config, run_dir)
   seconds = time.perf_counter() - start
+  if not metrics:
+    raise Preempted(f"{run.name} was stopped by SIGTERM; run the same command to do it again")
   ensure_test_clips(config, run.corpus, run_dir, results)
   test = _read_scores(run_dir, "test")
   test_auc = {m: v["auc"] for m, v in metrics["test"]["per_method"].items()}
@@ -287,11 +293,12 @@ def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, result
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
   run_dir = workdir / "corpus0" / "recipe" / name
   shutil.rmtree(run_dir, ignore_errors=True)
-  corpus_setup.prepare_corpus(config.data, workdir)  # names the corpus's builder for the loader
+  config = corpus_setup.prepare_corpus(config, workdir)  # names the corpus's builder for the loader
   steps = loader.steps_per_epoch(config.data, process_count=1, batch_multiple=1)
   config.eval.every_steps = steps
   start = time.perf_counter()
-  train.train_and_evaluate(config, run_dir)
+  if not train.train_and_evaluate(config, run_dir):
+    raise Preempted(f"{name} was stopped by SIGTERM; run the same command to do it again")
   seconds = time.perf_counter() - start
   epochs = []
   for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -324,7 +331,7 @@ def teachers_only(base, corpus: int, teacher: str, workdir: pathlib.Path,
     return
   config = corpus_config(base, corpus, teacher, workdir)
   mesh = sharding.make_mesh(config.mesh)
-  corpus_setup.prepare_corpus(config.data, workdir)
+  config = corpus_setup.prepare_corpus(config, workdir)
   graphdef, state = teachers_setup.frozen_teachers(config, workdir, mesh)
 
   @jax.jit

@@ -30,6 +30,10 @@ METRIC_KEYS = (
     "auc", "eer", "acc", "bacc", "f1", "ap", "hter", "real_recall", "fake_recall", "num_clips",
     "tp", "tn", "fp", "fn", "threshold",
 )
+# The metrics a checkpoint can be ranked by (`train.best_metric`), and those where lower is better.
+CHECKPOINT_METRICS = ("auc", "eer", "acc", "bacc", "f1", "ap", "hter", "real_recall",
+                      "fake_recall")
+LOWER_IS_BETTER = ("eer", "hter")
 
 # Bootstrap resamples are processed in blocks of about this many (resample, distinct score) cells,
 # which bounds the memory of the vectorised curves (a few float64 arrays of this size).

@@ -34,10 +34,12 @@ from typing import Protocol
 
 import av
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd import export, steps
+from avcd import export, sharding, steps
+from avcd import train_state as ts
 from data_pipelines import clips
 from data_pipelines import schema
 from data_pipelines.features import audio
@@ -87,10 +89,12 @@ class CheckpointScorer:
   """The student of a training run or model checkpoint, run by JAX."""
 
   def __init__(self, workdir: str | pathlib.Path, step: int | None = None):
-    student = export.restore_student(workdir, step)
+    student = ts.restore_student(workdir, step)
     self.features = export.feature_settings(student.config)
     self.source = dict(kind="checkpoint", **student.source)
-    self._predict = jax.jit(steps.make_predict_fn(student.graphdef))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)),
+                              jax.local_devices()[:1])
+    self._predict = steps.make_predict_step(student.graphdef, student.shardings, mesh)
     self._params, self._batch_stats = student.params, student.batch_stats
 
   def __call__(self, mfcc, faces, num_frames):
@@ -139,6 +143,7 @@ class ClipInputs:
   audio_s: float
   truncated: bool
   face_detection: dict | None  # {'sampled', 'detected'} frames; None without detection
+  warnings: tuple[str, ...] = ()  # what makes the scores less trustworthy (see clip_inputs)
 
 
 def _without_path(error: Exception, path: pathlib.Path) -> str:
@@ -166,6 +171,8 @@ def _probe(path: pathlib.Path) -> float | None:
 def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs:
   """Decodes one video into model inputs, or raises Unscorable with the reason."""
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise Unscorable("is a directory, not a video file")
   if not path.is_file():
     raise Unscorable("file not found")
   duration = _probe(path)
@@ -193,6 +200,12 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
     raise Unscorable(f"unreadable audio track: {_without_path(e, path)}") from e
   if samples.size == 0:
     raise Unscorable("no audio track (the audio track holds no samples)")
+  # The corpus pipeline's rules: what it rejects outright is not scored; what it rejects as
+  # unlike its training clips (silence, an audio track much shorter or longer than the video,
+  # which is cut or wrap-padded) is scored with a warning.
+  problems = clips.audio_problems(samples, sample_rate, num_frames / schema.FPS)
+  if problems and ("non-finite" in problems[0] or "too short" in problems[0]):
+    raise Unscorable(problems[0])
   audio_s = samples.size / sample_rate
   # MFCC of the span scored only (plus one 40 ms window), not of the rest of a long video.
   samples = samples[:math.ceil((num_frames / schema.FPS + 0.04) * sample_rate)]
@@ -206,7 +219,7 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
     detection = dict(sampled=faces.track.sampled, detected=faces.track.detected)
   return ClipInputs(mfcc=mfcc, faces=faces.frames[frames], source_fps=faces.fps,
                     duration_s=duration, audio_s=audio_s, truncated=truncated,
-                    face_detection=detection)
+                    face_detection=detection, warnings=tuple(problems))
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -264,7 +277,7 @@ def predict_video(scorer: Scorer, path: str | pathlib.Path, options: PredictOpti
   record.update(status="scored", num_frames=len(inputs.faces), fps=schema.FPS,
                 seconds=len(inputs.faces) / schema.FPS, source_fps=inputs.source_fps,
                 duration_s=inputs.duration_s, audio_s=inputs.audio_s, truncated=inputs.truncated,
-                face_detection=inputs.face_detection)
+                face_detection=inputs.face_detection, warnings=list(inputs.warnings))
   record.update(score_clip(scorer, inputs, options))
   record["label"] = "fake" if record["probability"] >= options.threshold else "real"
   return record

@@ -123,14 +123,15 @@ def state_shardings(abstract_state, mesh: Mesh):
                       abstract_state)
 
 
-def jit_update(update_fn, state_sharding, teachers_sharding, mesh: Mesh):
-  """`update_fn(state, batch, teachers_state) -> (state, metrics)` compiled for the mesh.
+def jit_update(update_fn, state_sharding, mesh: Mesh, *other_shardings):
+  """`update_fn(state, batch, *others) -> (state, metrics)` compiled for the mesh.
 
-  The state and teachers keep their shardings, the batch is split along `data` x `fsdp`, the
-  metrics are replicated, and the old state's buffers are donated to the new state.
+  The state and the other arguments (e.g. frozen teachers) keep their shardings, the batch is
+  split along `data` x `fsdp`, the metrics are replicated, and the old state's buffers are
+  donated to the new state.
   """
   return jax.jit(update_fn,
-                 in_shardings=(state_sharding, batch_sharding(mesh), teachers_sharding),
+                 in_shardings=(state_sharding, batch_sharding(mesh), *other_shardings),
                  out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
 
 

@@ -1,17 +1,36 @@
-"""Pure step functions over state pytrees, to be jitted with explicit shardings by the caller."""
+"""The train and predict steps: pure functions over state pytrees, and the one place that jits
+them with shardings for a mesh.
+
+`make_train_step(config, mesh)` is the train step of `avcd train`; `avcd compile`, the
+benchmarks and the tests build it through the same function (MaxText's pattern), so the program
+that is compiled ahead of time, benchmarked and tested is the program that trains.
+`make_predict_step` is the one predict step of training-time evaluation, `avcd eval` and
+`avcd predict`.
+"""
+
+import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
-from avcd import losses
+from avcd import checkpoints, losses, sharding
+from avcd import train_state as ts
 from avcd.models.student import frame_mask
 from avcd.train_state import TrainState
-from data_pipelines import augment
+from data_pipelines import augment, schema
 
 NONFINITE_POLICIES = ("raise", "skip")
+# What the train step reads of a loader batch; the rest (ids, phonemes, ...) stays on the host.
+TRAIN_INPUTS = ("mfcc", "faces", "stft", "lips", "num_frames", "label", "augment", "asr_probs",
+                "vsr_probs")
+# What the predict step reads.
+MODEL_INPUTS = ("mfcc", "faces", "num_frames")
 
 
 def teacher_posteriors(teachers_graphdef, teachers_state, batch: dict, mask: jax.Array, *,
@@ -142,3 +161,163 @@ def make_predict_fn(graphdef):
                 frame_logits=out["frame_logits"])
 
   return predict_fn
+
+
+def make_predict_step(graphdef, state_shardings, mesh):
+  """predict_fn(params, batch_stats, batch) jitted for `mesh`: the batch split along the batch
+  axes, the outputs replicated (every process sees every clip's score)."""
+  return jax.jit(make_predict_fn(graphdef),
+                 in_shardings=(state_shardings.params, state_shardings.batch_stats,
+                               sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def train_batch_spec(rows: int, length: int, *, with_lips: bool,
+                     teacher_classes: tuple[int, int] | None = None) -> dict:
+  """ShapeDtypeStructs of a loader training batch, as far as the train step reads it.
+
+  `teacher_classes`: (ASR, VSR) classes when batches carry cached teacher posteriors.
+  """
+  fields = [f for f in schema.ARRAY_FIELDS
+            if f.name in TRAIN_INPUTS and (with_lips or f.name != "lips")]
+  spec = {f.name: jax.ShapeDtypeStruct((rows, *f.shape(length)), f.dtype) for f in fields}
+  spec.update(num_frames=jax.ShapeDtypeStruct((rows,), np.int32),
+              label=jax.ShapeDtypeStruct((rows,), np.int32),
+              augment={k: jax.ShapeDtypeStruct((rows,), dtype)
+                       for k, dtype in augment.PARAM_DTYPES.items()})
+  if teacher_classes:
+    spec.update({name: jax.ShapeDtypeStruct((rows, length, classes), np.float32)
+                 for name, classes in zip(("asr_probs", "vsr_probs"), teacher_classes)})
+  return spec
+
+
+def random_train_batch(spec: dict, rng: np.random.Generator) -> dict:
+  """Numpy arrays in the layout of `spec` (a `train_batch_spec`): every clip full length, labels
+  alternating real and fake, features random, augmentations drawn as the loader draws them."""
+  rows, length = spec["faces"].shape[:2]
+
+  def random_values(name, x):
+    if x.dtype == np.uint8:
+      return rng.integers(0, 256, x.shape, dtype=np.uint8)
+    if name.endswith("_probs"):
+      values = rng.random(x.shape, dtype=np.float32)
+      return values / values.sum(axis=-1, keepdims=True)
+    return rng.standard_normal(x.shape).astype(x.dtype)
+
+  batch = {k: random_values(k, v) for k, v in spec.items()
+           if k not in ("num_frames", "label", "augment")}
+  batch.update(num_frames=np.full(rows, length, np.int32),
+               label=(np.arange(rows) % 2).astype(np.int32),
+               augment=augment.sample_params(rng, rows))
+  return batch
+
+
+def _shardings(layout):
+  return jax.tree.map(lambda x: x.sharding, layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The jitted train step of a config on a mesh and the layouts (ShapeDtypeStructs with
+  shardings) of its arguments; nothing is allocated until `initial_arguments`."""
+  update_fn: jax.stages.Wrapped  # (state, batch, teachers_state) -> (state, metrics)
+  graphdef: nnx.GraphDef         # the student's
+  teachers_graphdef: nnx.GraphDef
+  optimizer: optax.GradientTransformation
+  state: TrainState              # abstract, with shardings
+  teachers_state: tuple | None   # (params, batch_stats) layout; None when batches carry posteriors
+  with_lips: bool                # batches carry lip features (the VSR teacher has no frontend)
+  teacher_classes: tuple[int, int] | None  # (ASR, VSR) classes of cached posteriors
+  mesh: jax.sharding.Mesh
+  init_fns: tuple                # () -> TrainState, () -> untrained teachers (params, batch_stats)
+
+  @property
+  def state_shardings(self):
+    return _shardings(self.state)
+
+  def batch(self, length: int, rows: int) -> dict:
+    """The layout of a global batch of `rows` clips of `length` frames."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding.batch_sharding(self.mesh)),
+        train_batch_spec(rows, length, with_lips=self.with_lips,
+                         teacher_classes=self.teacher_classes))
+
+  def arguments(self, length: int, rows: int) -> tuple:
+    """Abstract (state, batch, teachers_state) of a batch of `rows` clips of `length` frames."""
+    return self.state, self.batch(length, rows), self.teachers_state
+
+  def lower(self, length: int, rows: int) -> jax.stages.Lowered:
+    return self.update_fn.lower(*self.arguments(length, rows))
+
+  def init_state(self) -> TrainState:
+    """The seed's initial train state, on the mesh."""
+    return jax.jit(self.init_fns[0], out_shardings=self.state_shardings)()
+
+  def initial_arguments(self) -> tuple:
+    """(state, teachers_state) on the mesh: the seed's initialisation, untrained teachers."""
+    state = self.init_state()
+    if self.teachers_state is None:
+      return state, None
+    return state, jax.jit(self.init_fns[1], out_shardings=_shardings(self.teachers_state))()
+
+  def predict_step(self):
+    """The jitted predict step on the same mesh and parameter layout."""
+    return make_predict_step(self.graphdef, self.state_shardings, self.mesh)
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh,
+                    steps_per_epoch: int = 1) -> TrainStep:
+  """The train step of `config` on `mesh`: optimizer, abstract state and its shardings, the
+  teachers' layout, jit with donation.
+
+  With `teachers.cache` the batches carry the teachers' posteriors and the step takes no
+  teachers. `steps_per_epoch` only sets the learning-rate schedule, a constant of the program:
+  it changes neither buffers nor FLOPs.
+  """
+  optimizer = ts.make_optimizer(config.optim, steps_per_epoch)
+  graphdef, abstract, shardings, init_fn = ts.abstract_train_state(config, optimizer, mesh)
+
+  def init_teachers():
+    return tuple(ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:])
+
+  teachers_graphdef, *teachers = ts.split_model(
+      nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
+  teachers_state, teacher_classes = None, None
+  if config.teachers.cache:
+    teacher_classes = (config.teachers.asr.num_classes, config.teachers.vsr.num_classes)
+  else:
+    teachers_state = checkpoints.abstract_like(
+        tuple(teachers), sharding.state_shardings(tuple(teachers), mesh))
+  update_fn = sharding.jit_update(
+      make_update_fn(graphdef, teachers_graphdef, optimizer, config), shardings, mesh,
+      None if teachers_state is None else _shardings(teachers_state))
+  return TrainStep(update_fn, graphdef, teachers_graphdef, optimizer,
+                   checkpoints.abstract_like(abstract, shardings), teachers_state,
+                   with_lips=not config.teachers.vsr.use_frontend,
+                   teacher_classes=teacher_classes, mesh=mesh, init_fns=(init_fn, init_teachers))
+
+
+class ShapeCompiled:
+  """A jitted step compiled ahead of its first call for each batch shape, saying so in the log:
+  compiling takes seconds to minutes, and a silent first step looks like a hang."""
+
+  def __init__(self, jitted, name: str):
+    self._jitted = jitted
+    self._name = name
+    self._compiled = {}
+    self.compile_seconds = 0.0  # spent compiling so far (throughput excludes it)
+
+  def __call__(self, *args):
+    batch = next(a for a in args if isinstance(a, dict) and "num_frames" in a)
+    key = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()) if hasattr(v, "shape"))
+    if key not in self._compiled:
+      rows, length = batch["faces"].shape[:2]
+      logging.info("compiling the %s for batches of %d clips x %d frames", self._name, rows,
+                   length)
+      start = time.perf_counter()
+      self._compiled[key] = self._jitted.lower(*args).compile()
+      seconds = time.perf_counter() - start
+      self.compile_seconds += seconds
+      logging.info("compiled the %s (%d x %d) in %.1f s", self._name, rows, length, seconds)
+    return self._compiled[key](*args)

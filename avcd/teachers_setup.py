@@ -1,4 +1,8 @@
-"""The frozen teachers a student run uses: loaded, trained first, or (tests only) random."""
+"""The frozen teachers a student run uses: loaded from a checkpoint, or (tests only) random.
+
+Training them (`teachers.source='train'` with no checkpoint yet) is the train loop's job, in its
+teachers section; loading never trains.
+"""
 
 import pathlib
 
@@ -20,9 +24,9 @@ def teachers_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> p
 def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
   """(graphdef, (params, batch_stats)) of the teachers, placed on the mesh.
 
-  `teachers.source`: 'checkpoint' restores `teachers.checkpoint`; 'train' restores it too, after
-  training the teachers into it (default WORKDIR/teachers) if it holds no checkpoint yet;
-  'random' keeps the initialisation (meaningless targets; for tests of the machinery).
+  `teachers.source`: 'checkpoint' and 'train' restore `teachers.checkpoint` (default
+  WORKDIR/teachers); 'random' keeps the initialisation (meaningless targets; for tests of the
+  machinery).
   """
   source = config.teachers.source
   if source not in SOURCES:
@@ -37,13 +41,9 @@ def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, me
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
   path = teachers_path(config, workdir)
-  if source == "train" and not _has_checkpoint(path):
-    from avcd import train_teacher  # pylint: disable=g-import-not-at-top
-    logging.info("no teachers in %s yet: training them first", path)
-    train_teacher.train_teachers(config, path)
-  if not _has_checkpoint(path):
+  if not has_checkpoint(config, workdir):
     raise FileNotFoundError(
-        f"no teacher checkpoint at {path!r}. Set --config.teachers.checkpoint to a directory "
+        f"no teacher checkpoint at {str(path)!r}. Set --config.teachers.checkpoint to a directory "
         "written by `avcd train-teacher` or by `avcd convert --asr=audio-only.pt "
         "--vsr=video-only.pt --vsr-frontend=visual_frontend.pt` (deep_avsr's released weights), "
         "or use --config.teachers.source=train to train them on a corpus with phoneme labels.")
@@ -53,8 +53,9 @@ def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, me
   return graphdef, (restored["params"], restored["batch_stats"])
 
 
-def _has_checkpoint(path: pathlib.Path) -> bool:
+def has_checkpoint(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> bool:
+  """Whether the teachers' directory holds a checkpoint with a `teachers` item."""
   try:
-    return checkpoints.TEACHERS in checkpoints.model_items(path)
+    return checkpoints.TEACHERS in checkpoints.model_items(teachers_path(config, workdir))
   except FileNotFoundError:
     return False

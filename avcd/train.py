@@ -5,9 +5,13 @@
 Resume order: the newest intact checkpoint in WORKDIR/checkpoints (a corrupt one is moved aside
 and the one before it used), else `train.init_from` (an avcd training or model checkpoint, e.g.
 converted PyTorch weights), else from scratch. SIGTERM checkpoints the current step and returns;
-see docs/checkpoints.md.
+see docs/checkpoints.md. Log, checkpoint and evaluation each ask the same question after a step
+(is it time?); a step is checkpointed before it is evaluated, so a failing evaluation never costs
+the trained state.
 """
 
+import contextlib
+import json
 import pathlib
 import time
 
@@ -15,48 +19,30 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from avcd import checkpoints, evaluate, flops, preemption, sharding, steps, teacher_cache
-from avcd import teachers_setup, writers
+from avcd import checkpoints, config_checks, evaluate, flops, metrics, preemption, sharding
+from avcd import steps
+from avcd import teacher_cache, teachers_setup, workdir_lock, writers
 from avcd import train_state as ts
 from data_pipelines import corpus_setup, loader, split_index
-
-# What the train step reads; the rest of a loader batch (ids, phonemes, ...) stays on the host.
-TRAIN_INPUTS = ("mfcc", "faces", "stft", "lips", "num_frames", "label", "augment", "asr_probs",
-                "vsr_probs")
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, optimizer, mesh):
-  """(graphdef, abstract TrainState, its shardings, init function)."""
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_student(config.model, config.seed)))
-
-  def init_fn():
-    return ts.init_train_state(ts.build_student(config.model, config.seed), optimizer, config.seed)
-
-  abstract = jax.eval_shape(init_fn)
-  shardings = sharding.state_shardings(abstract, mesh)
-  return graphdef, abstract, shardings, init_fn
-
-
-def _initial_state(config, checkpointer, abstract, shardings, init_fn, train_iter):
-  """Resume from the workdir's newest intact step, else start from train.init_from, else anew."""
-  latest = checkpointer.restorable_step()
-  target = checkpoints.abstract_like(abstract, shardings)
+def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainStep, train_iter):
+  """Resume from step `latest` of the workdir, else start from train.init_from, else anew."""
   if latest is not None:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
-    return checkpointer.restore(latest, target, data_iterator=train_iter, expected=config.model)
-  state = jax.jit(init_fn, out_shardings=shardings)()
+    return checkpointer.restore(latest, step.state, data_iterator=train_iter,
+                                expected=config.model)
+  state = step.init_state()
   if config.train.init_from:
-    params, batch_stats = checkpoints.restore_student(config.train.init_from, target,
-                                                      expected=config.model)
-    state = state.replace(params=params, batch_stats=batch_stats)
-    logging.info("initialised the student from %s", config.train.init_from)
+    student = ts.restore_student(config.train.init_from, config=config, mesh=step.mesh)
+    state = state.replace(params=student.params, batch_stats=student.batch_stats)
+    logging.info("initialised the student from %s", student.source)
   return state
 
 
@@ -67,21 +53,54 @@ def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[st
   return sorted({str(i) for i in index.clips(records[records >= 0])["id"]})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
+  """The teachers section: trains them first when `teachers.source='train'` finds none."""
+  if config.teachers.source == "train" and not teachers_setup.has_checkpoint(config, workdir):
+    from avcd import train_teacher  # pylint: disable=g-import-not-at-top
+    path = teachers_setup.teachers_path(config, workdir)
+    logging.info("teachers.source='train' and no teachers in %s yet: training them first", path)
+    train_teacher.train_teachers(config, path)
+  return teachers_setup.frozen_teachers(config, workdir, mesh)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       start_over: bool = False) -> dict:
   """Trains the student on `config`, evaluates it, and returns the final evaluation metrics
-  ({} when preemption stopped it after a checkpoint)."""
+  ({} when preemption stopped it after a checkpoint).
+
+  The workdir is locked for the run (workdir_lock). `start_over`: train from step 0 although every
+  checkpoint of the workdir was found corrupt and moved aside (refused otherwise).
+  """
+  config_checks.check(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  with contextlib.ExitStack() as cleanup:
+    cleanup.enter_context(workdir_lock.WorkdirLock(workdir))
+    return _train_and_evaluate(config, workdir, cleanup, start_over)
 
-  # ---- Devices and logging ---------------------------------------------------------------------
+
+def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitStack,
+                        start_over: bool) -> dict:
+  start_time = time.perf_counter()
+
+  # ---- Checkpoints: what to resume from, before any other work ---------------------------------
+  checkpointer = checkpoints.TrainCheckpointer(
+      workdir / "checkpoints", keep_latest=config.train.keep_checkpoints,
+      keep_best=config.train.keep_best, best_metric=config.train.best_metric,
+      best_mode="min" if config.train.best_metric in metrics.LOWER_IS_BETTER else "max")
+  cleanup.callback(checkpointer.close)
+  resume_step = checkpointer.restorable_step(start_over=start_over)
+
+  # ---- Devices, data and logging ---------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
                jax.process_count())
-  writer = writers.MetricWriters(workdir)
+  config = corpus_setup.prepare_corpus(config, workdir)  # the config as run: its data resolved
+  config_checks.check_splits(config)
+  writer = cleanup.enter_context(contextlib.closing(writers.MetricWriters(workdir)))
   writer.write_hparams(config.to_dict())
-
-  # ---- Data ------------------------------------------------------------------------------------
-  corpus_setup.prepare_corpus(config.data, workdir)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
   steps_per_epoch = loader.steps_per_epoch(config.data, process_count=jax.process_count(),
                                            batch_multiple=batch_multiple)
@@ -89,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("%d steps per epoch, %d steps", steps_per_epoch, total_steps)
 
   # ---- Teachers (frozen) -----------------------------------------------------------------------
-  teachers_graphdef, teachers_state = teachers_setup.frozen_teachers(config, workdir, mesh)
+  teachers_graphdef, teachers_state = _frozen_teachers(config, workdir, mesh)
   teacher_posteriors = None
   if config.teachers.cache:
     # The batches then carry the teachers' posteriors: the step neither runs nor holds teachers.
@@ -105,28 +124,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     teacher_posteriors=teacher_posteriors)
   train_iter = iter(train_data)
 
-  # ---- Student, optimizer and train state ------------------------------------------------------
-  optimizer = ts.make_optimizer(config.optim, steps_per_epoch)
-  graphdef, abstract, shardings, init_fn = abstract_train_state(config, optimizer, mesh)
-  checkpointer = checkpoints.TrainCheckpointer(
-      workdir / "checkpoints", keep_latest=config.train.keep_checkpoints,
-      keep_best=config.train.keep_best, best_metric=config.train.best_metric)
-  state = _initial_state(config, checkpointer, abstract, shardings, init_fn, train_iter)
+  # ---- Train step and state -------------------------------------------------------------------
+  step = steps.make_train_step(config, mesh, steps_per_epoch)
+  state = _initial_state(config, checkpointer, resume_step, step, train_iter)
   first_step = int(state.step)
-
-  # ---- Compiled steps --------------------------------------------------------------------------
-  batch_sharding = sharding.batch_sharding(mesh)
-  teachers_sharding = jax.tree.map(lambda x: x.sharding, teachers_state)
-  update_fn = sharding.jit_update(
-      steps.make_update_fn(graphdef, teachers_graphdef, optimizer, config), shardings,
-      teachers_sharding, mesh)
-  step_flops = flops.StepFlops(update_fn, config.optim.grad_accum_steps)
+  update_fn = steps.ShapeCompiled(step.update_fn, "train step")
+  step_flops = flops.StepFlops(step.update_fn, config.optim.grad_accum_steps)
   peak_flops = flops.peak_flops_per_device()
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef),
-                       in_shardings=(shardings.params, shardings.batch_stats, batch_sharding),
-                       out_shardings=sharding.replicated(mesh))
+  predict_fn = steps.ShapeCompiled(step.predict_step(), "predict step")
 
-  def run_evaluation(step: int) -> dict:
+  def run_evaluation(at_step: int) -> dict:
     """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""
     results = evaluate.evaluate_splits(predict_fn, state.params, state.batch_stats, config, mesh,
                                        workdir)
@@ -134,8 +141,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None}
     scalars.update({f"{split}/auc/{method}": v["auc"] for split, m in results.items()
                     for method, v in m.get("per_method", {}).items() if v.get("auc") is not None})
-    writer.write_scalars(step, scalars)
-    logging.info("step %d evaluation: %s", step, scalars)
+    writer.write_scalars(at_step, scalars)
+    logging.info("step %d evaluation: %s", at_step,
+                 {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1})
     return results
 
   def checkpoint_metrics(results: dict) -> dict:
@@ -146,87 +154,108 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending = None       # the previous step's (step, metrics, records), checked one step late
   interval = []        # host metrics since the last log line
   interval_flops = 0.0
-  interval_start = time.perf_counter()
+  interval_start = loop_start = time.perf_counter()
 
   def check(pending_step):
-    step, metrics, records = pending_step
-    metrics = jax.tree.map(float, metrics)
-    if not metrics["finite"] and config.train.on_nonfinite == "raise":
+    step_number, step_metrics, records = pending_step
+    step_metrics = jax.tree.map(float, step_metrics)
+    if not step_metrics["finite"] and config.train.on_nonfinite == "raise":
       checkpointer.wait()  # the last good checkpoint may still be being written
       last_good = checkpointer.latest_step()
       raise NonFiniteLossError(
-          f"non-finite loss {metrics['loss']} at step {step}; clips of split "
+          f"non-finite loss {step_metrics['loss']} at step {step_number}; clips of split "
           f"{config.data.train_split!r} in this process's batch: {_clip_ids(config, records)}; "
           f"last good checkpoint: "
           f"{checkpointer.directory / str(last_good) if last_good is not None else 'none'}")
-    if not metrics["finite"]:
+    if not step_metrics["finite"]:
       logging.warning("non-finite loss %s at step %d: update skipped (train.on_nonfinite='skip'; "
-                      "counted as skipped_steps)", metrics["loss"], step)
-    interval.append(metrics)
+                      "counted as skipped_steps)", step_metrics["loss"], step_number)
+    interval.append(step_metrics)
+
+  compiled_before = 0.0  # update_fn.compile_seconds at the start of the interval
+
+  def log_progress(step_number: int) -> None:
+    nonlocal interval, interval_flops, interval_start, compiled_before
+    now = time.perf_counter()
+    elapsed = max(now - interval_start - (update_fn.compile_seconds - compiled_before), 1e-9)
+    compiled_before = update_fn.compile_seconds
+    frames = sum(m["frames"] for m in interval)
+    summary = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]
+               if k not in ("finite", "frames")}
+    steps_per_second = len(interval) / elapsed
+    summary.update(
+        steps_per_second=steps_per_second, frames_per_second=frames / elapsed,
+        frames_per_second_per_device=frames / elapsed / jax.device_count(),
+        flops_per_second=interval_flops / elapsed,
+        learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step_number)),
+        skipped_steps=float(state.skipped_steps), epoch=step_number / steps_per_epoch)
+    mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), peak_flops)
+    if mfu is not None:
+      summary["mfu"] = mfu
+    writer.write_scalars(step_number, summary)
+    remaining = (total_steps - step_number) / max(steps_per_second, 1e-9)
+    weights = dict(ce=config.loss.ce_weight, bce=config.loss.distill_weight,
+                   metric=config.loss.metric_weight, sync=config.loss.sync_weight)
+    losses = " ".join(f"{name} {summary['loss_' + name]:.4f}" for name, weight in weights.items()
+                      if weight)
+    logging.info("step %d/%d loss %.4f (%s) | epoch %.1f | %.2f steps/s %.0f frames/s | "
+                 "elapsed %s, ETA %s", step_number, total_steps, summary["loss"], losses,
+                 summary["epoch"], steps_per_second, summary["frames_per_second"],
+                 _duration(now - loop_start), _duration(remaining))
+    interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
 
   watcher = preemption.PreemptionWatcher()
+  cleanup.callback(watcher.close)
 
-  for step in range(first_step + 1, total_steps + 1):
+  for step_number in range(first_step + 1, total_steps + 1):
     batch = next(train_iter)
-    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TRAIN_INPUTS}, mesh)
+    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS},
+                                   mesh)
     interval_flops += step_flops(state, inputs, teachers_state)
-    state, metrics = update_fn(state, inputs, teachers_state)
+    state, step_metrics = update_fn(state, inputs, teachers_state)
+    checkpointer.raise_if_failed()  # a failed background save stops the run at once
     if pending is not None:
       check(pending)  # the previous step: reading it now keeps the device busy
-    pending = (step, metrics, batch["record"])
+    pending = (step_number, step_metrics, batch["record"])
+    last = step_number == total_steps
 
-    if step % config.train.log_every_steps == 0 or step == total_steps:
+    if step_number % config.train.log_every_steps == 0 or last:
       check(pending)
       pending = None
-      elapsed = time.perf_counter() - interval_start
-      frames = sum(m["frames"] for m in interval)
-      summary = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]
-                 if k not in ("finite", "frames")}
-      summary.update(
-          frames_per_second=frames / elapsed,
-          frames_per_second_per_device=frames / elapsed / jax.device_count(),
-          flops_per_second=interval_flops / elapsed,
-          learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step)),
-          skipped_steps=float(state.skipped_steps), epoch=step / steps_per_epoch)
-      mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), peak_flops)
-      if mfu is not None:
-        summary["mfu"] = mfu
-      writer.write_scalars(step, summary)
-      logging.info("step %d/%d loss %.4f (ce %.4f bce %.4f metric %.4f) %.0f frames/s "
-                   "%.3g TFLOP/s", step, total_steps, summary["loss"], summary["loss_ce"],
-                   summary["loss_bce"], summary["loss_metric"], summary["frames_per_second"],
-                   summary["flops_per_second"] / 1e12)
-      interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
+      log_progress(step_number)
 
-    preempted = watcher.stop_requested(step)
-    if step == total_steps and not preempted:
-      break
+    preempted = watcher.stop_requested(step_number)
     results = None
-    if config.eval.every_steps and step % config.eval.every_steps == 0 and not preempted:
-      results = run_evaluation(step)
-    if step % config.train.checkpoint_every_steps == 0 or preempted:
+    if (config.eval.every_steps and step_number % config.eval.every_steps == 0 and not preempted
+        and not last):
+      # Evaluated before it is saved, so that the save carries the metrics that rank it among the
+      # best checkpoints; a crash here costs at most the steps since the last checkpoint.
+      results = run_evaluation(step_number)
+    if step_number % config.train.checkpoint_every_steps == 0 or preempted or last:
       if pending is not None:
         check(pending)  # a step is checkpointed only once its loss is known to be finite
         pending = None
-      checkpointer.save(step, state, data_iterator=train_iter, config=config,
-                        metrics=checkpoint_metrics(results) if results else None, force=preempted)
+      checkpointer.save(step_number, state, data_iterator=train_iter, config=config,
+                        metrics=checkpoint_metrics(results) if results else None,
+                        force=preempted or last)
     if preempted:
       checkpointer.wait()
-      checkpointer.close()
-      writer.flush()
-      watcher.close()
       logging.warning("preempted: saved step %d in %s and stopped; the next start resumes there",
-                      step, checkpointer.directory)
+                      step_number, checkpointer.directory)
       return {}
 
-  # ---- Final evaluation and checkpoint -----------------------------------------------------------
-  results = run_evaluation(total_steps)
-  if checkpointer.latest_step() != total_steps:
-    checkpointer.save(total_steps, state, data_iterator=train_iter, config=config,
-                      metrics=checkpoint_metrics(results), force=True)
+  # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
+  if first_step == total_steps and checkpointer.latest_step() != total_steps:
+    checkpointer.save(total_steps, state, data_iterator=train_iter, config=config, force=True)
   checkpointer.wait()
-  checkpointer.close()
-  writer.flush()
-  watcher.close()
+  results = run_evaluation(total_steps)
+  logging.info("done in %s: reports in %s", _duration(time.perf_counter() - start_time),
+               workdir / "eval")
   multihost_utils.sync_global_devices("avcd train done")
   return results
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from avcd import checkpoints, losses, sharding
+from avcd import checkpoints, losses, sharding, steps
 from avcd import train_state as ts
 from avcd.models.student import frame_mask
 from data_pipelines import corpus_setup, loader, split_index
@@ -154,7 +154,9 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
 
   # ---- Devices and data ------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
-  corpus_setup.prepare_corpus(config.data, output_dir.parent)
+  # A synthetic corpus goes beside the teachers' directory (DIR/../data), where a student run
+  # whose workdir holds them (WORKDIR/teachers) finds it; data.data_dir puts it elsewhere.
+  config = corpus_setup.prepare_corpus(config, output_dir.parent)
   data_cfg = _teacher_data_config(config.data)
   batch_multiple = sharding.local_batch_multiple(mesh)
   steps_per_epoch = loader.steps_per_epoch(data_cfg, process_count=jax.process_count(),
@@ -169,16 +171,14 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, training.learning_rate, min(training.warmup_steps, total_steps // 2), total_steps)
   optimizer = optax.adamw(schedule, weight_decay=training.weight_decay)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
-  init_fn = lambda: ts.init_train_state(ts.build_teachers(config.teachers, config.seed),
-                                        optimizer, config.seed)
-  shardings = sharding.state_shardings(jax.eval_shape(init_fn), mesh)
+  graphdef, _, shardings, init_fn = ts.abstract_state(
+      lambda: ts.build_teachers(config.teachers, config.seed), optimizer, config.seed, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)()
-  batch_sharding = sharding.batch_sharding(mesh)
-  update_fn = jax.jit(make_update_fn(graphdef, optimizer), in_shardings=(shardings, batch_sharding),
-                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  update_fn = steps.ShapeCompiled(
+      sharding.jit_update(make_update_fn(graphdef, optimizer), shardings, mesh), "teacher step")
   posteriors_fn = jax.jit(make_posteriors_fn(graphdef, config.loss.divergence),
-                          in_shardings=(shardings.params, shardings.batch_stats, batch_sharding))
+                          in_shardings=(shardings.params, shardings.batch_stats,
+                                        sharding.batch_sharding(mesh)))
   logging.info("training teachers: %d steps (%d per epoch) on real clips of %s", total_steps,
                steps_per_epoch, data_cfg.train_split)
 

@@ -43,8 +43,8 @@ def _conv_kernel(w):  # torch (O, I, *k) -> flax (*k, I, O)
 
 def _stem_kernel(w):
   """torch Conv3d (O, 1, kt, kh, kw) -> the 2D stem over stacked frames (kh, kw, kt, O)."""
-  if w.shape[1] != 1:
-    raise ValueError(f"visual stem weight {w.shape} must have one input channel")
+  if w.ndim != 5 or w.shape[1] != 1:
+    raise ValueError(f"a Conv3d weight (out, 1, time, height, width) is expected, not {w.shape}")
   return np.transpose(w[:, 0], (2, 3, 1, 0))
 
 
@@ -216,7 +216,12 @@ def load_into(targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
       if key not in state_dict:
         missing.append(key)
         continue
-      value = transform(state_dict[key])
+      try:
+        value = transform(state_dict[key])
+      except ValueError as e:  # a tensor of another rank than the layer's
+        mismatched.append(f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
+                          f"{'.'.join(map(str, path))} ({e})")
+        continue
       current = _get(pure, path)
       if tuple(value.shape) != tuple(current.shape):
         mismatched.append(f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."

@@ -16,20 +16,11 @@ measures how much a detector leans on the silence.
 """
 
 from avcd import config_lib
-import ml_collections
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 898
-  config.model = config_lib.student()
-  config.teachers = config_lib.teachers()
+  config = config_lib.sibling(__file__, "default.py")  # the paper's setup, plus:
   config.teachers.vsr.use_frontend = False  # the authors' lip features are stored in the shards
-  config.loss = config_lib.losses()
-  config.data = config_lib.data(builder="fakeavceleb", train_split="train")
-  config.eval = config_lib.evaluation(splits=("test",), leading_silence=("keep", "trim"),
-                                      every_steps=5000)
-  config.optim = config_lib.optimizer()
-  config.train = config_lib.training(num_epochs=100, checkpoint_every_steps=5000)
-  config.mesh = config_lib.mesh()
+  config.eval.update(leading_silence=("keep", "trim"), every_steps=5000)
+  config.train.checkpoint_every_steps = 5000
   return config

@@ -17,7 +17,6 @@ next to the trained methods' in metrics.md.
 """
 
 from avcd import config_lib
-import ml_collections
 
 # Fake methods of each corpus (data_pipelines/manifests.py derives them).
 METHODS = {
@@ -31,17 +30,10 @@ def get_config(corpus_and_method: str = "fakeavceleb/wav2lip"):
   if corpus not in METHODS or held_out not in METHODS[corpus]:
     raise ValueError(f"unknown CORPUS/METHOD {corpus_and_method!r}; choose a corpus from "
                      f"{sorted(METHODS)} and one of its methods {METHODS.get(corpus)}")
-  config = ml_collections.ConfigDict()
-  config.seed = 898
-  config.model = config_lib.student()
-  config.teachers = config_lib.teachers()
+  config = config_lib.sibling(__file__, "default.py")  # the paper's setup, plus:
   config.teachers.vsr.use_frontend = False  # the authors' lip features are stored in the shards
-  config.loss = config_lib.losses()
-  config.data = config_lib.data(
-      builder=corpus, train_split="train",
-      train_methods=tuple(m for m in METHODS[corpus] if m != held_out))
-  config.eval = config_lib.evaluation(splits=(TEST_SPLIT[corpus],), every_steps=5000)
-  config.optim = config_lib.optimizer()
-  config.train = config_lib.training(num_epochs=100, checkpoint_every_steps=5000)
-  config.mesh = config_lib.mesh()
+  config.data.update(builder=corpus,
+                     train_methods=tuple(m for m in METHODS[corpus] if m != held_out))
+  config.eval.update(splits=(TEST_SPLIT[corpus],), every_steps=5000)
+  config.train.checkpoint_every_steps = 5000
   return config

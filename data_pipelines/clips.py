@@ -128,6 +128,28 @@ def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndar
   return np.minimum(np.floor(np.arange(count) * ratio + 1e-6).astype(int), num_source_frames - 1)
 
 
+def audio_problems(samples: np.ndarray, sample_rate: int, video_seconds: float,
+                   max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S, *,
+                   video_name: str = "the video") -> list[str]:
+  """Why decoded audio cannot serve as a clip's audio (empty when it can), most serious first:
+  non-finite samples, shorter than one 40 ms window, silent, or a duration that differs from the
+  video's by more than max_av_mismatch_s. `avcd prepare` rejects such clips; `avcd predict`
+  refuses the first two and warns of the others."""
+  if not np.all(np.isfinite(samples)):
+    return ["audio holds non-finite samples"]
+  if samples.size < _MIN_SAMPLES:
+    return [f"audio too short ({samples.size} samples at {sample_rate} Hz, one 40 ms window is "
+            f"{_MIN_SAMPLES})"]
+  problems = []
+  if np.max(np.abs(samples)) < SILENCE_PEAK:
+    problems.append("audio is silent")
+  audio_seconds = samples.size / sample_rate
+  if abs(audio_seconds - video_seconds) > max_av_mismatch_s:
+    problems.append(f"audio lasts {audio_seconds:.2f} s, {video_name} {video_seconds:.2f} s "
+                    f"(tolerance {max_av_mismatch_s} s)")
+  return problems
+
+
 def _load_usable_audio(row: manifests.ManifestRow, video_seconds: float,
                        max_av_mismatch_s: float) -> np.ndarray:
   """The clip's 16 kHz samples, or ClipRejected when they cannot serve as its audio."""
@@ -136,15 +158,8 @@ def _load_usable_audio(row: manifests.ManifestRow, video_seconds: float,
     samples, sample_rate = audio.load_audio(source)
   except (FileNotFoundError, audio.AudioError) as e:
     raise ClipRejected(str(e)) from e
-  if not np.all(np.isfinite(samples)):
-    raise ClipRejected(f"{source}: audio holds non-finite samples")
-  if samples.size < _MIN_SAMPLES:
-    raise ClipRejected(f"{source}: audio too short ({samples.size} samples at {sample_rate} Hz, "
-                       f"one 40 ms window is {_MIN_SAMPLES})")
-  if np.max(np.abs(samples)) < SILENCE_PEAK:
-    raise ClipRejected(f"{source}: audio is silent")
-  audio_seconds = samples.size / sample_rate
-  if abs(audio_seconds - video_seconds) > max_av_mismatch_s:
-    raise ClipRejected(f"{source}: audio lasts {audio_seconds:.2f} s, the video "
-                       f"{row.video_path} {video_seconds:.2f} s (tolerance {max_av_mismatch_s} s)")
+  problems = audio_problems(samples, sample_rate, video_seconds, max_av_mismatch_s,
+                            video_name=f"the video {row.video_path}")
+  if problems:
+    raise ClipRejected(f"{source}: {problems[0]}")
   return samples

@@ -2,8 +2,8 @@
 
 Real corpora are prepared beforehand with `avcd prepare`; the built-in synthetic corpus
 (`data.builder='synthetic_av'`) is generated here on first use, by process 0 while the others wait,
-into `data.data_dir` (default WORKDIR/data). The config's `data.builder` then names the exact
-builder config (`synthetic_av/<spec>`) so loaders find it.
+into `data.data_dir` (default WORKDIR/data). The config returned names the exact builder config
+(`synthetic_av/<spec>`) so loaders find it; it is the config a run records and checkpoints.
 """
 
 import pathlib
@@ -16,18 +16,27 @@ from jax.experimental import multihost_utils
 SYNTHETIC = "synthetic_av"
 
 
-def prepare_corpus(data_cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Resolves `data_cfg.data_dir` / `data_cfg.builder` in place, generating synthetic data."""
-  if not data_cfg.data_dir:
-    data_cfg.data_dir = str(pathlib.Path(workdir) / "data")
-  if data_cfg.builder.split("/")[0] != SYNTHETIC:
-    return
-  from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
-  if data_cfg.synthetic is None:
-    raise ValueError("data.builder='synthetic_av' needs data.synthetic (a SyntheticSpec's fields)")
-  spec = generator.SyntheticSpec(**data_cfg.synthetic.to_dict())
-  if jax.process_index() == 0:
-    logging.info("preparing the synthetic corpus in %s", data_cfg.data_dir)
-    builder.build(spec, data_cfg.data_dir)
-  multihost_utils.sync_global_devices("synthetic corpus ready")
-  data_cfg.builder = f"{SYNTHETIC}/{builder.config_name(spec)}"
+def prepare_corpus(config: ml_collections.ConfigDict,
+                   workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """A locked copy of `config` whose data section names a prepared corpus.
+
+  `data.data_dir` defaults to WORKDIR/data; a synthetic corpus is generated there when absent
+  and `data.builder` becomes its exact builder config. `config` itself is not changed.
+  """
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  data = resolved.data
+  if not data.data_dir:
+    data.data_dir = str(pathlib.Path(workdir) / "data")
+  if data.builder.split("/")[0] == SYNTHETIC:
+    from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
+    if data.synthetic is None:
+      raise ValueError("data.builder='synthetic_av' needs data.synthetic (a SyntheticSpec's "
+                       "fields)")
+    spec = generator.SyntheticSpec(**data.synthetic.to_dict())
+    if jax.process_index() == 0:
+      logging.info("preparing the synthetic corpus in %s", data.data_dir)
+      builder.build(spec, data.data_dir)
+    multihost_utils.sync_global_devices("synthetic corpus ready")
+    data.builder = f"{SYNTHETIC}/{builder.config_name(spec)}"
+  resolved.lock()
+  return resolved

@@ -48,6 +48,7 @@ from data_pipelines import augment
 from data_pipelines import schema
 from data_pipelines import split_index
 from data_pipelines import teacher_cache
+from data_pipelines import worker_lifetime
 
 _ROW_LABELS = ("label", "audio_label", "video_label")
 
@@ -272,8 +273,10 @@ def _pipeline(data_cfg, opened, index, planner, steps_per_epoch, num_epochs, pro
   dataset = grain.MapDataset.source(source).map(reader).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=data_cfg.prefetch))
   if data_cfg.num_workers > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_cfg.num_workers, per_worker_buffer_size=max(1, data_cfg.prefetch)))
+    dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
+                                     per_worker_buffer_size=max(1, data_cfg.prefetch)),
+        worker_init_fn=worker_lifetime.initializer())
   return dataset
 
 

@@ -20,6 +20,7 @@ FakeVideo-FakeAudio from the audio and video labels (every CMDFD fake is FakeVid
 """
 
 import csv
+import io
 import dataclasses
 import math
 import pathlib
@@ -142,7 +143,18 @@ def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[Manifest
   csv_path = pathlib.Path(csv_path)
   prefixes = parse_path_prefixes(path_prefix)
   rows, first_line = [], {}
-  with csv_path.open(newline="", encoding="utf-8-sig") as f:
+  if csv_path.is_dir():
+    raise ManifestError(f"{csv_path}: is a directory, not a manifest CSV")
+  if not csv_path.is_file():
+    raise ManifestError(f"{csv_path}: no such manifest CSV")
+  data = csv_path.read_bytes()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise ManifestError(f"{csv_path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the "
+                        "manifest as UTF-8") from None
+  with io.StringIO(text, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None:

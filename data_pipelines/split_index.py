@@ -146,14 +146,20 @@ def _compute_index(split: Split) -> SplitIndex:
   return SplitIndex(**columns)
 
 
-def _fingerprint(split: Split) -> str:
-  """What the cached index depends on: the split's files, their slices and the index format."""
+def shard_files(split: Split) -> list:
+  """What identifies a split's records on disk: each shard's name, slice, size and mtime (the
+  fingerprint of caches computed from them: this index, the teacher posteriors)."""
   shards = []
   for instruction in split.file_instructions:
     stat = os.stat(instruction.filename)
     shards.append([os.path.basename(instruction.filename), instruction.skip, instruction.take,
                    stat.st_size, stat.st_mtime_ns])
-  return json.dumps({"format": INDEX_FORMAT, "shards": shards})
+  return shards
+
+
+def _fingerprint(split: Split) -> str:
+  """What the cached index depends on: the split's files, their slices and the index format."""
+  return json.dumps({"format": INDEX_FORMAT, "shards": shard_files(split)})
 
 
 def _cache_path(split: Split) -> str:

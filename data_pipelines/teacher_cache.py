@@ -53,16 +53,6 @@ META_FILE = "cache.json"
 DEFAULT_ROOT = "teacher_cache"  # under the directory of the split's shards
 
 
-def _shard_files(split: split_index.Split) -> list:
-  """What identifies the split's records on disk: each shard's name, slice, size and mtime."""
-  shards = []
-  for instruction in split.file_instructions:
-    stat = os.stat(instruction.filename)
-    shards.append([os.path.basename(instruction.filename), instruction.skip, instruction.take,
-                   stat.st_size, stat.st_mtime_ns])
-  return shards
-
-
 def fingerprint(split: split_index.Split, start: np.ndarray, frames: np.ndarray,
                 teachers: dict) -> dict:
   """Everything a split's cached posteriors depend on, as JSON-compatible values.
@@ -75,7 +65,7 @@ def fingerprint(split: split_index.Split, start: np.ndarray, frames: np.ndarray,
   """
   spans = np.stack([np.asarray(start, np.int64), np.asarray(frames, np.int64)])
   return {"format": FORMAT, "builder": split.builder, "split": split.split,
-          "shards": _shard_files(split),
+          "shards": split_index.shard_files(split),
           "spans_sha256": hashlib.sha256(spans.tobytes()).hexdigest(), "teachers": teachers}
 
 

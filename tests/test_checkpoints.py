@@ -107,6 +107,62 @@ def test_no_intact_step_is_an_error_naming_them(tmp_path):
   checkpointer.close()
 
 
+def test_a_refused_resume_stays_refused_until_told_to_start_over(tmp_path):
+  _saved_run(tmp_path, steps=(1, 2)).close()
+  for step in (1, 2):
+    _flip_byte(_largest_file(tmp_path / str(step)))
+  with pytest.raises(checkpoints.CorruptCheckpointError):
+    _checkpointer(tmp_path).restorable_step()  # moves both aside
+  for _ in range(2):  # the next starts refuse too, naming the folders and the way out
+    checkpointer = _checkpointer(tmp_path)
+    with pytest.raises(checkpoints.ResumeRefusedError, match="--start_over") as e:
+      checkpointer.restorable_step()
+    assert "1.corrupt-" in str(e.value) and "2.corrupt-" in str(e.value)
+    checkpointer.close()
+  checkpointer = _checkpointer(tmp_path)
+  assert checkpointer.restorable_step(start_over=True) is None
+  checkpointer.close()
+  for aside in tmp_path.glob("*.corrupt-*"):  # or moving them out of the way
+    aside.rename(tmp_path.parent / f"{tmp_path.name}-{aside.name}")
+  assert _checkpointer(tmp_path).restorable_step() is None
+
+
+_FAILING_SAVER = textwrap.dedent("""
+    import resource, signal, sys, time
+    import jax.numpy as jnp
+    import numpy as np
+    from avcd import checkpoints
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead (EFBIG)
+    checkpointer = checkpoints.TrainCheckpointer(sys.argv[1], keep_latest=3, keep_best=0,
+                                                 best_metric="auc")
+    checkpointer.save(1, dict(w=jnp.zeros(10)))
+    checkpointer.wait()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # the file system "fills up"
+    checkpointer.save(2, dict(w=jnp.asarray(np.random.default_rng(0).random(4 << 20,
+                                                                         np.float32))))
+    try:
+      for _ in range(600):  # what the train loop asks after every step
+        checkpointer.raise_if_failed()
+        time.sleep(0.05)
+      checkpointer.wait()
+    except checkpoints.CheckpointSaveError as e:
+      print("FAILED:", e, flush=True)
+      sys.exit(1)
+""")
+
+
+def test_a_failed_save_is_reported_at_once_with_its_cause(tmp_path):
+  result = subprocess.run([sys.executable, "-c", _FAILING_SAVER, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=_subprocess_env())
+  assert result.returncode == 1, result.stderr[-3000:]
+  message = result.stdout.strip()
+  assert message.startswith(f"FAILED: saving checkpoint step 2 to {tmp_path / '2'} failed: ")
+  assert "File too large" in message and "the steps before it are intact" in message
+  checkpointer = _checkpointer(tmp_path)
+  assert checkpointer.restorable_step() == 1
+  checkpointer.close()
+
+
 def test_restoring_a_named_corrupt_step_raises(tmp_path):
   _saved_run(tmp_path).close()
   _flip_byte(_largest_file(tmp_path / "2"))

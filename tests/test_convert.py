@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import checkpoints, config_lib, convert
+from avcd import checkpoints, config_lib, convert, weights
 from avcd import train_state as ts
 from avcd.models.teachers import sinusoidal_positions
 from tests import parity_utils
@@ -226,3 +226,36 @@ def test_a_non_empty_output_is_refused(tmp_path):
   (tmp_path / "something").write_text("")
   with pytest.raises(convert.ConvertError, match="is not empty"):
     convert.convert(output=tmp_path, talknet="pretrain_TalkSet.model")
+
+
+def test_empty_and_truncated_files_are_named(tmp_path, reference):
+  pytest.importorskip("torch")
+  _, state_dict, _ = reference
+  empty = tmp_path / "empty.pt"
+  empty.write_bytes(b"")
+  with pytest.raises(convert.ConvertError, match="empty.pt is empty"):
+    convert.load_state_dict(empty)
+  whole = _torch_save(state_dict, tmp_path / "whole.pt")
+  cut = tmp_path / "cut.pt"
+  cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 3])
+  with pytest.raises(convert.ConvertError, match="cut.pt is not a readable PyTorch file"):
+    convert.load_state_dict(cut)
+
+
+def test_a_visual_stem_of_the_wrong_shape_is_a_mapping_error(tmp_path, reference):
+  pytest.importorskip("torch")
+  _, state_dict, _ = reference
+  key = "model.visualFrontend.frontend3D.0.weight"
+  flat = dict(state_dict, **{key: state_dict[key][:, :, 0]})  # a Conv2d weight: one axis short
+  with pytest.raises(weights.WeightMappingError, match=r"frontend3D\.0\.weight: .*Conv3d"):
+    convert.convert(output=tmp_path / "out", mtl=str(_torch_save(flat, tmp_path / "m.pt")))
+  assert not (tmp_path / "out").exists()
+
+
+def test_weights_holding_nan_or_inf_are_refused(tmp_path, reference):
+  pytest.importorskip("torch")
+  _, state_dict, _ = reference
+  key = "model.audioEncoder.conv1.weight"
+  broken = dict(state_dict, **{key: np.full_like(state_dict[key], np.nan)})
+  with pytest.raises(convert.ConvertError, match=rf"NaN or Inf in 1 tensors \({key}\)"):
+    convert.convert(output=tmp_path / "out", mtl=str(_torch_save(broken, tmp_path / "m.pt")))

@@ -6,7 +6,7 @@ import pathlib
 import jax
 import pytest
 
-from avcd import config_loading, evaluate, sharding, steps, train
+from avcd import config_checks, config_loading, evaluate, sharding, steps
 from avcd import train_state as ts
 from data_pipelines import corpus_setup, split_index
 
@@ -20,9 +20,9 @@ def evaluated(tmp_path_factory):
   config = config_loading.load_config(CONFIG, {
       "data.synthetic.test_clips": 7, "eval.leading_silence": ("keep", "trim"),
       "eval.frame_budget": 100})
-  corpus_setup.prepare_corpus(config.data, workdir)
+  config = corpus_setup.prepare_corpus(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
-  graphdef, abstract, shardings, init_fn = train.abstract_train_state(
+  graphdef, abstract, shardings, init_fn = ts.abstract_train_state(
       config, ts.make_optimizer(config.optim, 1), mesh)
   state = jax.jit(init_fn, out_shardings=shardings)()
   predict_fn = jax.jit(steps.make_predict_fn(graphdef))
@@ -55,8 +55,8 @@ def test_split_specs_name_other_corpora():
   assert evaluate.report_name("cmdfd:wav2lip_self") == "cmdfd.wav2lip_self"
 
 
-def test_unknown_silence_variant_is_an_error(evaluated):
-  config, workdir, _ = evaluated
+def test_unknown_silence_variant_is_an_error():
+  # Checked with the whole config before any work starts (avcd train, eval, compile).
   config = config_loading.load_config(CONFIG, {"eval.leading_silence": ("drop",)})
   with pytest.raises(ValueError, match="leading_silence"):
-    evaluate.evaluate_splits(None, None, None, config, None, workdir)
+    config_checks.check(config)

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -110,7 +111,7 @@ def test_metadata_records_signature_source_and_config(run, saved_model):
       num_frames=dict(dtype="int32", shape=["B"]))
   assert set(metadata["signature"]["outputs"]) == {"probability", "score", "frame_logits"}
   assert metadata["features"]["fps"] == 25.0
-  assert export.config_from_json(metadata["config"]) == run["config"]
+  assert checkpoints.config_from_json(metadata["config"]) == run["config"]
 
 
 @pytest.mark.parametrize("length", [5, 17, 40])
@@ -159,13 +160,13 @@ def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
 
 
 def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
-  from_run = export.restore_student(run["workdir"], STEP)
+  from_run = ts.restore_student(run["workdir"], STEP)
   assert from_run.source["item"] == "state" and from_run.config == run["config"]
   model_dir = tmp_path / "model"
   checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
                                                        batch_stats=run["state"].batch_stats),
                          config=run["config"])
-  from_model = export.restore_student(model_dir)
+  from_model = ts.restore_student(model_dir)
   assert from_model.source == dict(checkpoint_dir=str(model_dir), step=0, item="student")
   for restored in (from_run, from_model):
     for got, want in zip(jax.tree.leaves((restored.params, restored.batch_stats)),
@@ -175,20 +176,92 @@ def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
 
 def test_restore_student_names_missing_steps_and_configs(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
-    export.restore_student(run["workdir"], 3)
+    ts.restore_student(run["workdir"], 3)
   model_dir = tmp_path / "model"
   checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
                                                        batch_stats=run["state"].batch_stats))
   with pytest.raises(ValueError, match="no 'config' item"):
-    export.restore_student(model_dir)
+    ts.restore_student(model_dir)
 
 
 def test_export_refuses_a_non_empty_output(run, tmp_path):
   (tmp_path / "keep.txt").write_text("data")
   with pytest.raises(FileExistsError, match="--overwrite"):
-    export.export_saved_model(export.restore_student(run["workdir"]), tmp_path)
+    export.export_saved_model(ts.restore_student(run["workdir"]), tmp_path)
 
 
 def test_config_from_json_gives_back_tuples():
-  config = export.config_from_json(json.loads(json.dumps(dict(a=dict(b=(1, 2)), c=[[3], 4]))))
+  config = checkpoints.config_from_json(json.loads(json.dumps(dict(a=dict(b=(1, 2)), c=[[3], 4]))))
   assert config.a.b == (1, 2) and config.c == ((3,), 4)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda b: dict(b, num_frames=np.array([0], np.int32)), "at least one valid frame"),
+    (lambda b: dict(b, num_frames=np.array([-3], np.int32)), "at least one valid frame"),
+    (lambda b: dict(b, num_frames=np.array([9], np.int32)), "cannot be longer than T"),
+    (lambda b: dict(b, mfcc=np.where(np.arange(32)[None, :, None] == 5, np.nan, b["mfcc"])),
+     "mfcc holds NaN or Inf"),
+    (lambda b: {k: v[:0] for k, v in b.items()}, r"B = 0"),
+    (lambda b: dict(b, mfcc=b["mfcc"][:, :0], faces=b["faces"][:, :0]), r"T = 0"),
+])
+def test_the_serving_contract_fails_bad_inputs_with_a_message(serving_signature, change, message):
+  batch = change(random_batch(np.random.default_rng(4), [8], 8))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    serving_signature(batch)
+
+
+def test_faces_of_another_size_are_refused_by_the_signature(serving_signature):
+  batch = random_batch(np.random.default_rng(5), [8], 8)
+  batch["faces"] = batch["faces"][:, :, :64, :64]
+  with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError),
+                     match="faces must be 112 x 112|faces.*112"):
+    serving_signature(batch)
+
+
+def _avcd(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "avcd.cli", *map(str, args)], capture_output=True,
+                        text=True, cwd=REPO, timeout=300, check=False)
+
+
+def test_export_and_predict_skip_or_refuse_a_corrupt_step_as_eval_does(run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(run["workdir"], workdir)
+  checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
+                                               keep_best=0, best_metric="auc")
+  checkpointer.save(STEP + 2, run["state"], config=run["config"])
+  checkpointer.wait()
+  checkpointer.close()
+  newest = workdir / "checkpoints" / str(STEP + 2)
+  victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2] ^= 1
+  victim.write_bytes(bytes(data))
+
+  exported = _avcd("export", f"--workdir={workdir}", f"--output={tmp_path / 'out'}",
+                   "--platforms=cpu")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  assert f"step {STEP} (state)" in exported.stdout  # the newest intact step
+  assert f"{newest} is corrupt" in exported.stderr and newest.exists()  # read-only: not moved
+  for command in (["export", f"--output={tmp_path / 'out2'}", "--platforms=cpu"],
+                  ["predict", str(tmp_path / "any.mp4"), f"--output={tmp_path / 'p'}"]):
+    refused = _avcd(*command, f"--workdir={workdir}", f"--checkpoint={STEP + 2}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"checkpoint {newest} is corrupt" in refused.stderr
+
+
+def test_export_mistakes_are_one_line_before_any_work(run, tmp_path):
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "keep.txt").write_text("data")
+  cases = [
+      ([f"--workdir={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}"], "no such directory"),
+      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'full'}"], "not empty"),
+      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--platforms=bogus"],
+       "--platforms=bogus: choose from cpu, cuda, rocm, tpu"),
+      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--checkpoint=3"],
+       "no checkpoint for step 3"),
+  ]
+  for args, message in cases:
+    result = _avcd("export", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message in result.stderr
+  assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -179,3 +179,13 @@ def test_malformed_files(tmp_path):
   ragged.write_text(ragged.read_text() + "origin+x,only,three\n")
   with pytest.raises(manifests.ManifestError, match="ragged.csv:3: 3 fields, the header has 12"):
     manifests.read_manifest(ragged)
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file_and_line(tmp_path):
+  path = tmp_path / "latin1.csv"
+  header = ",".join(manifests.COLUMNS.values()).encode()
+  path.write_bytes(header + b"\nfirst,ok\n" + "second,café".encode("latin-1") + b"\n")
+  with pytest.raises(manifests.ManifestError, match=rf"{path}:3: not UTF-8 text \(byte 0xe9\)"):
+    manifests.read_manifest(path)
+  with pytest.raises(manifests.ManifestError, match="is a directory, not a manifest CSV"):
+    manifests.read_manifest(tmp_path)

@@ -123,7 +123,7 @@ def test_batch_rows_are_spread_over_every_device(mesh_runs):
 def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
   """NUM_STEPS train steps of the tiny config on each named mesh; writes what the tests compare."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avcd import aot, config_loading  # pylint: disable=g-import-not-at-top
+  from avcd import config_loading, steps  # pylint: disable=g-import-not-at-top
   from data_pipelines import augment  # pylint: disable=g-import-not-at-top
 
   # The tiny model's tensors are all below the production threshold; lowered, the fsdp meshes
@@ -133,9 +133,9 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
   rng = np.random.default_rng(0)
   batches = []
   for _ in range(NUM_STEPS):
-    spec = aot.train_batch_spec(ROWS, FRAMES, with_lips=False)
+    spec = steps.train_batch_spec(ROWS, FRAMES, with_lips=False)
     spec["faces"] = jax.ShapeDtypeStruct((ROWS, FRAMES, FACE, FACE), np.uint8)
-    batch = aot.random_train_batch(spec, rng)
+    batch = steps.random_train_batch(spec, rng)
     batch["augment"] = augment.identity_params(ROWS)
     batch["augment"]["kind"][:] = rng.choice([augment.ORIGINAL, augment.FLIP], ROWS)
     # Clips of several lengths, zero beyond their end as the loader gives them.
@@ -150,7 +150,7 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
     data, fsdp = map(int, name.split("x"))
     config.mesh.data, config.mesh.fsdp = data, fsdp
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:data * fsdp])
-    step = aot.make_train_step(config, mesh, steps_per_epoch=NUM_STEPS)
+    step = steps.make_train_step(config, mesh, steps_per_epoch=NUM_STEPS)
     state, teachers_state = step.initial_arguments()
     losses = []
     for batch in batches:

@@ -84,7 +84,7 @@ def model(tmp_path_factory):
   _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
   checkpoints.save_model(folder / "checkpoint", config=config,
                          student_state=dict(params=params, batch_stats=batch_stats))
-  export.export_saved_model(export.restore_student(folder / "checkpoint"),
+  export.export_saved_model(ts.restore_student(folder / "checkpoint"),
                             folder / "saved_model", platforms=("cpu",))
   return dict(checkpoint=folder / "checkpoint", saved_model=folder / "saved_model")
 
@@ -202,3 +202,40 @@ def test_predict_exits_non_zero_when_no_video_can_be_scored(model, media, tmp_pa
   assert "0 of 2 videos scored" in result.stdout, result.stderr[-3000:]
   assert f"cannot score {paths['no_audio']}: no audio track" in result.stderr
   assert f"cannot score {paths['broken']}: unreadable file" in result.stderr
+
+
+def test_predict_warns_of_audio_unlike_training_clips_and_names_directories(model, media,
+                                                                            tmp_path):
+  faces = np.repeat(synthetic_faces()[..., None], 3, -1)
+  silent = media_utils.write_video(tmp_path / "silent.mp4", faces,
+                                   audio=np.zeros_like(speech(60)))
+  short = media_utils.write_video(tmp_path / "short_audio.mp4", faces, audio=speech(10))
+  result = run_predict(silent, short, tmp_path, "--no-detect", f"--workdir={model['checkpoint']}",
+                       f"--output={tmp_path / 'out'}", *WINDOW_FLAGS)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = {pathlib.Path(r["path"]).name: r
+             for r in json.loads((tmp_path / "out" / predict.JSON_FILE).read_text())["videos"]}
+  assert records["silent.mp4"]["status"] == "scored"
+  assert records["silent.mp4"]["warnings"] == ["audio is silent"]
+  assert records["short_audio.mp4"]["warnings"][0].startswith("audio lasts 0.4")
+  assert f"warning: {silent}: audio is silent" in result.stderr
+  assert records[tmp_path.name]["reason"] == "is a directory, not a video file"
+
+
+def test_predict_mistakes_are_one_line_before_any_video_is_read(model, media, tmp_path):
+  (tmp_path / "a_file").write_text("")
+  video = media["paths"]["face"]
+  cases = [
+      ([f"--workdir={tmp_path / 'nothing'}"], "--workdir=" + str(tmp_path / "nothing")),
+      ([f"--workdir={model['checkpoint']}", f"--output={tmp_path / 'a_file'}"],
+       "is a file, not a directory"),
+      ([f"--saved-model={model['checkpoint']}"], "is not an `avcd export` output"),
+      ([f"--workdir={model['checkpoint']}", "--checkpoint=5"], "no checkpoint for step 5"),
+      ([f"--workdir={model['checkpoint']}", "--window=0"], "window"),
+  ]
+  for args, message in cases:
+    if not any(a.startswith("--output") for a in args):
+      args = [*args, f"--output={tmp_path / 'out'}"]
+    result = run_predict(video, *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message in result.stderr

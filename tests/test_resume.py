@@ -116,7 +116,7 @@ def _final_state(workdir: pathlib.Path):
   config = config_loading.load_config(str(TINY))
   mesh = sharding.make_mesh(config.mesh)
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)  # shapes the target only
-  _, abstract, shardings, _ = train.abstract_train_state(config, optimizer, mesh)
+  _, abstract, shardings, _ = ts.abstract_train_state(config, optimizer, mesh)
   checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
                                                keep_best=2, best_metric="auc")
   state = checkpointer.restore(TOTAL_STEPS, checkpoints.abstract_like(abstract, shardings))

@@ -32,7 +32,7 @@ STEP_TOLERANCE = 1e-5
 def tiny_config(workdir: pathlib.Path, **overrides):
   config = config_loading.load_config(str(REPO / "configs" / "tiny.py"),
                                       {**WHOLE_CLIPS, **overrides})
-  corpus_setup.prepare_corpus(config.data, workdir)
+  config = corpus_setup.prepare_corpus(config, workdir)
   return config
 
 
@@ -76,15 +76,15 @@ def test_a_train_step_with_the_cache_has_the_losses_of_one_running_the_teachers(
   config, mesh, (graphdef_teachers, teachers_state) = run["config"], run["mesh"], run["teachers"]
   online_batches, cached_batches = one_epoch(config), one_epoch(config, run["cache"])
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=len(online_batches))
-  graphdef, _, shardings, init_fn = train.abstract_train_state(config, optimizer, mesh)
+  graphdef, _, shardings, init_fn = ts.abstract_train_state(config, optimizer, mesh)
   update_fn = steps.make_update_fn(graphdef, graphdef_teachers, optimizer, config)
   online_step = sharding.jit_update(
-      update_fn, shardings, jax.tree.map(lambda x: x.sharding, teachers_state), mesh)
-  cached_step = sharding.jit_update(update_fn, shardings, None, mesh)  # no teachers at all
+      update_fn, shardings, mesh, jax.tree.map(lambda x: x.sharding, teachers_state))
+  cached_step = sharding.jit_update(update_fn, shardings, mesh, None)  # no teachers at all
   state = jax.jit(init_fn, out_shardings=shardings)()
 
   def inputs(batch):
-    return sharding.global_batch({k: v for k, v in batch.items() if k in train.TRAIN_INPUTS},
+    return sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS},
                                  mesh)
 
   # Both steps start from the same state at every step of an epoch. Two runs are not compared

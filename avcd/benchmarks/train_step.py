@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from ml_collections import ConfigDict
 
-from avcd import aot, cli, config_loading, flops, sharding
+from avcd import cli, config_loading, flops, sharding, steps
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/tiny.py", "configs/default.py"],
                              "Config files to benchmark (their model and teacher sizes).")
@@ -56,7 +56,7 @@ def measure(config_path: str, dtype: str, rows: int, length: int, *, steps: int,
   mesh = sharding.make_mesh(ConfigDict(dict(data=-1, fsdp=1)), jax.local_devices())
   if rows % mesh.size:
     raise app.UsageError(f"--batch rows {rows} must be a multiple of the {mesh.size} devices")
-  step = aot.make_train_step(config, mesh)
+  step = steps.make_train_step(config, mesh)
   started = time.perf_counter()
   lowered = step.lower(length, rows)
   compiled = lowered.compile()
@@ -65,7 +65,7 @@ def measure(config_path: str, dtype: str, rows: int, length: int, *, steps: int,
                                    config.optim.grad_accum_steps)
 
   rng = np.random.default_rng(0)
-  batches = [sharding.global_batch(aot.random_train_batch(step.batch(length, rows), rng), mesh)
+  batches = [sharding.global_batch(steps.random_train_batch(step.batch(length, rows), rng), mesh)
              for _ in range(2)]
   state, teachers_state = step.initial_arguments()
   seconds = []

@@ -34,9 +34,10 @@ def main(argv):
   if _DEVICES.value:  # before anything starts a backend
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
-  from avcd import aot, sharding  # pylint: disable=g-import-not-at-top
+  from avcd import aot, config_checks, sharding  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
+  config_checks.check(config)
   if _MESH.value:
     config.mesh.data, config.mesh.fsdp = cli.parse_pair("mesh", _MESH.value, "DATAxFSDP", "4x2")
   mesh = sharding.make_mesh(config.mesh)

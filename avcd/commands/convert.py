@@ -5,8 +5,6 @@ avcd convert [--talknet=pretrain_TalkSet.model] [--asr=audio-only.pt --vsr=video
 Converts the authors' PyTorch weights into an avcd model checkpoint (see avcd/convert.py).
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -24,12 +22,10 @@ flags.mark_flags_as_required(["output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import convert, weights  # pylint: disable=g-import-not-at-top
-  try:
-    sources = convert.convert(output=_OUTPUT.value, mtl=_MTL.value, talknet=_TALKNET.value,
-                              asr=_ASR.value, vsr=_VSR.value, vsr_frontend=_VSR_FRONTEND.value)
-  except (convert.ConvertError, weights.WeightMappingError) as e:
-    sys.exit(f"avcd convert: {e}")
+  from avcd import convert  # pylint: disable=g-import-not-at-top
+  # A ConvertError or WeightMappingError becomes one line and exit status 1 (avcd.cli).
+  sources = convert.convert(output=_OUTPUT.value, mtl=_MTL.value, talknet=_TALKNET.value,
+                            asr=_ASR.value, vsr=_VSR.value, vsr_frontend=_VSR_FRONTEND.value)
   output = _OUTPUT.value
   print(f"wrote {output}:")
   for item, files in sources.items():

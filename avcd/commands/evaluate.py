@@ -1,8 +1,12 @@
 """avcd eval --config=configs/X.py --workdir=DIR [--checkpoint=STEP|PATH]"""
 
+import pathlib
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from avcd import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -16,9 +20,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import evaluate, sharding  # pylint: disable=g-import-not-at-top
+  checkpoint = _CHECKPOINT.value
+  if checkpoint is None or checkpoint.isdigit():  # a step of WORKDIR/checkpoints
+    cli.existing_directory("workdir", _WORKDIR.value)
+  elif not pathlib.Path(checkpoint).exists():
+    raise app.UsageError(f"--checkpoint={checkpoint}: neither a step number nor an existing path")
+  from avcd import config_checks, evaluate, sharding  # pylint: disable=g-import-not-at-top
+  config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
-  evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+  try:
+    evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, checkpoint)
+  except FileNotFoundError as e:  # the step asked for, or any checkpoint at all, is not there
+    raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

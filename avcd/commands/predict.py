@@ -13,6 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
+from avcd import cli
 from avcd import predict
 
 _DEFAULTS = predict.PredictOptions()
@@ -55,18 +56,37 @@ def main(argv):
     raise app.UsageError("name at least one video")
   if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
     raise app.UsageError("give exactly one of --workdir and --saved-model")
-  options = predict.PredictOptions(
-      detect=not _NO_DETECT.value, luma=_LUMA.value, crop_scale=_CROP_SCALE.value,
-      window=_WINDOW.value, stride=_STRIDE.value, min_frames=_MIN_FRAMES.value,
-      max_frames=_MAX_FRAMES.value, batch_size=_BATCH_SIZE.value, threshold=_THRESHOLD.value)
+  try:
+    options = predict.PredictOptions(
+        detect=not _NO_DETECT.value, luma=_LUMA.value, crop_scale=_CROP_SCALE.value,
+        window=_WINDOW.value, stride=_STRIDE.value, min_frames=_MIN_FRAMES.value,
+        max_frames=_MAX_FRAMES.value, batch_size=_BATCH_SIZE.value, threshold=_THRESHOLD.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  # Everything the flags name is checked before a model is loaded or a video read.
+  if _SAVED_MODEL.value is not None:
+    cli.require_tensorflow("--saved-model")
+    cli.existing_directory("saved-model", _SAVED_MODEL.value)
+    try:
+      predict.export.read_metadata(_SAVED_MODEL.value)
+    except FileNotFoundError as e:
+      raise app.UsageError(f"--saved-model={_SAVED_MODEL.value}: {e}") from e
+  else:
+    cli.existing_directory("workdir", _WORKDIR.value)
+  cli.writable_directory("output", _OUTPUT.value)
   if _SAVED_MODEL.value is not None:
     scorer = predict.SavedModelScorer(_SAVED_MODEL.value)
   else:
-    scorer = predict.CheckpointScorer(_WORKDIR.value, _CHECKPOINT.value)
+    try:
+      scorer = predict.CheckpointScorer(_WORKDIR.value, _CHECKPOINT.value)
+    except FileNotFoundError as e:
+      raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
   records = predict.predict_videos(scorer, videos, options)
   for record in records:
     if record["status"] != "scored":
       print(f"cannot score {record['path']}: {record['reason']}", file=sys.stderr)
+    for warning in record.get("warnings", ()):
+      print(f"warning: {record['path']}: {warning}; its score is less reliable", file=sys.stderr)
   scored = sum(r["status"] == "scored" for r in records)
   if scored:
     print(predict.format_table(records))

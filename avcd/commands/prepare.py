@@ -9,6 +9,7 @@ written (rejected rows are listed in DIR/rejects.jsonl), 1 when nothing usable w
 inputs are wrong, 130 when interrupted. docs/data.md has the details.
 """
 
+import pathlib
 import signal
 import sys
 
@@ -16,6 +17,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from avcd import cli
 from data_pipelines import clips
 from data_pipelines import manifests
 from data_pipelines import prepare
@@ -39,7 +41,8 @@ _LUMA = flags.DEFINE_enum(
     "Grey conversion of faces; reference_bgr reproduces the authors' (to run their checkpoints).")
 _MAX_AV_MISMATCH_S = flags.DEFINE_float(
     "max_av_mismatch_s", clips.DEFAULT_MAX_AV_MISMATCH_S,
-    "Reject clips whose audio and video durations differ by more; inf keeps all, as the authors.")
+    "Reject clips whose audio and video durations differ by more; inf keeps all, as the authors.",
+    lower_bound=0.0)
 _MAX_FRAMES = flags.DEFINE_integer(
     "max_frames", None, "Keep at most this many frames (25 fps) of each clip.", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that already exists.")
@@ -66,6 +69,14 @@ def main(argv):
   tfds.disable_progress_bar()  # prepare logs its own progress lines
   options = extraction.ExtractOptions(luma=_LUMA.value, max_frames=_MAX_FRAMES.value,
                                       max_av_mismatch_s=_MAX_AV_MISMATCH_S.value)
+  cli.writable_directory("output", _OUTPUT.value)
+  for manifest in _MANIFEST.value:
+    path = pathlib.Path(manifest.partition("=")[2] if "=" in manifest else manifest)
+    if not path.is_file():
+      raise app.UsageError(f"--manifest={manifest}: "
+                           f"{'is a directory, not a CSV file' if path.is_dir() else 'no such file'}")
+  if _MANIFEST_DIR.value:
+    cli.existing_directory("manifest_dir", _MANIFEST_DIR.value)
   try:
     manifests.parse_path_prefixes(_PATH_PREFIX.value)  # malformed rules fail before any work
     builder = prepare.make_builder(

@@ -17,7 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import sharding, train_teacher  # pylint: disable=g-import-not-at-top
+  from avcd import config_checks, sharding, train_teacher  # pylint: disable=g-import-not-at-top
+  config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
   train_teacher.train_teachers(_CONFIG.value, _WORKDIR.value)
 

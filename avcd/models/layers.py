@@ -170,8 +170,3 @@ class AttentionLayer(nnx.Module):
     x = self.norm1(source + self._dropout(attended, train, rngs))
     hidden = self._dropout(jax.nn.relu(self.linear1(x)), train, rngs)
     return self.norm2(x + self._dropout(self.linear2(hidden), train, rngs))
-
-
-def conv_output_mask(mask: jax.Array, stride: int) -> jax.Array:
-  """The valid-step mask after a 'same'-padded conv with this stride: ceil(valid / stride) steps."""
-  return mask[:, ::stride] if stride > 1 else mask

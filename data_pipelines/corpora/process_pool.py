@@ -8,8 +8,9 @@ WorkerDied, the others get their results, and the remaining items continue in a 
 an item is blamed, its fresh worker must have received `fn`: a worker that cannot start or import
 `fn`'s module is an error of the environment (WorkerStartError), not of any item.
 
-Workers are started with 'spawn' (no fork of a parent that may hold threads or open decoders) and
-ignore SIGINT: Ctrl-C reaches the whole process group, and only the parent decides what to do.
+Workers are started with 'spawn' (no fork of a parent that may hold threads or open decoders),
+ignore SIGINT (Ctrl-C reaches the whole process group, and only the parent decides what to do)
+and die with the parent however it dies (`worker_lifetime.die_with_parent`).
 """
 
 import collections
@@ -18,6 +19,8 @@ import dataclasses
 import multiprocessing
 import signal
 from typing import Any, Callable, Iterable, Iterator
+
+from data_pipelines import worker_lifetime
 
 # Tasks queued per worker: enough to keep workers busy, few enough to rerun after a crash.
 _QUEUED_PER_WORKER = 2
@@ -100,7 +103,7 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 
   def __init__(self, num_workers: int):
     super().__init__(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
-                     initializer=_ignore_sigint)
+                     initializer=_start_worker, initargs=(worker_lifetime.initializer(),))
     self.broken = False
 
   def __exit__(self, *exc_info):
@@ -108,5 +111,6 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
     return False
 
 
-def _ignore_sigint() -> None:
+def _start_worker(die_with_parent) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  die_with_parent()

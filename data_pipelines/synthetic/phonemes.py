@@ -70,7 +70,6 @@ PHONEMES = (
 )
 NUM_PHONEMES = len(PHONEMES)
 SILENCE = 0
-NAMES = tuple(p.name for p in PHONEMES)
 LOUDNESS = np.array([p.loudness for p in PHONEMES], np.float32)
 VISEME_FIELDS = ("opening", "width", "roundness", "upper_teeth", "lower_teeth", "tongue")
 VISEME_PARAMS = np.array([[getattr(p, f) for f in VISEME_FIELDS] for p in PHONEMES], np.float32)

@@ -1,0 +1,110 @@
+"""Checking a whole config before any work starts: one error that names the field.
+
+Misspelled field names are refused by the locked ConfigDict itself; this catches values that
+would fail late (after a corpus is generated or a model trained) or silently (a misspelled metric
+name that ranks every checkpoint at -inf). `check` needs nothing but the config; `check_splits`
+runs once the corpus is prepared.
+"""
+
+import ml_collections
+
+from avcd import evaluate, losses, metrics, steps, teachers_setup
+from data_pipelines import split_index
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value avcd cannot run with; the message names the field."""
+
+
+def _one_of(value, choices, field: str) -> None:
+  if value not in choices:
+    raise ConfigError(f"{field}={value!r}: choose one of {tuple(choices)}")
+
+
+def _at_least(value, minimum, field: str) -> None:
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
+    raise ConfigError(f"{field}={value!r}: must be a number >= {minimum}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value cannot work."""
+  for section in ("model", "teachers", "loss", "data", "eval", "optim", "train", "mesh"):
+    if section not in config:
+      raise ConfigError(f"the config has no {section!r} section")
+  _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
+  for teacher in ("asr", "vsr"):
+    _one_of(config.teachers[teacher].compute_dtype, COMPUTE_DTYPES,
+            f"teachers.{teacher}.compute_dtype")
+
+  loss = config.loss
+  _one_of(loss.divergence, tuple(losses.DIVERGENCES), "loss.divergence")
+  _one_of(loss.metric_form, losses.METRIC_FORMS, "loss.metric_form")
+  for name in ("ce_weight", "distill_weight", "metric_weight", "sync_weight"):
+    _at_least(loss[name], 0, f"loss.{name}")
+  low, high = loss.sync_roll_frames
+  if not 1 <= low <= high:
+    raise ConfigError(f"loss.sync_roll_frames={tuple(loss.sync_roll_frames)}: need 1 <= first "
+                      "<= second")
+
+  data = config.data
+  for name in ("max_frames", "train_window", "frame_budget"):
+    _at_least(data[name], 1, f"data.{name}")
+  _at_least(data.num_workers, 0, "data.num_workers")
+  if not data.bucket_lengths or min(data.bucket_lengths) < 1:
+    raise ConfigError(f"data.bucket_lengths={tuple(data.bucket_lengths)}: need positive lengths")
+  longest = max(data.bucket_lengths)
+  if longest < data.max_frames:
+    raise ConfigError(f"data.bucket_lengths: the largest bucket ({longest}) must hold the longest "
+                      f"clips (data.max_frames={data.max_frames}); add a bucket or lower "
+                      "data.max_frames")
+
+  teachers = config.teachers
+  _one_of(teachers.source, teachers_setup.SOURCES, "teachers.source")
+  if teachers.cache and teachers.dropout_in_train:
+    raise ConfigError("teachers.cache=True needs teachers.dropout_in_train=False: cached "
+                      "posteriors are deterministic, dropout's are drawn anew every step")
+  if teachers.cache and data.train_window < data.max_frames:
+    raise ConfigError(f"teachers.cache=True needs data.train_window >= data.max_frames "
+                      f"({data.train_window} < {data.max_frames}): the teachers attend over "
+                      "whole clips, so a window's posteriors are not cut from the cached ones")
+
+  evaluation = config.eval
+  if not evaluation.splits:
+    raise ConfigError("eval.splits is empty: name at least one split to evaluate")
+  leading = tuple(evaluation.leading_silence)
+  if not leading or set(leading) - set(evaluate.LEADING_SILENCE):
+    raise ConfigError(f"eval.leading_silence={leading}: choose from "
+                      f"{tuple(evaluate.LEADING_SILENCE)}")
+  _at_least(evaluation.every_steps, 0, "eval.every_steps")
+  _at_least(evaluation.frame_budget, 1, "eval.frame_budget")
+
+  optim = config.optim
+  _at_least(optim.learning_rate, 0, "optim.learning_rate")
+  _at_least(optim.warmup_steps, 0, "optim.warmup_steps")
+  _at_least(optim.grad_accum_steps, 1, "optim.grad_accum_steps")
+  _at_least(optim.clip_grad_norm, 0, "optim.clip_grad_norm")
+
+  train = config.train
+  _at_least(train.num_epochs, 1, "train.num_epochs")
+  for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    _at_least(train[name], 1, f"train.{name}")
+  _at_least(train.keep_best, 0, "train.keep_best")
+  _one_of(train.best_metric, metrics.CHECKPOINT_METRICS, "train.best_metric")
+  _one_of(train.on_nonfinite, steps.NONFINITE_POLICIES, "train.on_nonfinite")
+
+
+def check_splits(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when a split the config reads is not in its prepared corpus."""
+  wanted = [("data.train_split", config.data.builder, config.data.train_split)]
+  wanted += [("eval.splits", *evaluate.split_source(config, s)) for s in config.eval.splits]
+  if config.eval.threshold_split:
+    wanted.append(("eval.threshold_split",
+                   *evaluate.split_source(config, config.eval.threshold_split)))
+  for field, builder, split in wanted:
+    try:
+      split_index.open_split(builder, config.data.data_dir, split)
+    except Exception as e:  # TFDS raises several types for a missing split or corpus
+      raise ConfigError(f"{field}: split {split!r} of {builder} in {config.data.data_dir} cannot "
+                        f"be opened: {' '.join(str(e).split())[:300]}") from e
