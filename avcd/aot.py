@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from avcd import flops, sharding, steps
+from avcd.training import flops, sharding, steps
 from data_pipelines import loader
 
 

@@ -16,8 +16,7 @@ import pathlib
 import re
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 COMMANDS = {
     "train": ("train", "train a detector on a config, then evaluate it"),
@@ -114,7 +113,7 @@ def _one_line(error: BaseException) -> str:
 
 def _bad_config_override(argv: list[str]) -> str | None:
   """The first `--config*` flag whose file or field does not exist, described, or None."""
-  from avcd import config_loading  # pylint: disable=g-import-not-at-top
+  from avcd import config_lib  # pylint: disable=g-import-not-at-top
   files = {}
   for arg in argv:
     match = re.match(r"--(\w+)=(.+)$", arg)
@@ -125,13 +124,13 @@ def _bad_config_override(argv: list[str]) -> str | None:
     if not pathlib.Path(path).is_file():
       return f"--{name}={value}: no such config file"
     try:
-      config = config_loading.load_config(value)
+      config = config_lib.load_config(value)
     except Exception as e:  # the config file's own code failed
       return f"--{name}={value}: the config file fails to load: {_one_line(e)}"
     for arg in argv:
       match = re.match(rf"--{name}\.([\w.]+)(?:=(.*))?$", arg)
       if match:
-        problem = config_loading.field_problem(config, match.group(1))
+        problem = config_lib.field_problem(config, match.group(1))
         if problem:
           return f"--{name}.{match.group(1)}: {problem}"
   return None
@@ -172,8 +171,8 @@ def _known_failure(error: Exception) -> int | None:
                                               "CheckpointSaveError", "ResumeRefusedError")),
                         ("avcd.workdir_lock", ("WorkdirBusyError",)),
                         ("avcd.train", ("NonFiniteLossError",)),
-                        ("avcd.convert", ("ConvertError",)),
-                        ("avcd.weights", ("WeightMappingError",)),
+                        ("avcd.porting.convert", ("ConvertError",)),
+                        ("avcd.porting.weights", ("WeightMappingError",)),
                         ("data_pipelines.manifests", ("ManifestError",)),
                         ("data_pipelines.prepare", ("PrepareError",)),
                         ("data_pipelines.schema", ("SchemaError",))):

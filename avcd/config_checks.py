@@ -8,7 +8,9 @@ runs once the corpus is prepared.
 
 import ml_collections
 
-from avcd import evaluate, losses, metrics, steps, teachers_setup
+from avcd.evaluation import evaluate, metrics
+from avcd.teachers import frozen
+from avcd.training import losses, steps
 from data_pipelines import split_index
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -61,7 +63,7 @@ def check(config: ml_collections.ConfigDict) -> None:
                       "data.max_frames")
 
   teachers = config.teachers
-  _one_of(teachers.source, teachers_setup.SOURCES, "teachers.source")
+  _one_of(teachers.source, frozen.SOURCES, "teachers.source")
   if teachers.cache and teachers.dropout_in_train:
     raise ConfigError("teachers.cache=True needs teachers.dropout_in_train=False: cached "
                       "posteriors are deterministic, dropout's are drawn anew every step")

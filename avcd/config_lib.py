@@ -4,6 +4,10 @@ Config files compose these and override what differs (narrow widths for tests an
 other corpora); every width, depth, kernel and head count a network uses comes from here.
 """
 
+import difflib
+import importlib.util
+import pathlib
+
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
@@ -79,7 +83,7 @@ def teachers() -> ConfigDict:
       # The reference leaves the frozen teachers in train mode (dropout on, stochastic targets).
       dropout_in_train=False,
       # Run the teachers once over data.train_split before training and store their posteriors
-      # (data_pipelines/teacher_cache.py) instead of running them in every step; the losses are
+      # (data_pipelines/posterior_store.py) instead of running them in every step; the losses are
       # the same. Needs dropout_in_train=False (deterministic targets) and whole-clip windows
       # (data.train_window >= data.max_frames): the teachers attend over their whole input.
       cache=False,
@@ -183,10 +187,57 @@ def optimizer(**overrides) -> ConfigDict:
 def sibling(config_file: str, name: str, argument: str | None = None) -> ConfigDict:
   """`get_config(argument)` of the config file `name` beside `config_file`, unlocked: a derived
   config is that config plus what differs (e.g. configs/cross_dataset.py from default.py)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(config_file).with_name(name)
   spec = importlib.util.spec_from_file_location(f"avcd_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(argument) if argument is not None else module.get_config()
+
+
+# ---- Loading config files outside the command line (tests, tools) ----------------------------
+# The command line uses ml_collections' DEFINE_config_file (lock_config=True); load_config does
+# the same for code: import the file, call get_config(arg), lock it, apply dotted overrides. A
+# misspelled override raises an error naming the field.
+
+def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """`path` may carry an argument for get_config after a colon, as on the command line."""
+  path, _, argument = str(path).partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"config file {file} does not exist")
+  spec = importlib.util.spec_from_file_location(f"avcd_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  config.lock()
+  for name, value in (overrides or {}).items():
+    set_field(config, name, value)
+  return config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted_name: str, value) -> None:
+  """Sets config.a.b.c = value; an unknown field raises AttributeError naming it."""
+  *parents, leaf = dotted_name.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if part not in node:
+      raise AttributeError(f"config has no field {'.'.join(parents[:i + 1])!r}")
+    node = node[part]
+  if leaf not in node:
+    raise AttributeError(f"config has no field {dotted_name!r}")
+  setattr(node, leaf, value)
+
+
+def field_problem(config: ml_collections.ConfigDict, dotted_name: str) -> str | None:
+  """Why `dotted_name` is not a field of `config` (with the nearest names), or None if it is."""
+  node, walked = config, []
+  for part in dotted_name.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, known, n=1)
+      where = ".".join(walked) or "the config"
+      hint = f" (did you mean {'.'.join([*walked, close[0]])!r}?)" if close else ""
+      return f"{where} has no field {part!r}{hint}"
+    node = node[part]
+    walked.append(part)
+  return None

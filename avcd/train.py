@@ -11,7 +11,6 @@ the trained state.
 """
 
 import contextlib
-import json
 import pathlib
 import time
 
@@ -21,10 +20,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd import checkpoints, config_checks, evaluate, flops, metrics, preemption, sharding
-from avcd import steps
-from avcd import teacher_cache, teachers_setup, workdir_lock, writers
-from avcd import train_state as ts
+from avcd import checkpoints, config_checks, workdir_lock
+from avcd.evaluation import evaluate, metrics
+from avcd.teachers import cache as teacher_cache, frozen, training as teacher_training
+from avcd.training import flops, preemption, sharding, state as ts, steps, writers
 from data_pipelines import corpus_setup, loader, split_index
 
 
@@ -55,12 +54,11 @@ def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[st
 
 def _frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
   """The teachers section: trains them first when `teachers.source='train'` finds none."""
-  if config.teachers.source == "train" and not teachers_setup.has_checkpoint(config, workdir):
-    from avcd import train_teacher  # pylint: disable=g-import-not-at-top
-    path = teachers_setup.teachers_path(config, workdir)
+  if config.teachers.source == "train" and not frozen.has_checkpoint(config, workdir):
+    path = frozen.directory(config, workdir)
     logging.info("teachers.source='train' and no teachers in %s yet: training them first", path)
-    train_teacher.train_teachers(config, path)
-  return teachers_setup.frozen_teachers(config, workdir, mesh)
+    teacher_training.train_teachers(config, path)
+  return frozen.load(config, workdir, mesh)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

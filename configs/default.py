@@ -10,8 +10,9 @@ Hardware: one GPU/TPU host or more (see launch/). Expected: the paper reports fr
 of ~2000 frames, Adam 1e-5 decayed x0.95 per epoch, 100 epochs.
 """
 
-from avcd import config_lib
 import ml_collections
+
+from avcd import config_lib
 
 
 def get_config():

@@ -6,8 +6,9 @@ Hardware: any CPU. Expected: finishes in well under a minute; metrics are noise 
 random and the networks a few thousand parameters wide).
 """
 
-from avcd import config_lib
 import ml_collections
+
+from avcd import config_lib
 
 
 def get_config():

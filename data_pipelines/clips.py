@@ -15,11 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipelines import manifests
-from data_pipelines import schema
-from data_pipelines.features import audio
-from data_pipelines.features import lips
-from data_pipelines.features import video
+from data_pipelines import manifests, schema
+from data_pipelines.features import audio, lips, video
 
 # Longest accepted difference between the audio's and the video's duration. The authors'
 # FakeAVCeleb, Wav2Lip, Audio2Head and MakeItTalk rows differ by at most 0.45 s; VideoReTalk

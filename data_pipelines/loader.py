@@ -44,11 +44,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipelines import augment
-from data_pipelines import schema
-from data_pipelines import split_index
-from data_pipelines import teacher_cache
-from data_pipelines import worker_lifetime
+from data_pipelines import augment, posterior_store, schema, split_index, worker_lifetime
 
 _ROW_LABELS = ("label", "audio_label", "video_label")
 
@@ -223,7 +219,7 @@ class _BatchReader:
   """Grain map: planned rows -> the padded batch of the module docstring."""
   split: split_index.Split
   with_lips: bool
-  posteriors: teacher_cache.Cache | None = None
+  posteriors: posterior_store.Cache | None = None
 
   def __call__(self, rows: dict) -> dict:
     length, records = rows["length"], rows["record"]
@@ -309,7 +305,7 @@ def steps_per_epoch(data_cfg: ml_collections.ConfigDict, *, process_count: int,
   return len(planner.plan(0))
 
 
-def _check_teacher_cache(cache: teacher_cache.Cache, planner: _TrainPlanner,
+def _check_teacher_cache(cache: posterior_store.Cache, planner: _TrainPlanner,
                          data_cfg: ml_collections.ConfigDict) -> None:
   """Refuses a cache whose posteriors would differ from the teachers' online ones."""
   clips = planner.clips
@@ -328,7 +324,7 @@ def _check_teacher_cache(cache: teacher_cache.Cache, planner: _TrainPlanner,
 
 def train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, process_index: int,
                   process_count: int, batch_multiple: int, num_epochs: int | None = None,
-                  teacher_posteriors: teacher_cache.Cache | None = None) -> grain.IterDataset:
+                  teacher_posteriors: posterior_store.Cache | None = None) -> grain.IterDataset:
   """Training batches of `data.train_split` for this process; `num_epochs=None` repeats forever.
 
   `batch_multiple`: the global batch of every bucket is a multiple of batch_multiple *

@@ -20,8 +20,8 @@ FakeVideo-FakeAudio from the audio and video labels (every CMDFD fake is FakeVid
 """
 
 import csv
-import io
 import dataclasses
+import io
 import math
 import pathlib
 import re

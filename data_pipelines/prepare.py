@@ -18,16 +18,18 @@ import json
 import os
 from typing import Sequence
 
+import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
-import tensorflow_datasets as tfds
 
-from data_pipelines.corpora import av_manifest
-from data_pipelines.corpora import cmdfd
-from data_pipelines.corpora import extraction
-from data_pipelines.corpora import fakeavceleb
-from data_pipelines.corpora import manifest_builder
-from data_pipelines.corpora import sources
+from data_pipelines.corpora import (
+  av_manifest,
+  cmdfd,
+  extraction,
+  fakeavceleb,
+  manifest_builder,
+  sources,
+)
 
 CORPORA = {builder.name: builder for builder in (fakeavceleb.FakeAVCeleb, cmdfd.CMDFD)}
 GENERIC = av_manifest.AVManifest.name

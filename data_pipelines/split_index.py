@@ -22,10 +22,10 @@ import re
 import tempfile
 import zipfile
 
-from absl import logging
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data_pipelines import schema
 

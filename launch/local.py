@@ -22,8 +22,7 @@ import sys
 import threading
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start.", lower_bound=1)
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices_per_process", None,

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import config_lib, weights
+from avcd import config_lib
 from avcd.models.student import Student
 from avcd.models.teachers import ASRTeacher, VSRTeacher
+from avcd.porting import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = REPO.parent / "shared" / "parity"

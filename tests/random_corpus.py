@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import clip_builder
-from data_pipelines import schema
+from data_pipelines import clip_builder, schema
 
 # (method, category, label, audio_label, video_label): real clips and three kinds of fakes.
 METHODS = (

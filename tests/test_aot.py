@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from avcd import flops
+from avcd.training import flops
 from tests import test_mesh
 
 

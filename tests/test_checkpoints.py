@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import checkpoints, preemption
-from avcd import train_state as ts
+from avcd import checkpoints
+from avcd.training import preemption, state as ts
 from tests import tiny_models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -226,7 +226,8 @@ def test_sigkill_during_a_save_leaves_the_previous_step(tmp_path, moment):
 _RESHARD = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, ml_collections, numpy as np
-    from avcd import checkpoints, sharding
+    from avcd import checkpoints
+    from avcd.training import sharding
 
     def mesh(data, fsdp):
       return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)),

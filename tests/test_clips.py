@@ -6,9 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from data_pipelines import clips
-from data_pipelines import manifests
-from data_pipelines import schema
+from data_pipelines import clips, manifests, schema
 from data_pipelines.features import audio
 from tests import media_utils
 

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from avcd import config_loading
+from avcd import config_lib
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_documents_its_command(path):
-  config = config_loading.load_config(path)
+  config = config_lib.load_config(path)
   assert config.is_locked
   module_doc = path.read_text().split('"""')[1]
   assert "avcd " in module_doc and "Expected" in module_doc, f"{path.name}: docstring must give " \
@@ -23,14 +23,14 @@ def test_every_config_loads_and_documents_its_command(path):
 
 
 def test_override_sets_nested_field():
-  config = config_loading.load_config(CONFIGS[0], {"train.num_epochs": 3, "loss.distill_weight": 0.5})
+  config = config_lib.load_config(CONFIGS[0], {"train.num_epochs": 3, "loss.distill_weight": 0.5})
   assert config.train.num_epochs == 3 and config.loss.distill_weight == 0.5
 
 
 @pytest.mark.parametrize("name", ["train.num_epoch", "trian.num_epochs", "model.audio.stem"])
 def test_misspelled_override_names_the_field(name):
   with pytest.raises(AttributeError, match=name.split(".")[0] if name.startswith("trian") else name):
-    config_loading.load_config(CONFIGS[0], {name: 1})
+    config_lib.load_config(CONFIGS[0], {name: 1})
 
 
 def test_command_line_rejects_misspelled_override(tmp_path):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import checkpoints, config_lib, convert, weights
-from avcd import train_state as ts
+from avcd import checkpoints, config_lib
 from avcd.models.teachers import sinusoidal_positions
+from avcd.porting import convert, weights
+from avcd.training import state as ts
 from tests import parity_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

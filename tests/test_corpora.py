@@ -11,8 +11,7 @@ import pathlib
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import manifests
-from data_pipelines import prepare
+from data_pipelines import manifests, prepare
 from data_pipelines.corpora import sources
 from tests import media_utils
 

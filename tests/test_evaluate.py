@@ -6,8 +6,9 @@ import pathlib
 import jax
 import pytest
 
-from avcd import config_checks, config_loading, evaluate, sharding, steps
-from avcd import train_state as ts
+from avcd import config_checks, config_lib
+from avcd.evaluation import evaluate
+from avcd.training import sharding, state as ts, steps
 from data_pipelines import corpus_setup, split_index
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
@@ -17,7 +18,7 @@ CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 def evaluated(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("evaluate")
   # 7 test clips: no eval batch size divides them, so the last batch carries filler rows.
-  config = config_loading.load_config(CONFIG, {
+  config = config_lib.load_config(CONFIG, {
       "data.synthetic.test_clips": 7, "eval.leading_silence": ("keep", "trim"),
       "eval.frame_budget": 100})
   config = corpus_setup.prepare_corpus(config, workdir)
@@ -49,7 +50,7 @@ def test_leading_silence_variants_each_get_a_report(evaluated):
 
 
 def test_split_specs_name_other_corpora():
-  config = config_loading.load_config(CONFIG)
+  config = config_lib.load_config(CONFIG)
   assert evaluate.split_source(config, "test") == (config.data.builder, "test")
   assert evaluate.split_source(config, "cmdfd:wav2lip_self") == ("cmdfd", "wav2lip_self")
   assert evaluate.report_name("cmdfd:wav2lip_self") == "cmdfd.wav2lip_self"
@@ -57,6 +58,6 @@ def test_split_specs_name_other_corpora():
 
 def test_unknown_silence_variant_is_an_error():
   # Checked with the whole config before any work starts (avcd train, eval, compile).
-  config = config_loading.load_config(CONFIG, {"eval.leading_silence": ("drop",)})
+  config = config_lib.load_config(CONFIG, {"eval.leading_silence": ("drop",)})
   with pytest.raises(ValueError, match="leading_silence"):
     config_checks.check(config)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import checkpoints, config_loading, export, steps
-from avcd import train_state as ts
+from avcd import checkpoints, config_lib
+from avcd.serving import export
+from avcd.training import state as ts, steps
 
 tf = pytest.importorskip("tensorflow")
 
@@ -28,7 +29,7 @@ def write_training_checkpoint(workdir: pathlib.Path):
   The batch statistics are moved away from their initial values (mean 0, variance 1), so that an
   export that failed to restore them would not match. Returns (config, state).
   """
-  config = config_loading.load_config(str(REPO / "configs" / "tiny.py"))
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)
   state = ts.init_train_state(ts.build_student(config.model, config.seed), optimizer, config.seed)
   rng = np.random.default_rng(0)

@@ -11,9 +11,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from data_pipelines import schema
-from data_pipelines.features import audio
-from data_pipelines.features import lips
-from data_pipelines.features import video
+from data_pipelines.features import audio, lips, video
 from tests import media_utils
 
 

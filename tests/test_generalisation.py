@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from avcd import generalisation as g
-from avcd import statistics
+from avcd.commands import generalisation as g
+from avcd.evaluation import statistics
 
 
 def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
@@ -84,7 +84,7 @@ def test_report_reads_results_files(tmp_path):
                                                                if seed != 2 else {"desync": 0.9}),
           test_scores=scores.tolist())))
   report = tmp_path / "results.md"
-  g.write_report(g.load_results(results), report, "python -m avcd.generalisation --report_only",
+  g.write_report(g.load_results(results), report, "python -m avcd.commands.generalisation --report_only",
                  num_resamples=50)
   text = report.read_text()
   assert "## Test AUC by method: corpus 0, standard teachers" in text

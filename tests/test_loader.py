@@ -2,14 +2,12 @@
 
 import os
 
-from absl import flags
 import numpy as np
 import pytest
+from absl import flags
 
 from avcd import config_lib
-from data_pipelines import loader
-from data_pipelines import schema
-from data_pipelines import split_index
+from data_pipelines import loader, schema, split_index
 from tests import random_corpus
 
 # Bucket 130 at budget 256 rounds one row up to the multiple (2), exercising that case.

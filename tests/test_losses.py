@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avcd import losses
+from avcd.training import losses
 
 
 def test_reference_metric_loss_cannot_be_satisfied_and_the_centred_one_can():

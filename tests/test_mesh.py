@@ -30,7 +30,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from avcd import sharding
+from avcd.training import sharding
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MESHES = ((1, 1), (8, 1), (4, 2), (2, 4))
@@ -123,13 +123,15 @@ def test_batch_rows_are_spread_over_every_device(mesh_runs):
 def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
   """NUM_STEPS train steps of the tiny config on each named mesh; writes what the tests compare."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avcd import config_loading, steps  # pylint: disable=g-import-not-at-top
+
+  from avcd import config_lib  # pylint: disable=g-import-not-at-top
+  from avcd.training import steps  # pylint: disable=g-import-not-at-top
   from data_pipelines import augment  # pylint: disable=g-import-not-at-top
 
   # The tiny model's tensors are all below the production threshold; lowered, the fsdp meshes
   # split its larger parameters, their Adam moments and the teachers' like a full-size model's.
   sharding.MIN_FSDP_SIZE = 2 ** 9
-  config = config_loading.load_config(REPO / "configs" / "tiny.py", {"optim.eps": ADAM_EPS})
+  config = config_lib.load_config(REPO / "configs" / "tiny.py", {"optim.eps": ADAM_EPS})
   rng = np.random.default_rng(0)
   batches = []
   for _ in range(NUM_STEPS):

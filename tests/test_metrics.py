@@ -1,4 +1,4 @@
-"""avcd.metrics against scikit-learn, on scores with many ties."""
+"""avcd.evaluation.metrics against scikit-learn, on scores with many ties."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from avcd import metrics
+from avcd.evaluation import metrics
 
 SEEDS = (0, 1, 2, 3)
 

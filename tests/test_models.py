@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import config_lib, losses
+from avcd import config_lib
 from avcd.models.student import Student
 from avcd.models.teachers import ASRTeacher, VSRTeacher
+from avcd.training import losses
 from tests import parity_utils, tiny_models
 
 LENGTHS = (5, 9, 7, 0)  # the last row is batch filler with no valid frame

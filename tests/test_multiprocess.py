@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from avcd import sharding
+from avcd.training import sharding
 from tests import test_mesh
 
 REPO = test_mesh.REPO

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import config_lib, losses, weights
+from avcd import config_lib
+from avcd.porting import weights
+from avcd.training import losses
 from tests import parity_utils
 
 TOLERANCE = 1e-4

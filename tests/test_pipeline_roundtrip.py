@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 
 from avcd import config_lib
-from data_pipelines import augment
-from data_pipelines import clips
-from data_pipelines import loader
-from data_pipelines import manifests
-from data_pipelines import prepare
-from data_pipelines import schema
-from data_pipelines import split_index
+from data_pipelines import augment, clips, loader, manifests, prepare, schema, split_index
 from tests import media_utils
 
 ROOT = "/corpus"  # the manifests' media root, rewritten to the test's directory

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avcd import checkpoints, config_loading, export, predict
-from avcd import train_state as ts
-from data_pipelines.features import face_crop
-from data_pipelines.features import video
+from avcd import checkpoints, config_lib
+from avcd.serving import export, predict
+from avcd.training import state as ts
+from data_pipelines.features import face_crop, video
 from data_pipelines.synthetic import generator
 from tests import media_utils
 
@@ -80,7 +80,7 @@ def media(tmp_path_factory):
 def model(tmp_path_factory):
   """A model checkpoint of a configs/tiny.py student, and its SavedModel."""
   folder = tmp_path_factory.mktemp("model")
-  config = config_loading.load_config(str(REPO / "configs" / "tiny.py"))
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
   _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
   checkpoints.save_model(folder / "checkpoint", config=config,
                          student_state=dict(params=params, batch_stats=batch_stats))

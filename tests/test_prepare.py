@@ -14,12 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import clips
-from data_pipelines import manifests
-from data_pipelines import prepare
-from data_pipelines import schema
-from data_pipelines.corpora import clip_store
-from data_pipelines.corpora import process_pool
+from data_pipelines import clips, manifests, prepare, schema
+from data_pipelines.corpora import clip_store, process_pool
 from tests import media_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

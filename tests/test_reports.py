@@ -1,4 +1,4 @@
-"""avcd.reports: the files of one split's report, their content and their round trip."""
+"""avcd.evaluation.reports: the files of one split's report, their content and their round trip."""
 
 import json
 import math
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from avcd import metrics
-from avcd import reports
+from avcd.evaluation import metrics, reports
 
 CATEGORY_OF_METHOD = {"real": "RealVideo-RealAudio", "faceswap": "FakeVideo-RealAudio",
                       "fsgan": "FakeVideo-RealAudio", "wav2lip": "FakeVideo-FakeAudio",

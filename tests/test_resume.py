@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from avcd import checkpoints, config_lib, config_loading, sharding, steps, train
-from avcd import train_state as ts
+from avcd import checkpoints, config_lib
+from avcd.training import sharding, state as ts, steps
 from tests import tiny_models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def runs(tmp_path_factory):
 
 
 def _final_state(workdir: pathlib.Path):
-  config = config_loading.load_config(str(TINY))
+  config = config_lib.load_config(str(TINY))
   mesh = sharding.make_mesh(config.mesh)
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)  # shapes the target only
   _, abstract, shardings, _ = ts.abstract_train_state(config, optimizer, mesh)
@@ -174,7 +174,7 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
 
 def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
   root, saved = runs["root"], runs["saved"]
-  config = config_loading.load_config(str(TINY))
+  config = config_lib.load_config(str(TINY))
   _, params, batch_stats = ts.split_model(
       nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
   poisoned = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype),

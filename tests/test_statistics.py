@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from avcd import statistics
+from avcd.evaluation import statistics
 
 
 def test_weighted_auc_equals_sklearn_with_ties_and_weights():

@@ -13,11 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import schema
-from data_pipelines.synthetic import builder
-from data_pipelines.synthetic import generator
-from data_pipelines.synthetic import mouth
-from data_pipelines.synthetic import phonemes
-from data_pipelines.synthetic import speakers
+from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers
 
 TINY = generator.SyntheticSpec(seed=3, train_clips=8, validation_clips=3, test_clips=4,
                                min_frames=20, max_frames=30)

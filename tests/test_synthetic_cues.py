@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.features import audio
-from data_pipelines.synthetic import cues
-from data_pipelines.synthetic import generator
-from data_pipelines.synthetic import phonemes
-from data_pipelines.synthetic import speakers
-from data_pipelines.synthetic import voice
+from data_pipelines.synthetic import cues, generator, phonemes, speakers, voice
 
 CLIPS = 200
 SPEC = generator.SyntheticSpec(seed=0, version=2, methods=generator.METHODS_V2, num_speakers=100,

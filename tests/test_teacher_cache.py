@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from avcd import checkpoints, config_loading, sharding, steps, teacher_cache, teachers_setup, train
-from avcd import train_state as ts
+from avcd import checkpoints, config_lib, train
 from avcd.models.student import frame_mask
-from data_pipelines import corpus_setup, loader
-from data_pipelines import teacher_cache as cache_store
+from avcd.teachers import cache as teacher_cache, frozen
+from avcd.training import sharding, state as ts, steps
+from data_pipelines import corpus_setup, loader, posterior_store as cache_store
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Whole-clip windows (train_window = max_frames = 40) in one bucket of two rows.
@@ -30,7 +30,7 @@ STEP_TOLERANCE = 1e-5
 
 
 def tiny_config(workdir: pathlib.Path, **overrides):
-  config = config_loading.load_config(str(REPO / "configs" / "tiny.py"),
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"),
                                       {**WHOLE_CLIPS, **overrides})
   config = corpus_setup.prepare_corpus(config, workdir)
   return config
@@ -42,7 +42,7 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config(workdir)
   mesh = sharding.make_mesh(config.mesh)
-  teachers = teachers_setup.frozen_teachers(config, workdir, mesh)
+  teachers = frozen.load(config, workdir, mesh)
   cache = teacher_cache.build_or_reuse(config, workdir, mesh, *teachers)
   return dict(workdir=workdir, config=config, mesh=mesh, teachers=teachers, cache=cache)
 
@@ -114,7 +114,7 @@ def test_a_cache_is_reused_until_the_teacher_checkpoint_changes(run, monkeypatch
 
   def cache_of_checkpoint():
     return teacher_cache.build_or_reuse(
-        config, workdir, mesh, *teachers_setup.frozen_teachers(config, workdir, mesh))
+        config, workdir, mesh, *frozen.load(config, workdir, mesh))
 
   _save_teachers(workdir / "teachers", config, seed=0)
   first = cache_of_checkpoint()

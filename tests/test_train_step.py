@@ -5,18 +5,17 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
-from avcd import config_loading, steps
-from avcd import train_state as ts
+from avcd import config_lib
+from avcd.training import state as ts, steps
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 FACE = 32
 
 
 def _config(**overrides):
-  return config_loading.load_config(CONFIG, {"data.augment": False, **overrides})
+  return config_lib.load_config(CONFIG, {"data.augment": False, **overrides})
 
 
 def _batch(seed=0, rows=4, frames=12):

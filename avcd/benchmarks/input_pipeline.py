@@ -34,23 +34,16 @@ import statistics
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import av
 import cv2
 import jax
 import numpy as np
 import psutil  # installed with orbax-checkpoint and tensorflow-datasets
 import scipy.io.wavfile
+from absl import app, flags
 
 from avcd import config_lib
-from data_pipelines import augment
-from data_pipelines import clips
-from data_pipelines import loader
-from data_pipelines import manifests
-from data_pipelines import prepare
-from data_pipelines import schema
-from data_pipelines import split_index
+from data_pipelines import augment, clips, loader, manifests, prepare, schema, split_index
 
 _CLIPS = flags.DEFINE_integer("clips", 40, "Clips to generate.")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 3.0, "Shortest clip.")

@@ -8,8 +8,8 @@ exactly as `avcd train` does (every local device on the `data` axis, the teacher
 unless the config caches their posteriors, augmentation on) for one config and compute dtype,
 compiles it for a B x T batch, and times `--steps` steps after `--warmup`, waiting for each; the
 table gives the median. Batches are random, in the loader's layout, every clip T frames long; no
-corpus is read. FLOPs come from XLA's cost analysis of the step (`avcd.flops`); MFU is against the
-device's dense bf16 peak (`--peak_tflops` for a device not in `avcd.flops`' table).
+corpus is read. FLOPs come from XLA's cost analysis of the step (`avcd.training.flops`); MFU is against the
+device's dense bf16 peak (`--peak_tflops` for a device not in `avcd.training.flops`' table).
 
 The ratio column compares each row with the same config in float32 at the same batch: what the
 compute dtype buys. The configs are not compared with each other: tiny is a test model, not a
@@ -21,11 +21,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import ConfigDict
 
-from avcd import cli, config_loading, flops, sharding, steps
+from avcd import cli, config_lib
+from avcd.training import flops, sharding
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/tiny.py", "configs/default.py"],
                              "Config files to benchmark (their model and teacher sizes).")
@@ -37,7 +37,7 @@ _DTYPES = flags.DEFINE_list("dtypes", None, "Compute dtypes of student and teach
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per row.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before them.", lower_bound=0)
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU "
-                                  "(default: the table in avcd/flops.py).")
+                                  "(default: the table in avcd/training/flops.py).")
 _BASELINE_DTYPE = "float32"
 
 
@@ -50,7 +50,7 @@ def _platform_defaults() -> tuple[str, list[str]]:
 def measure(config_path: str, dtype: str, rows: int, length: int, *, steps: int,
             warmup: int) -> dict:
   """Compiles and times the train step of one config and dtype; returns one table row."""
-  config = config_loading.load_config(config_path, {
+  config = config_lib.load_config(config_path, {
       "model.compute_dtype": dtype, "teachers.asr.compute_dtype": dtype,
       "teachers.vsr.compute_dtype": dtype, "teachers.source": "random"})
   mesh = sharding.make_mesh(ConfigDict(dict(data=-1, fsdp=1)), jax.local_devices())

@@ -10,8 +10,7 @@ a pod's mesh: argument, output and aliased sizes are then exact for any backend 
 the shapes and shardings), temporaries and code are XLA:CPU's and only indicative.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from avcd import cli
@@ -34,7 +33,8 @@ def main(argv):
   if _DEVICES.value:  # before anything starts a backend
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
-  from avcd import aot, config_checks, sharding  # pylint: disable=g-import-not-at-top
+  from avcd import aot, config_checks  # pylint: disable=g-import-not-at-top
+  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config_checks.check(config)

@@ -2,11 +2,10 @@
 avcd convert [--talknet=pretrain_TalkSet.model] [--asr=audio-only.pt --vsr=video-only.pt
              [--vsr-frontend=visual_frontend.pt]] --output=DIR
 
-Converts the authors' PyTorch weights into an avcd model checkpoint (see avcd/convert.py).
+Converts the authors' PyTorch weights into an avcd model checkpoint (see avcd/porting/convert.py).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 _MTL = flags.DEFINE_string("mtl", None, "The authors' MTL_DDF state dict (best.model): student "
                            "and both teachers.")
@@ -22,7 +21,7 @@ flags.mark_flags_as_required(["output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import convert  # pylint: disable=g-import-not-at-top
+  from avcd.porting import convert  # pylint: disable=g-import-not-at-top
   # A ConvertError or WeightMappingError becomes one line and exit status 1 (avcd.cli).
   sources = convert.convert(output=_OUTPUT.value, mtl=_MTL.value, talknet=_TALKNET.value,
                             asr=_ASR.value, vsr=_VSR.value, vsr_frontend=_VSR_FRONTEND.value)

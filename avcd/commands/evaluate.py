@@ -2,8 +2,7 @@
 
 import pathlib
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from avcd import cli
@@ -25,7 +24,9 @@ def main(argv):
     cli.existing_directory("workdir", _WORKDIR.value)
   elif not pathlib.Path(checkpoint).exists():
     raise app.UsageError(f"--checkpoint={checkpoint}: neither a step number nor an existing path")
-  from avcd import config_checks, evaluate, sharding  # pylint: disable=g-import-not-at-top
+  from avcd import config_checks  # pylint: disable=g-import-not-at-top
+  from avcd.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
   try:

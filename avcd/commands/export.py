@@ -9,8 +9,7 @@ docs/serving.md describes the signature.
 
 import pathlib
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from avcd import cli
 
@@ -43,8 +42,9 @@ def main(argv):
                          "--overwrite to write into it)")
   cli.writable_directory("output", _OUTPUT.value)
   import time  # pylint: disable=g-import-not-at-top
-  from avcd import export  # pylint: disable=g-import-not-at-top
-  from avcd import train_state as ts  # pylint: disable=g-import-not-at-top
+
+  from avcd.serving import export  # pylint: disable=g-import-not-at-top
+  from avcd.training import state as ts  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   try:

@@ -5,16 +5,15 @@
 
 Prints a table of the scored videos and, on stderr, one line per video that cannot be scored;
 writes OUTPUT/predictions.json and OUTPUT/plots/VIDEO.png. Exit status 1 when no video could be
-scored. avcd/predict.py describes the pipeline, docs/serving.md the output.
+scored. avcd/serving/predict.py describes the pipeline, docs/serving.md the output.
 """
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from avcd import cli
-from avcd import predict
+from avcd.serving import predict
 
 _DEFAULTS = predict.PredictOptions()
 _WORKDIR = flags.DEFINE_string(

@@ -13,14 +13,11 @@ import pathlib
 import signal
 import sys
 
-from absl import app
-from absl import flags
 import tensorflow_datasets as tfds
+from absl import app, flags
 
 from avcd import cli
-from data_pipelines import clips
-from data_pipelines import manifests
-from data_pipelines import prepare
+from data_pipelines import clips, manifests, prepare
 from data_pipelines.corpora import extraction
 
 _CORPUS = flags.DEFINE_enum(

@@ -1,7 +1,6 @@
 """avcd train --config=configs/X.py [--config.field=value ...] --workdir=DIR"""
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -16,7 +15,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import sharding, train  # pylint: disable=g-import-not-at-top
+  from avcd import train  # pylint: disable=g-import-not-at-top
+  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
 

@@ -4,8 +4,7 @@ Writes the teachers' model checkpoint, report.json and soft_targets.png into DIR
 run at it with --config.teachers.checkpoint=DIR.
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -17,10 +16,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from avcd import config_checks, sharding, train_teacher  # pylint: disable=g-import-not-at-top
+  from avcd import config_checks  # pylint: disable=g-import-not-at-top
+  from avcd.teachers import training as teacher_training  # pylint: disable=g-import-not-at-top
+  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
-  train_teacher.train_teachers(_CONFIG.value, _WORKDIR.value)
+  teacher_training.train_teachers(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

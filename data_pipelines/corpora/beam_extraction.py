@@ -15,8 +15,7 @@ from etils import epath
 from tensorflow_datasets.core.utils.lazy_imports_utils import apache_beam as beam
 
 from data_pipelines import clips
-from data_pipelines.corpora import extraction
-from data_pipelines.corpora import sources
+from data_pipelines.corpora import extraction, sources
 
 _REJECTED = "rejected"
 

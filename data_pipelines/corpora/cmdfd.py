@@ -8,8 +8,7 @@ concatenation such as 'wav2lip+audio2head' holds each real clip once per list). 
 from the manifest directory are left out.
 """
 
-from data_pipelines.corpora import manifest_builder
-from data_pipelines.corpora import sources
+from data_pipelines.corpora import manifest_builder, sources
 
 
 class CMDFD(manifest_builder.ManifestBuilder):

@@ -6,8 +6,7 @@ combined FAV_test.csv, or both, merged by ID). The authors' lists use two path p
 in FAV_test.csv); give a path_prefix rewrite for each one present.
 """
 
-from data_pipelines.corpora import manifest_builder
-from data_pipelines.corpora import sources
+from data_pipelines.corpora import manifest_builder, sources
 
 
 class FakeAVCeleb(manifest_builder.ManifestBuilder):

@@ -22,16 +22,11 @@ import dataclasses
 import os
 from typing import Sequence
 
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
-from data_pipelines import clip_builder
-from data_pipelines import schema
-from data_pipelines.corpora import beam_extraction
-from data_pipelines.corpora import clip_store
-from data_pipelines.corpora import extraction
-from data_pipelines.corpora import progress
-from data_pipelines.corpora import sources
+from data_pipelines import clip_builder, schema
+from data_pipelines.corpora import beam_extraction, clip_store, extraction, progress, sources
 
 
 class NoUsableClips(RuntimeError):

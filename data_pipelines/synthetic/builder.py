@@ -14,10 +14,8 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import clip_builder
-from data_pipelines import schema
+from data_pipelines import clip_builder, schema
 from data_pipelines.synthetic import generator
-
 
 # Fields added after corpora were first built: named only when they differ from their default,
 # so that the specs of earlier corpora keep their names (and their builds stay reusable).

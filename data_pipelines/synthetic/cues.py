@@ -26,6 +26,7 @@ Cues:
   sharpness: the mouth patch's finest detail against its coarse detail (a sharpened patch).
 """
 
+import argparse
 import dataclasses
 
 import cv2
@@ -34,10 +35,7 @@ import scipy.ndimage
 import scipy.stats
 
 from data_pipelines import schema
-from data_pipelines.synthetic import generator
-from data_pipelines.synthetic import mouth
-from data_pipelines.synthetic import phonemes
-from data_pipelines.synthetic import speakers
+from data_pipelines.synthetic import generator, mouth, phonemes, speakers
 
 _BIN_HZ = schema.SAMPLE_RATE / 2 / (schema.NUM_STFT_BINS - 1)
 _F2_BAND_HZ = (1400.0, 2800.0)  # second formants of front vowels and n; back vowels lie below
@@ -209,7 +207,6 @@ def markdown(table: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv=None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--version", type=int, default=2, help="generator version")
   parser.add_argument("--seed", type=int, default=0, help="corpus seed")

@@ -43,11 +43,7 @@ import numpy as np
 
 from data_pipelines import schema
 from data_pipelines.features import audio
-from data_pipelines.synthetic import face
-from data_pipelines.synthetic import mouth
-from data_pipelines.synthetic import phonemes
-from data_pipelines.synthetic import speakers
-from data_pipelines.synthetic import voice
+from data_pipelines.synthetic import face, mouth, phonemes, speakers, voice
 
 REAL = "real"
 METHODS = ("lipsync", "desync", "talking_head", "voice_swap")

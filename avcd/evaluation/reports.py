@@ -3,7 +3,7 @@
 A record is a mapping with the keys of RECORD_FIELDS: id, dataset, method, category ('' when the
 corpus has none), label (0 real, 1 fake), score (ranking score, e.g. the mean fake logit) and
 probability (fake probability). write_report writes, under its output directory:
-  * metrics.json: the overall metrics at threshold 0.5 as top-level keys (avcd.metrics.METRIC_KEYS),
+  * metrics.json: the overall metrics at threshold 0.5 as top-level keys (avcd.evaluation.metrics.METRIC_KEYS),
     'per_method' and (when categories are present) 'per_category' at 0.5, 'intervals' (bootstrap
     CIs of auc / ap / eer overall, per method and per category), and, when a threshold chosen on
     another split is given, 'at_chosen_threshold' with the same metrics at that threshold. NaN is
@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
-from avcd import metrics
+from avcd.evaluation import metrics
 
 RECORD_FIELDS = ("id", "dataset", "method", "category", "label", "score", "probability")
 OVERALL = "All"  # column of the whole split in the Markdown tables
@@ -285,7 +285,7 @@ def write_report(records: Sequence[Mapping], out_dir: str | os.PathLike, *, spli
     records: the split's per-clip records (RECORD_FIELDS).
     out_dir: created if missing, e.g. WORKDIR/eval/SPLIT.
     split: the split's name, used in titles and warnings.
-    chosen_threshold: a threshold from avcd.metrics.choose_threshold on `threshold_split`; the
+    chosen_threshold: a threshold from avcd.evaluation.metrics.choose_threshold on `threshold_split`; the
       threshold metrics are then reported at it as well as at 0.5.
     threshold_split: the split the chosen threshold comes from.
     num_resamples, confidence, seed: of the bootstrap intervals.

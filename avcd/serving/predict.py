@@ -38,13 +38,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd import export, sharding, steps
-from avcd import train_state as ts
-from data_pipelines import clips
-from data_pipelines import schema
-from data_pipelines.features import audio
-from data_pipelines.features import face_crop
-from data_pipelines.features import video
+from avcd.serving import export
+from avcd.training import sharding, state as ts, steps
+from data_pipelines import clips, schema
+from data_pipelines.features import audio, face_crop, video
 
 JSON_FILE = "predictions.json"
 PLOT_DIR = "plots"

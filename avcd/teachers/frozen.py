@@ -11,17 +11,17 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from avcd import checkpoints, sharding
-from avcd import train_state as ts
+from avcd import checkpoints
+from avcd.training import sharding, state as ts
 
 SOURCES = ("checkpoint", "train", "random")
 
 
-def teachers_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+def directory(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.teachers.checkpoint or pathlib.Path(workdir) / "teachers")
 
 
-def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
+def load(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
   """(graphdef, (params, batch_stats)) of the teachers, placed on the mesh.
 
   `teachers.source`: 'checkpoint' and 'train' restore `teachers.checkpoint` (default
@@ -40,7 +40,7 @@ def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, me
     init = lambda: ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:]
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
-  path = teachers_path(config, workdir)
+  path = directory(config, workdir)
   if not has_checkpoint(config, workdir):
     raise FileNotFoundError(
         f"no teacher checkpoint at {str(path)!r}. Set --config.teachers.checkpoint to a directory "
@@ -56,6 +56,6 @@ def frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, me
 def has_checkpoint(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> bool:
   """Whether the teachers' directory holds a checkpoint with a `teachers` item."""
   try:
-    return checkpoints.TEACHERS in checkpoints.model_items(teachers_path(config, workdir))
+    return checkpoints.TEACHERS in checkpoints.model_items(directory(config, workdir))
   except FileNotFoundError:
     return False

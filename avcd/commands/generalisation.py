@@ -1,6 +1,6 @@
 r"""The claim study: does correlation distillation help on lip-sync generators a detector never saw?
 
-    python -m avcd.generalisation --stage=1 --workdir=runs/generalisation
+    python -m avcd.commands.generalisation --stage=1 --workdir=runs/generalisation
 
 runs what stage 1 still lacks and rewrites docs/generalisation/results.md from every results
 file under docs/generalisation/results/ (committed, so the study continues on any machine;
@@ -37,12 +37,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from avcd import statistics
+from avcd.evaluation import statistics
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/synthetic.py:generalisation", "The study's base config.", lock_config=True)
@@ -226,7 +224,7 @@ def _speakers(config: ml_collections.ConfigDict, split: str, ids: list[str]) -> 
 
 
 def _read_scores(run_dir: pathlib.Path, split: str) -> list[dict]:
-  from avcd import reports  # pylint: disable=g-import-not-at-top
+  from avcd.evaluation import reports  # pylint: disable=g-import-not-at-top
   return sorted(reports.read_scores_csv(run_dir / "eval" / split / "scores.csv"),
                 key=lambda r: r["id"])
 
@@ -234,13 +232,13 @@ def _read_scores(run_dir: pathlib.Path, split: str) -> list[dict]:
 def ensure_teachers(base, corpus: int, teacher: str, workdir: pathlib.Path,
                     results: pathlib.Path) -> None:
   """Trains the corpus's teachers of that condition once and records their report."""
-  from avcd import train_teacher  # pylint: disable=g-import-not-at-top
+  from avcd.teachers import training as teacher_training  # pylint: disable=g-import-not-at-top
   config = corpus_config(base, corpus, teacher, workdir)
   out = teachers_dir(workdir, corpus, teacher)
   report_file = results / f"teachers-corpus{corpus}-{teacher}.json"
   if not (out / "report.json").exists():
     logging.info("training the %s teachers of corpus %d", teacher, corpus)
-    train_teacher.train_teachers(config, out)
+    teacher_training.train_teachers(config, out)
   if not report_file.exists():
     report = json.loads((out / "report.json").read_text())
     _write_json(report_file, dict(report, commit=commit(), corpus=corpus, teacher=teacher))
@@ -321,9 +319,10 @@ def _digest(ids: list[str]) -> str:
 def teachers_only(base, corpus: int, teacher: str, workdir: pathlib.Path,
                   results: pathlib.Path) -> None:
   """The teachers-only row: clip score 1 - mean soft target, on the test split; no training."""
-  from avcd import sharding, steps, teachers_setup, losses  # pylint: disable=g-import-not-at-top
   from avcd.models import layers  # pylint: disable=g-import-not-at-top
   from avcd.models.student import frame_mask  # pylint: disable=g-import-not-at-top
+  from avcd.teachers import frozen  # pylint: disable=g-import-not-at-top
+  from avcd.training import losses, sharding, steps  # pylint: disable=g-import-not-at-top
   from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
   path = results / "runs" / f"corpus{corpus}-{teacher}-teachers_only.json"
   clips_path = results / f"clips-corpus{corpus}.json"
@@ -332,7 +331,7 @@ def teachers_only(base, corpus: int, teacher: str, workdir: pathlib.Path,
   config = corpus_config(base, corpus, teacher, workdir)
   mesh = sharding.make_mesh(config.mesh)
   config = corpus_setup.prepare_corpus(config, workdir)
-  graphdef, state = teachers_setup.frozen_teachers(config, workdir, mesh)
+  graphdef, state = frozen.load(config, workdir, mesh)
 
   @jax.jit
   def clip_scores(teachers_state, batch):
@@ -619,7 +618,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   results = pathlib.Path(_RESULTS.value)
-  command = " ".join(["python -m avcd.generalisation",
+  command = " ".join(["python -m avcd.commands.generalisation",
                       *[a for a in sys.argv[1:] if a.startswith("--") and "workdir" not in a]])
   if not _REPORT_ONLY.value:
     if not _WORKDIR.value:

@@ -12,9 +12,10 @@ import ml_collections
 import optax
 from flax import nnx
 
-from avcd import checkpoints, config_lib, sharding
+from avcd import checkpoints, config_lib
 from avcd.models.student import Student
 from avcd.models.teachers import Teachers
+from avcd.training import sharding
 
 
 @flax.struct.dataclass

@@ -1,6 +1,6 @@
 """A run's teacher cache (`teachers.cache`): found, or computed on the run's mesh before training.
 
-`data_pipelines.teacher_cache` stores the posteriors; this module says which teachers they belong
+`data_pipelines.posterior_store` stores the posteriors; this module says which teachers they belong
 to and computes them. The teachers are identified by their config (what shapes their outputs) and
 their weights: the content of the checkpoint they were restored from (its checksums manifest,
 which restoring verified), or the seed for `teachers.source='random'`. A different checkpoint at
@@ -26,10 +26,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd import checkpoints, sharding, steps, teachers_setup
+from avcd import checkpoints
 from avcd.models.student import frame_mask
-from data_pipelines import loader, split_index
-from data_pipelines import teacher_cache as cache_store
+from avcd.teachers import frozen
+from avcd.training import sharding, steps
+from data_pipelines import loader, posterior_store as cache_store, split_index
 
 # teachers config fields that do not change the posteriors (where weights come from, how the
 # teachers are trained, how the student run uses them).
@@ -63,14 +64,14 @@ def teachers_identity(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
   """The teachers a run uses, as the cache fingerprint records them (call after they are loaded).
 
   'random' teachers are their seed's initialisation under this jax version; the others, the
-  checkpoint `teachers_setup.frozen_teachers` restored.
+  checkpoint `frozen.load` restored.
   """
   teachers_cfg = json.loads(config.teachers.to_json_best_effort())
   identity = {"config": {k: v for k, v in teachers_cfg.items() if k not in _NOT_IN_FINGERPRINT}}
   if config.teachers.source == "random":
     identity["weights"] = {"random_seed": config.seed, "jax": jax.__version__}
   else:
-    step_dir = checkpoints.locate(teachers_setup.teachers_path(config, workdir))
+    step_dir = checkpoints.locate(frozen.directory(config, workdir))
     identity["weights"] = {"checkpoint_sha256": _checkpoint_digest(step_dir)}
   return identity
 
@@ -114,7 +115,7 @@ def build_or_reuse(config: ml_collections.ConfigDict, workdir: pathlib.Path, mes
                    teachers_graphdef, teachers_state) -> cache_store.Cache:
   """The cache of `data.train_split` for these teachers, computed first if there is none.
 
-  Every process calls it (the computation runs on the whole mesh) after `frozen_teachers`.
+  Every process calls it (the computation runs on the whole mesh) after `frozen.load`.
 
   Raises:
     ValueError: `teachers.dropout_in_train` is set (the targets are then random draws).

@@ -32,8 +32,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from avcd import checkpoints, config_lib, weights
-from avcd import train_state as ts
+from avcd import checkpoints, config_lib
+from avcd.porting import weights
+from avcd.training import state as ts
 
 INSTALL_TORCH = "pip install 'avcd[torch]'"
 # Containers some training scripts wrap a state dict in.

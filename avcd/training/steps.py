@@ -19,10 +19,10 @@ import optax
 from absl import logging
 from flax import nnx
 
-from avcd import checkpoints, losses, sharding
-from avcd import train_state as ts
+from avcd import checkpoints
 from avcd.models.student import frame_mask
-from avcd.train_state import TrainState
+from avcd.training import losses, sharding, state as ts
+from avcd.training.state import TrainState
 from data_pipelines import augment, schema
 
 NONFINITE_POLICIES = ("raise", "skip")

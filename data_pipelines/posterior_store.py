@@ -3,8 +3,8 @@
 With `teachers.cache` the teachers run once over every clip of the training split (eval mode,
 whole clips) instead of in every train step; `loader.train_dataset(teacher_posteriors=cache)`
 then attaches each batch's `asr_probs` / `vsr_probs`, windowed like the other per-frame fields,
-and the step uses them instead of running the teachers (`avcd.steps.teacher_posteriors`).
-`avcd.teacher_cache` decides which teachers and computes the posteriors; this module stores and
+and the step uses them instead of running the teachers (`avcd.training.steps.teacher_posteriors`).
+`avcd.teachers.cache` decides which teachers and computes the posteriors; this module stores and
 reads them.
 
 A cache is one directory, `<root>/<split>.<key>/`:
@@ -39,9 +39,9 @@ import re
 import shutil
 import tempfile
 
-from array_record.python.array_record_module import ArrayRecordWriter
 import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_pipelines import split_index
 

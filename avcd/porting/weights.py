@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from avcd.models import layers
+from avcd.models.teachers import sinusoidal_positions
 
 # Keys present in the reference's checkpoints that avcd deliberately has no parameter for.
 KNOWN_UNUSED = (
@@ -189,7 +190,6 @@ def _set(tree, path, value):
 
 
 def _check_positional_tables(state_dict: dict, claimed: set, problems: list):
-  from avcd.models.teachers import sinusoidal_positions  # pylint: disable=g-import-not-at-top
   for key in [k for k in state_dict if POSITIONAL_TABLE.match(k)]:
     table = state_dict[key].reshape(state_dict[key].shape[0], -1)
     expected = sinusoidal_positions(*table.shape)

@@ -13,8 +13,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd import metrics, reports, sharding, steps
-from avcd import train_state as ts
+from avcd.evaluation import metrics, reports
+from avcd.training import sharding, state as ts, steps
 from data_pipelines import corpus_setup, loader, split_index
 
 

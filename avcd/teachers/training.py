@@ -23,9 +23,9 @@ import optax
 from absl import logging
 from flax import nnx
 
-from avcd import checkpoints, losses, sharding, steps
-from avcd import train_state as ts
+from avcd import checkpoints
 from avcd.models.student import frame_mask
+from avcd.training import losses, sharding, state as ts, steps
 from data_pipelines import corpus_setup, loader, split_index
 
 TEACHER_INPUTS = ("stft", "faces", "lips", "num_frames", "phonemes")

@@ -36,8 +36,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd import steps, version
-from avcd import train_state as ts
+from avcd import version
+from avcd.training import state as ts, steps
 from data_pipelines import schema
 
 SIGNATURE_KEY = "serving_default"

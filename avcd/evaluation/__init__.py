@@ -1,0 +1,1 @@
+"""Scoring splits, detection metrics, reports, and the statistics of comparisons."""

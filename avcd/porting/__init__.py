@@ -1,0 +1,1 @@
+"""The authors' PyTorch weights into avcd: key mapping and conversion."""

@@ -1,0 +1,1 @@
+"""The student outside training: SavedModel export and scoring raw videos."""

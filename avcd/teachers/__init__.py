@@ -1,0 +1,1 @@
+"""The frozen ASR/VSR teachers: loading them, training them, caching their posteriors."""

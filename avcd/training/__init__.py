@@ -1,0 +1,1 @@
+"""The train step, its state, losses, sharding, preemption, metric writers and FLOPs."""
