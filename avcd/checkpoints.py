@@ -69,8 +69,9 @@ class ResumeRefusedError(RuntimeError):
 
 def _root_cause(error: BaseException) -> str:
   """The innermost cause of an error chain, in one line (Orbax wraps a failed write a few times)."""
-  while error.__cause__ is not None or (error.__context__ is not None
-                                        and not error.__suppress_context__):
+  while error.__cause__ is not None or (
+    error.__context__ is not None and not error.__suppress_context__
+  ):
     error = error.__cause__ or error.__context__
   if isinstance(error, OSError) and error.strerror:
     return error.strerror + (f" ({error.filename})" if error.filename else "")
@@ -103,8 +104,10 @@ def _checksummed_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
 def write_checksums(step_dir: str | pathlib.Path) -> None:
   """Writes STEP_DIR/avcd_checksums.json: {relative path: {bytes, sha256}} of every data file."""
   step_dir = pathlib.Path(step_dir)
-  files = {str(p): dict(bytes=(step_dir / p).stat().st_size, sha256=_file_digest(step_dir / p))
-           for p in _checksummed_files(step_dir)}
+  files = {
+    str(p): dict(bytes=(step_dir / p).stat().st_size, sha256=_file_digest(step_dir / p))
+    for p in _checksummed_files(step_dir)
+  }
   partial = step_dir / (CHECKSUMS + ".partial")
   partial.write_text(json.dumps(dict(format=1, algorithm="sha256", files=files), indent=1))
   partial.replace(step_dir / CHECKSUMS)
@@ -122,8 +125,11 @@ def verify_checksums(step_dir: str | pathlib.Path) -> bool:
   step_dir = pathlib.Path(step_dir)
   manifest_path = step_dir / CHECKSUMS
   if not manifest_path.exists():
-    logging.warning("%s has no %s (written by an older avcd or another tool): it cannot be "
-                    "verified", step_dir, CHECKSUMS)
+    logging.warning(
+      "%s has no %s (written by an older avcd or another tool): it cannot be verified",
+      step_dir,
+      CHECKSUMS,
+    )
     return False
   try:
     files = json.loads(manifest_path.read_text())["files"]
@@ -137,15 +143,19 @@ def verify_checksums(step_dir: str | pathlib.Path) -> bool:
       continue
     size = path.stat().st_size
     if size != expected["bytes"]:
-      problems.append(f"{name} ({'truncated: ' if size < expected['bytes'] else ''}{size} bytes, "
-                      f"{expected['bytes']} written)")
+      problems.append(
+        f"{name} ({'truncated: ' if size < expected['bytes'] else ''}{size} bytes, "
+        f"{expected['bytes']} written)"
+      )
     elif _file_digest(path) != expected["sha256"]:
       problems.append(f"{name} (contents changed since it was written)")
   if problems:
     raise CorruptCheckpointError(
-        f"checkpoint {step_dir} is corrupt: {len(problems)} of {len(files)} files fail their "
-        f"checksums: " + ", ".join(problems[:10])
-        + (f", ... ({len(problems) - 10} more)" if len(problems) > 10 else ""))
+      f"checkpoint {step_dir} is corrupt: {len(problems)} of {len(files)} files fail their "
+      f"checksums: "
+      + ", ".join(problems[:10])
+      + (f", ... ({len(problems) - 10} more)" if len(problems) > 10 else "")
+    )
   return True
 
 
@@ -171,8 +181,9 @@ def _manager_options(**options) -> ocp.CheckpointManagerOptions:
 
 
 def _read_only_manager(root: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(create=False,
-                                                                         read_only=True))
+  return ocp.CheckpointManager(
+    root, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+  )
 
 
 def _verify(step_dir: pathlib.Path) -> None:
@@ -225,46 +236,64 @@ def _flat_config(config, prefix: str = "") -> dict:
   return flat
 
 
-def _config_differences(step_dir: pathlib.Path, item: str,
-                        expected: ml_collections.ConfigDict | None) -> list[str]:
+def _config_differences(
+  step_dir: pathlib.Path, item: str, expected: ml_collections.ConfigDict | None
+) -> list[str]:
   """'field: checkpoint X, this run Y' for the config section that shapes `item`."""
   section = _CONFIG_SECTION.get(item)
   if expected is None or section is None or not (step_dir / CONFIG).is_dir():
     return []
   with _read_only_manager(step_dir.parent) as manager:
-    stored = manager.restore(int(step_dir.name), args=ocp.args.Composite(
-        **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+    stored = manager.restore(
+      int(step_dir.name), args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    )[CONFIG]
   if not isinstance(stored, dict) or section not in stored:
     return []
   ours = _flat_config(json.loads(expected.to_json_best_effort()))
   theirs = _flat_config(stored[section])
   absent = "(absent)"
-  return [f"{section}.{k}: checkpoint {theirs.get(k, absent)}, this run {ours.get(k, absent)}"
-          for k in sorted(ours.keys() | theirs.keys()) if ours.get(k) != theirs.get(k)]
+  return [
+    f"{section}.{k}: checkpoint {theirs.get(k, absent)}, this run {ours.get(k, absent)}"
+    for k in sorted(ours.keys() | theirs.keys())
+    if ours.get(k) != theirs.get(k)
+  ]
 
 
-def _check_layout(step_dir: pathlib.Path, item: str, target,
-                  expected: ml_collections.ConfigDict | None = None) -> None:
+def _check_layout(
+  step_dir: pathlib.Path, item: str, target, expected: ml_collections.ConfigDict | None = None
+) -> None:
   """Raises CheckpointMismatchError, with a short diff, if `item` does not fit `target`."""
   stored = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / item))
-  on_disk = {_path_name(p): tuple(getattr(m, "shape", ()))
-             for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]}
-  wanted = {_path_name(p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  on_disk = {
+    _path_name(p): tuple(getattr(m, "shape", ()))
+    for p, m in jax.tree_util.tree_flatten_with_path(stored)[0]
+  }
+  wanted = {
+    _path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]
+  }
   missing = sorted(wanted.keys() - on_disk.keys())
   unexpected = sorted(on_disk.keys() - wanted.keys())
-  mismatched = [f"{k} {on_disk[k]} (this run {wanted[k]})"
-                for k in sorted(wanted.keys() & on_disk.keys()) if on_disk[k] != wanted[k]]
+  mismatched = [
+    f"{k} {on_disk[k]} (this run {wanted[k]})"
+    for k in sorted(wanted.keys() & on_disk.keys())
+    if on_disk[k] != wanted[k]
+  ]
   if not (missing or unexpected or mismatched):
     return
-  lines = [f"the {item!r} item of checkpoint {step_dir} does not fit the networks this config "
-           f"builds:"]
-  for title, names in (("arrays this run needs are not in it", missing),
-                       ("arrays in it this run does not have", unexpected),
-                       ("shapes differ", mismatched)):
+  lines = [
+    f"the {item!r} item of checkpoint {step_dir} does not fit the networks this config builds:"
+  ]
+  for title, names in (
+    ("arrays this run needs are not in it", missing),
+    ("arrays in it this run does not have", unexpected),
+    ("shapes differ", mismatched),
+  ):
     if names:
-      lines.append(f"  {len(names)} {title}: " + ", ".join(names[:8])
-                   + (f", ... ({len(names) - 8} more)" if len(names) > 8 else ""))
+      lines.append(
+        f"  {len(names)} {title}: "
+        + ", ".join(names[:8])
+        + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+      )
   differences = _config_differences(step_dir, item, expected)
   if differences:
     lines.append("  the config it was written with differs: " + "; ".join(differences[:12]))
@@ -275,14 +304,22 @@ def _metric_value(name: str):
   def value(metrics) -> float:
     v = metrics.get(name)
     return -math.inf if v is None or not math.isfinite(v) else float(v)
+
   return value
 
 
 class TrainCheckpointer:
   """Keeps the latest K checkpoints and the best M by an evaluation metric."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep_latest: int, keep_best: int,
-               best_metric: str, best_mode: str = "max"):
+  def __init__(
+    self,
+    directory: str | pathlib.Path,
+    *,
+    keep_latest: int,
+    keep_best: int,
+    best_metric: str,
+    best_mode: str = "max",
+  ):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', not {best_mode!r}")
     sign = 1.0 if best_mode == "max" else -1.0
@@ -291,13 +328,21 @@ class TrainCheckpointer:
     if keep_best:
       # keep_checkpoints_without_metrics=False: saves without an evaluation are LatestN's alone.
       # (max_to_keep combined with best_fn would delete the newest step; see STACK.md.)
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: sign * score(m), n=keep_best,
-          keep_checkpoints_without_metrics=False))
+      policies.append(
+        checkpoint_managers.BestN(
+          get_metric_fn=lambda m: sign * score(m),
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     options = _manager_options(
-        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        best_fn=score if keep_best else None, best_mode=best_mode,
-        enable_async_checkpointing=True, cleanup_tmp_directories=True, create=True)
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=score if keep_best else None,
+      best_mode=best_mode,
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,
+      create=True,
+    )
     self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._verified = set()  # steps already checked against their checksums
@@ -324,32 +369,51 @@ class TrainCheckpointer:
     except Exception as e:  # pylint: disable=broad-except
       step = self._saving
       raise CheckpointSaveError(
-          f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
-          f"{_root_cause(e)}; the steps before it are intact") from e
+        f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
+        f"{_root_cause(e)}; the steps before it are intact"
+      ) from e
 
-  def save(self, step: int, state, *, data_iterator=None, config=None,
-           metrics: dict | None = None, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state,
+    *,
+    data_iterator=None,
+    config=None,
+    metrics: dict | None = None,
+    force: bool = False,
+  ) -> bool:
     # Orbax waits for the previous save before it starts one; waiting here first costs nothing
     # more and names the right step if that save failed.
     self.wait()
     self._saving = step
-    items = {STATE: ocp.args.StandardSave(state),
-             META: ocp.args.JsonSave(dict(step=step, metrics=metrics or {},
-                                          avcd_version=version.VERSION,
-                                          process_count=jax.process_count(),
-                                          device_count=jax.device_count()))}
+    items = {
+      STATE: ocp.args.StandardSave(state),
+      META: ocp.args.JsonSave(
+        dict(
+          step=step,
+          metrics=metrics or {},
+          avcd_version=version.VERSION,
+          process_count=jax.process_count(),
+          device_count=jax.device_count(),
+        )
+      ),
+    }
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
+
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
-      return self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                                force=force)
+      return self._manager.save(
+        step, args=ocp.args.Composite(**items), metrics=metrics, force=force
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(
-          f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
-          f"{_root_cause(e)}; the steps before it are intact") from e
+        f"saving checkpoint step {step} to {self.directory / str(step)} failed: "
+        f"{_root_cause(e)}; the steps before it are intact"
+      ) from e
 
   def corrupt_steps(self) -> list[pathlib.Path]:
     """The steps moved aside as corrupt (`STEP.corrupt-TIME`), oldest first."""
@@ -375,39 +439,52 @@ class TrainCheckpointer:
         except CorruptCheckpointError as e:
           aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
           (self.directory / str(step)).rename(aside)
-          logging.warning("%s. Moved it aside to %s; falling back to the step before it.", e,
-                          aside.name)
+          logging.warning(
+            "%s. Moved it aside to %s; falling back to the step before it.", e, aside.name
+          )
           rejected.append(str(e))
           continue
         chosen = step
         break
     moved = len(rejected)
     if jax.process_count() > 1:
-      chosen, moved = (int(v) for v in multihost_utils.broadcast_one_to_all(
-          np.array([chosen, moved], np.int32)))
+      chosen, moved = (
+        int(v) for v in multihost_utils.broadcast_one_to_all(np.array([chosen, moved], np.int32))
+      )
       multihost_utils.sync_global_devices("avcd checkpoints verified")
     if moved:
       self._manager.reload()
     if chosen < 0 and moved:
       raise CorruptCheckpointError(
-          f"no checkpoint in {self.directory} is intact; the {moved} corrupt step(s) were moved "
-          "aside: " + (" | ".join(rejected) if rejected else "see the log of process 0"))
+        f"no checkpoint in {self.directory} is intact; the {moved} corrupt step(s) were moved "
+        "aside: " + (" | ".join(rejected) if rejected else "see the log of process 0")
+      )
     if chosen < 0:
       aside = self.corrupt_steps()
       if aside and not start_over:
         raise ResumeRefusedError(
-            f"{self.directory} has no intact checkpoint, only corrupt steps moved aside earlier "
-            f"({', '.join(p.name for p in aside)}); training will not silently start over. Pass "
-            "--start_over to train from step 0, or move those folders out of the directory.")
+          f"{self.directory} has no intact checkpoint, only corrupt steps moved aside earlier "
+          f"({', '.join(p.name for p in aside)}); training will not silently start over. Pass "
+          "--start_over to train from step 0, or move those folders out of the directory."
+        )
       if aside:
-        logging.warning("starting over in %s as asked (--start_over); the corrupt steps stay "
-                        "there: %s", self.directory, ", ".join(p.name for p in aside))
+        logging.warning(
+          "starting over in %s as asked (--start_over); the corrupt steps stay there: %s",
+          self.directory,
+          ", ".join(p.name for p in aside),
+        )
       return None
     self._verified.add(chosen)
     return chosen
 
-  def restore(self, step: int, abstract_state, *, data_iterator=None,
-              expected: ml_collections.ConfigDict | None = None):
+  def restore(
+    self,
+    step: int,
+    abstract_state,
+    *,
+    data_iterator=None,
+    expected: ml_collections.ConfigDict | None = None,
+  ):
     """Restores the state onto the shardings of `abstract_state` (any mesh) and the iterator.
 
     `expected`: the run's model config, named field by field where the state does not fit.
@@ -425,19 +502,22 @@ class TrainCheckpointer:
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
+
       saved = sorted(p.name for p in (step_dir / DATA).glob("process_*.json"))
       if f"process_{jax.process_index()}-of-{jax.process_count()}.json" not in saved:
         raise ValueError(
-            f"checkpoint {step_dir} holds the data position of {len(saved)} process(es) "
-            f"({', '.join(saved)}); this run has {jax.process_count()}. The model state restores "
-            "onto any mesh, the data iterator only onto the same number of processes.")
+          f"checkpoint {step_dir} holds the data position of {len(saved)} process(es) "
+          f"({', '.join(saved)}); this run has {jax.process_count()}. The model state restores "
+          "onto any mesh, the data iterator only onto the same number of processes."
+        )
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE]
 
   def metadata(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        **{META: ocp.args.JsonRestore()}))[META]
+    return self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[
+      META
+    ]
 
   def wait(self) -> None:
     """Blocks until every save is committed; CheckpointSaveError if one failed."""
@@ -445,8 +525,9 @@ class TrainCheckpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(
-          f"saving checkpoint step {self._saving} to {self.directory / str(self._saving)} "
-          f"failed: {_root_cause(e)}; the steps before it are intact") from e
+        f"saving checkpoint step {self._saving} to {self.directory / str(self._saving)} "
+        f"failed: {_root_cause(e)}; the steps before it are intact"
+      ) from e
     self.raise_if_failed()
 
   def close(self) -> None:
@@ -457,8 +538,14 @@ class TrainCheckpointer:
       logging.debug("closing the checkpoint manager: %s", e)
 
 
-def save_model(directory: str | pathlib.Path, *, student_state=None, teachers_state=None,
-               config: ml_collections.ConfigDict | None = None, meta: dict | None = None) -> None:
+def save_model(
+  directory: str | pathlib.Path,
+  *,
+  student_state=None,
+  teachers_state=None,
+  config: ml_collections.ConfigDict | None = None,
+  meta: dict | None = None,
+) -> None:
   """Writes a model checkpoint (step 0) with whichever of student / teachers is given."""
   items = {}
   if student_state is not None:
@@ -468,8 +555,9 @@ def save_model(directory: str | pathlib.Path, *, student_state=None, teachers_st
   if config is not None:
     items[CONFIG] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
   items[META] = ocp.args.JsonSave(dict(meta or {}, avcd_version=version.VERSION))
-  with ocp.CheckpointManager(pathlib.Path(directory).absolute(),
-                             options=_manager_options(create=True)) as manager:
+  with ocp.CheckpointManager(
+    pathlib.Path(directory).absolute(), options=_manager_options(create=True)
+  ) as manager:
     manager.save(0, args=ocp.args.Composite(**items), force=True)
     manager.wait_until_finished()
 
@@ -487,8 +575,7 @@ def locate(path: str | pathlib.Path) -> pathlib.Path:
   if path.name.isdigit() and not path.is_dir() and path.parent.is_dir():
     with _read_only_manager(path.parent) as manager:
       steps = list(manager.all_steps())
-    raise FileNotFoundError(f"no checkpoint for step {path.name} in {path.parent} "
-                            f"(steps: {steps})")
+    raise FileNotFoundError(f"no checkpoint for step {path.name} in {path.parent} (steps: {steps})")
   if not path.is_dir():
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   if path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
@@ -496,8 +583,10 @@ def locate(path: str | pathlib.Path) -> pathlib.Path:
   with _read_only_manager(path) as manager:
     step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"{path} holds no complete checkpoint (expected a directory of "
-                            "checkpoint steps, a training workdir or one step's directory)")
+    raise FileNotFoundError(
+      f"{path} holds no complete checkpoint (expected a directory of "
+      "checkpoint steps, a training workdir or one step's directory)"
+    )
   return path / str(step)
 
 
@@ -534,14 +623,19 @@ def select_step(path: str | pathlib.Path, step: int | None = None) -> pathlib.Pa
   if jax.process_count() > 1:
     chosen = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
   if chosen < 0:
-    raise CorruptCheckpointError(f"no step of {root} is intact: " + " | ".join(problems)
-                                 if problems else f"no step of {root} is intact")
+    raise CorruptCheckpointError(
+      f"no step of {root} is intact: " + " | ".join(problems)
+      if problems
+      else f"no step of {root} is intact"
+    )
   if problems:
     logging.warning("using step %d of %s: every newer step is corrupt", chosen, root)
   step_dir = root / str(chosen)
   if (step_dir / CHECKSUMS).exists():
-    _VERIFIED[step_dir] = ((step_dir / CHECKSUMS).stat().st_mtime_ns,
-                           (step_dir / CHECKSUMS).stat().st_size)
+    _VERIFIED[step_dir] = (
+      (step_dir / CHECKSUMS).stat().st_mtime_ns,
+      (step_dir / CHECKSUMS).stat().st_size,
+    )
   return step_dir
 
 
@@ -562,8 +656,11 @@ def read_config(step_dir: str | pathlib.Path) -> ml_collections.ConfigDict | Non
   if not (step_dir / CONFIG).is_dir():
     return None
   with _read_only_manager(step_dir.parent) as manager:
-    return config_from_json(manager.restore(int(step_dir.name), args=ocp.args.Composite(
-        **{CONFIG: ocp.args.JsonRestore()}))[CONFIG])
+    return config_from_json(
+      manager.restore(
+        int(step_dir.name), args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+      )[CONFIG]
+    )
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
@@ -572,12 +669,14 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
   JSON turns the config files' tuples into lists; they become tuples again, so that the networks
   see the values the config file gave.
   """
+
   def tuples(value):
     if isinstance(value, dict):
       return {k: tuples(v) for k, v in value.items()}
     if isinstance(value, list):
       return tuple(tuples(v) for v in value)
     return value
+
   config = ml_collections.ConfigDict(tuples(data))
   config.lock()
   return config
@@ -588,8 +687,12 @@ def model_items(directory: str | pathlib.Path) -> set[str]:
   return {p.name for p in locate(directory).iterdir() if p.is_dir()}
 
 
-def restore_item(directory: str | pathlib.Path, item: str, abstract_state,
-                 expected: ml_collections.ConfigDict | None = None):
+def restore_item(
+  directory: str | pathlib.Path,
+  item: str,
+  abstract_state,
+  expected: ml_collections.ConfigDict | None = None,
+):
   """One item (student / teachers / state) of a checkpoint step, onto abstract_state's layout.
 
   `directory` is any path `locate` accepts. The step is verified against its checksums first.
@@ -606,8 +709,10 @@ def restore_item(directory: str | pathlib.Path, item: str, abstract_state,
   _verify_once(step_dir)
   _check_layout(step_dir, item, abstract_state, expected)
   with _read_only_manager(step_dir.parent) as manager:
-    restored = manager.restore(int(step_dir.name), args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(abstract_state)}))
+    restored = manager.restore(
+      int(step_dir.name),
+      args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_state)}),
+    )
   logging.info("restored %s from %s", item, step_dir)
   return restored[item]
 
@@ -616,12 +721,14 @@ def abstract_like(tree, shardings=None):
   """ShapeDtypeStructs (with concrete shardings, if given) describing a restore target."""
   if shardings is None:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
-                      shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
-def restore_student(directory: str | pathlib.Path, state_target,
-                    expected: ml_collections.ConfigDict | None = None):
+def restore_student(
+  directory: str | pathlib.Path, state_target, expected: ml_collections.ConfigDict | None = None
+):
   """(params, batch_stats, item) of the student in a model checkpoint or a training checkpoint.
 
   `state_target` is the abstract TrainState of the run (its params/batch_stats give the layout);
@@ -630,12 +737,17 @@ def restore_student(directory: str | pathlib.Path, state_target,
   """
   items = model_items(directory)
   if STUDENT in items:
-    restored = restore_item(directory, STUDENT, dict(params=state_target.params,
-                                                     batch_stats=state_target.batch_stats),
-                            expected)
+    restored = restore_item(
+      directory,
+      STUDENT,
+      dict(params=state_target.params, batch_stats=state_target.batch_stats),
+      expected,
+    )
     return restored["params"], restored["batch_stats"], STUDENT
   if STATE in items:
     restored = restore_item(directory, STATE, state_target, expected)
     return restored.params, restored.batch_stats, STATE
-  raise ValueError(f"{locate(directory)} holds neither a student model nor a training state "
-                   f"(items: {sorted(items)})")
+  raise ValueError(
+    f"{locate(directory)} holds neither a student model nor a training state "
+    f"(items: {sorted(items)})"
+  )

@@ -19,18 +19,20 @@ import sys
 from absl import app, flags
 
 COMMANDS = {
-    "train": ("train", "train a detector on a config, then evaluate it"),
-    "eval": ("evaluate", "evaluate a checkpoint on the config's evaluation splits"),
-    "train-teacher": ("train_teacher", "train the ASR and VSR teachers on phoneme labels"),
-    "prepare": ("prepare", "build a corpus into sharded ArrayRecord (TFDS)"),
-    "convert": ("convert", "convert the authors' PyTorch weights into an avcd checkpoint"),
-    "export": ("export", "export a checkpoint as a TensorFlow SavedModel"),
-    "predict": ("predict", "score raw videos"),
-    "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
+  "train": ("train", "train a detector on a config, then evaluate it"),
+  "eval": ("evaluate", "evaluate a checkpoint on the config's evaluation splits"),
+  "train-teacher": ("train_teacher", "train the ASR and VSR teachers on phoneme labels"),
+  "prepare": ("prepare", "build a corpus into sharded ArrayRecord (TFDS)"),
+  "convert": ("convert", "convert the authors' PyTorch weights into an avcd checkpoint"),
+  "export": ("export", "export a checkpoint as a TensorFlow SavedModel"),
+  "predict": ("predict", "score raw videos"),
+  "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
 }
 USAGE_EXIT, FAILURE_EXIT = 2, 1
-EXIT_STATUS_HELP = ("Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
-                    "a usage error (a bad flag, config field or path; nothing was done).")
+EXIT_STATUS_HELP = (
+  "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
+  "a usage error (a bad flag, config field or path; nothing was done)."
+)
 
 
 def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]:
@@ -69,15 +71,18 @@ def writable_directory(flag: str, value: str) -> pathlib.Path:
 def require_tensorflow(what: str) -> None:
   """A UsageError, before any work, where TensorFlow (the `tf` extra) is not installed."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+
   if importlib.util.find_spec("tensorflow") is None:
-    raise app.UsageError(f"{what} needs TensorFlow, which is not installed: "
-                         "pip install -e '.[tf]'")
+    raise app.UsageError(f"{what} needs TensorFlow, which is not installed: pip install -e '.[tf]'")
 
 
 def usage() -> str:
   width = max(map(len, COMMANDS))
-  lines = ["usage: avcd COMMAND [--flag=value ...]   (avcd COMMAND --help for its flags)", "",
-           "commands:"]
+  lines = [
+    "usage: avcd COMMAND [--flag=value ...]   (avcd COMMAND --help for its flags)",
+    "",
+    "commands:",
+  ]
   lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
   return "\n".join(lines + ["", EXIT_STATUS_HELP])
 
@@ -92,14 +97,17 @@ class _QuietLibraries(logging.Filter):
 
   # Warnings that say nothing a user can act on: avcd saves between evaluations on purpose, and
   # every synthetic corpus is a "custom data configuration".
-  _NOT_ACTIONABLE = ("Requested `tracked_metric`; did not provide metrics",
-                     "Using custom data configuration")
+  _NOT_ACTIONABLE = (
+    "Requested `tracked_metric`; did not provide metrics",
+    "Using custom data configuration",
+  )
 
   def filter(self, record: logging.LogRecord) -> bool:
     if "/orbax/" in record.pathname and record.exc_info:
       record.exc_info, record.exc_text = None, None
     if record.levelno == logging.WARNING and any(
-        text in str(record.msg) for text in self._NOT_ACTIONABLE):
+      text in str(record.msg) for text in self._NOT_ACTIONABLE
+    ):
       return False
     return record.levelno > logging.INFO or not any(p in record.pathname for p in self._CHATTY)
 
@@ -114,6 +122,7 @@ def _one_line(error: BaseException) -> str:
 def _bad_config_override(argv: list[str]) -> str | None:
   """The first `--config*` flag whose file or field does not exist, described, or None."""
   from avcd import config_lib  # pylint: disable=g-import-not-at-top
+
   files = {}
   for arg in argv:
     match = re.match(r"--(\w+)=(.+)$", arg)
@@ -138,8 +147,11 @@ def _bad_config_override(argv: list[str]) -> str | None:
 
 def _config_flags() -> list[str]:
   """The names of the ml_collections config-file flags defined."""
-  return [name for name, flag in flags.FLAGS._flags().items()  # pylint: disable=protected-access
-          if "config" in type(flag.parser).__name__.lower()]
+  return [
+    name
+    for name, flag in flags.FLAGS._flags().items()  # pylint: disable=protected-access
+    if "config" in type(flag.parser).__name__.lower()
+  ]
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -164,21 +176,32 @@ def _fail(program: str, message: str, status: int) -> None:
 def _known_failure(error: Exception) -> int | None:
   """The exit status of an error a user can act on from its message; None for a bug."""
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
+
   if isinstance(error, (app.UsageError, config_checks.ConfigError)):
     return USAGE_EXIT
   known = [OSError, MemoryError]
-  for module, names in (("avcd.checkpoints", ("CorruptCheckpointError", "CheckpointMismatchError",
-                                              "CheckpointSaveError", "ResumeRefusedError")),
-                        ("avcd.workdir_lock", ("WorkdirBusyError",)),
-                        ("avcd.train", ("NonFiniteLossError",)),
-                        ("avcd.porting.convert", ("ConvertError",)),
-                        ("avcd.porting.weights", ("WeightMappingError",)),
-                        ("data_pipelines.manifests", ("ManifestError",)),
-                        ("data_pipelines.prepare", ("PrepareError",)),
-                        ("data_pipelines.schema", ("SchemaError",))):
+  for module, names in (
+    (
+      "avcd.checkpoints",
+      (
+        "CorruptCheckpointError",
+        "CheckpointMismatchError",
+        "CheckpointSaveError",
+        "ResumeRefusedError",
+      ),
+    ),
+    ("avcd.workdir_lock", ("WorkdirBusyError",)),
+    ("avcd.train", ("NonFiniteLossError",)),
+    ("avcd.porting.convert", ("ConvertError",)),
+    ("avcd.porting.weights", ("WeightMappingError",)),
+    ("data_pipelines.manifests", ("ManifestError",)),
+    ("data_pipelines.prepare", ("PrepareError",)),
+    ("data_pipelines.schema", ("SchemaError",)),
+  ):
     if module in sys.modules:
-      known += [getattr(sys.modules[module], name) for name in names
-                if hasattr(sys.modules[module], name)]
+      known += [
+        getattr(sys.modules[module], name) for name in names if hasattr(sys.modules[module], name)
+      ]
   return FAILURE_EXIT if isinstance(error, tuple(known)) else None
 
 
@@ -193,6 +216,7 @@ def _guarded(main, program: str):
       logging.getLogger("absl").debug("failed", exc_info=True)
       kind = "" if status == USAGE_EXIT else f"{type(e).__name__}: "
       _fail(program, kind + _one_line(e), status)
+
   return run
 
 

@@ -37,8 +37,9 @@ def check(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"the config has no {section!r} section")
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
   for teacher in ("asr", "vsr"):
-    _one_of(config.teachers[teacher].compute_dtype, COMPUTE_DTYPES,
-            f"teachers.{teacher}.compute_dtype")
+    _one_of(
+      config.teachers[teacher].compute_dtype, COMPUTE_DTYPES, f"teachers.{teacher}.compute_dtype"
+    )
 
   loss = config.loss
   _one_of(loss.divergence, tuple(losses.DIVERGENCES), "loss.divergence")
@@ -47,8 +48,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     _at_least(loss[name], 0, f"loss.{name}")
   low, high = loss.sync_roll_frames
   if not 1 <= low <= high:
-    raise ConfigError(f"loss.sync_roll_frames={tuple(loss.sync_roll_frames)}: need 1 <= first "
-                      "<= second")
+    raise ConfigError(
+      f"loss.sync_roll_frames={tuple(loss.sync_roll_frames)}: need 1 <= first <= second"
+    )
 
   data = config.data
   for name in ("max_frames", "train_window", "frame_budget"):
@@ -58,27 +60,34 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.bucket_lengths={tuple(data.bucket_lengths)}: need positive lengths")
   longest = max(data.bucket_lengths)
   if longest < data.max_frames:
-    raise ConfigError(f"data.bucket_lengths: the largest bucket ({longest}) must hold the longest "
-                      f"clips (data.max_frames={data.max_frames}); add a bucket or lower "
-                      "data.max_frames")
+    raise ConfigError(
+      f"data.bucket_lengths: the largest bucket ({longest}) must hold the longest "
+      f"clips (data.max_frames={data.max_frames}); add a bucket or lower "
+      "data.max_frames"
+    )
 
   teachers = config.teachers
   _one_of(teachers.source, frozen.SOURCES, "teachers.source")
   if teachers.cache and teachers.dropout_in_train:
-    raise ConfigError("teachers.cache=True needs teachers.dropout_in_train=False: cached "
-                      "posteriors are deterministic, dropout's are drawn anew every step")
+    raise ConfigError(
+      "teachers.cache=True needs teachers.dropout_in_train=False: cached "
+      "posteriors are deterministic, dropout's are drawn anew every step"
+    )
   if teachers.cache and data.train_window < data.max_frames:
-    raise ConfigError(f"teachers.cache=True needs data.train_window >= data.max_frames "
-                      f"({data.train_window} < {data.max_frames}): the teachers attend over "
-                      "whole clips, so a window's posteriors are not cut from the cached ones")
+    raise ConfigError(
+      f"teachers.cache=True needs data.train_window >= data.max_frames "
+      f"({data.train_window} < {data.max_frames}): the teachers attend over "
+      "whole clips, so a window's posteriors are not cut from the cached ones"
+    )
 
   evaluation = config.eval
   if not evaluation.splits:
     raise ConfigError("eval.splits is empty: name at least one split to evaluate")
   leading = tuple(evaluation.leading_silence)
   if not leading or set(leading) - set(evaluate.LEADING_SILENCE):
-    raise ConfigError(f"eval.leading_silence={leading}: choose from "
-                      f"{tuple(evaluate.LEADING_SILENCE)}")
+    raise ConfigError(
+      f"eval.leading_silence={leading}: choose from {tuple(evaluate.LEADING_SILENCE)}"
+    )
   _at_least(evaluation.every_steps, 0, "eval.every_steps")
   _at_least(evaluation.frame_budget, 1, "eval.frame_budget")
 
@@ -102,11 +111,14 @@ def check_splits(config: ml_collections.ConfigDict) -> None:
   wanted = [("data.train_split", config.data.builder, config.data.train_split)]
   wanted += [("eval.splits", *evaluate.split_source(config, s)) for s in config.eval.splits]
   if config.eval.threshold_split:
-    wanted.append(("eval.threshold_split",
-                   *evaluate.split_source(config, config.eval.threshold_split)))
+    wanted.append(
+      ("eval.threshold_split", *evaluate.split_source(config, config.eval.threshold_split))
+    )
   for field, builder, split in wanted:
     try:
       split_index.open_split(builder, config.data.data_dir, split)
     except Exception as e:  # TFDS raises several types for a missing split or corpus
-      raise ConfigError(f"{field}: split {split!r} of {builder} in {config.data.data_dir} cannot "
-                        f"be opened: {' '.join(str(e).split())[:300]}") from e
+      raise ConfigError(
+        f"{field}: split {split!r} of {builder} in {config.data.data_dir} cannot "
+        f"be opened: {' '.join(str(e).split())[:300]}"
+      ) from e

@@ -13,38 +13,54 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 
-def visual_frontend(stem_channels=64, stage_channels=(64, 128, 256, 512),
-                    input_size=0) -> ConfigDict:
+def visual_frontend(
+  stem_channels=64, stage_channels=(64, 128, 256, 512), input_size=0
+) -> ConfigDict:
   """3D conv (5x7x7) + 4-stage ResNet18 of the reference (shared by student and VSR teacher).
 
   input_size: resize frames to this many pixels square first (0: use them as they come, the
   reference's 112 px faces); lets narrow CPU variants trade resolution for speed.
   """
-  return ConfigDict(dict(stem_channels=stem_channels, stage_channels=stage_channels,
-                         input_size=input_size))
+  return ConfigDict(
+    dict(stem_channels=stem_channels, stage_channels=stage_channels, input_size=input_size)
+  )
 
 
 def student(**overrides) -> ConfigDict:
   """TalkNet-style student with the paper's sizes."""
-  cfg = ConfigDict(dict(
-      compute_dtype="float32",        # 'bfloat16' runs convs and matmuls in bf16, params stay f32.
+  cfg = ConfigDict(
+    dict(
+      compute_dtype="float32",  # 'bfloat16' runs convs and matmuls in bf16, params stay f32.
       embed_dim=128,
       num_heads=8,
       ffn_multiplier=4,
       dropout=0.1,
       audio_frames_per_frame=4,
-      audio=dict(stem_channels=16, stage_blocks=(3, 4, 6, 3), stage_channels=(16, 32, 64, 128),
-                 stage_strides=(1, 2, 2, 1), se_reduction=8),
-      visual=dict(frontend=visual_frontend(), tcn_blocks=5, tcn_kernel=3, proj_channels=256,
-                  proj_kernel=5, embed_dim=128),
-  ))
+      audio=dict(
+        stem_channels=16,
+        stage_blocks=(3, 4, 6, 3),
+        stage_channels=(16, 32, 64, 128),
+        stage_strides=(1, 2, 2, 1),
+        se_reduction=8,
+      ),
+      visual=dict(
+        frontend=visual_frontend(),
+        tcn_blocks=5,
+        tcn_kernel=3,
+        proj_channels=256,
+        proj_kernel=5,
+        embed_dim=128,
+      ),
+    )
+  )
   cfg.update(overrides)
   return cfg
 
 
 def teacher(**overrides) -> ConfigDict:
   """deep_avsr transformer teacher: 6 + 6 post-norm layers, width 512, 8 heads, 40 characters."""
-  cfg = ConfigDict(dict(
+  cfg = ConfigDict(
+    dict(
       compute_dtype="float32",
       width=512,
       num_heads=8,
@@ -54,7 +70,8 @@ def teacher(**overrides) -> ConfigDict:
       dropout=0.1,
       num_classes=40,
       max_len=2500,
-  ))
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -63,18 +80,24 @@ def teachers() -> ConfigDict:
   """Both teachers, where their weights come from and how they run during student training."""
   asr = teacher(input_bins=321, audio_frames_per_frame=4)
   vsr = teacher(
-      use_frontend=True,              # compute lip features from mouth crops when none are stored
-      frontend=visual_frontend(),
-      mouth_box=(0.5, 1.0, 0.2, 0.8),  # top, bottom, left, right of the 112x112 face frame
-      mouth_size=112,
+    use_frontend=True,  # compute lip features from mouth crops when none are stored
+    frontend=visual_frontend(),
+    mouth_box=(0.5, 1.0, 0.2, 0.8),  # top, bottom, left, right of the 112x112 face frame
+    mouth_size=112,
   )
-  return ConfigDict(dict(
+  return ConfigDict(
+    dict(
       asr=asr,
       vsr=vsr,
       # `avcd train-teacher` (and teachers.source='train'): per-frame phoneme cross-entropy on
       # the real clips of data.train_split, both teachers at once.
-      training=dict(num_epochs=20, learning_rate=1e-3, warmup_steps=100, weight_decay=1e-4,
-                    eval_split="validation"),
+      training=dict(
+        num_epochs=20,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        weight_decay=1e-4,
+        eval_split="validation",
+      ),
       # 'checkpoint': load `checkpoint`; 'train': train them into `checkpoint` (default
       # WORKDIR/teachers) first if it holds none; 'random': untrained (tests only).
       source="checkpoint",
@@ -90,11 +113,13 @@ def teachers() -> ConfigDict:
       # Where caches go ('' = teacher_cache/ next to the split's shards); every process must see
       # it. A cache is reused while the teachers, their config and the split stay the same.
       cache_dir="",
-  ))
+    )
+  )
 
 
 def losses() -> ConfigDict:
-  return ConfigDict(dict(
+  return ConfigDict(
+    dict(
       ce_weight=1.0,
       distill_weight=1.0,
       metric_weight=1.0,
@@ -109,58 +134,65 @@ def losses() -> ConfigDict:
       # on real clips whose audio is rolled by sync_roll_frames (either direction); no teachers.
       sync_weight=0.0,
       sync_roll_frames=(3, 10),
-  ))
+    )
+  )
 
 
 def data(*, builder: str, train_split: str, **overrides) -> ConfigDict:
   """Where clips come from and how they are batched."""
-  cfg = ConfigDict(dict(
-      builder=builder,            # a TFDS builder registered by data_pipelines
-      data_dir="",                # TFDS data_dir holding the prepared ArrayRecord shards
+  cfg = ConfigDict(
+    dict(
+      builder=builder,  # a TFDS builder registered by data_pipelines
+      data_dir="",  # TFDS data_dir holding the prepared ArrayRecord shards
       train_split=train_split,
-      train_methods=(),           # restrict training fakes to these methods; () = all
-      train_real_only=False,      # real clips only (teacher training: only there does the mouth
-                                  # say what the audio says)
-      max_frames=1000,            # clips are capped at this many frames (the reference's cap)
-      train_window=1000,          # training reads a random window of at most this many frames
-      frame_budget=2000,          # frames per batch: B = frame_budget // bucket length
+      train_methods=(),  # restrict training fakes to these methods; () = all
+      train_real_only=False,  # real clips only (teacher training: only there does the mouth
+      # say what the audio says)
+      max_frames=1000,  # clips are capped at this many frames (the reference's cap)
+      train_window=1000,  # training reads a random window of at most this many frames
+      frame_budget=2000,  # frames per batch: B = frame_budget // bucket length
       bucket_lengths=(50, 100, 200, 400, 1000),  # static clip lengths XLA compiles for
-      augment=True,               # one of original / flip / crop / rotation per clip
-      trim_leading_silence=False, # drop the silent lead-in that gives FakeAVCeleb fakes away
-      num_workers=0,              # Grain worker processes (0: threads in this process)
+      augment=True,  # one of original / flip / crop / rotation per clip
+      trim_leading_silence=False,  # drop the silent lead-in that gives FakeAVCeleb fakes away
+      num_workers=0,  # Grain worker processes (0: threads in this process)
       prefetch=4,
-      synthetic=None,             # SyntheticSpec fields when builder is 'synthetic_av'
-  ))
+      synthetic=None,  # SyntheticSpec fields when builder is 'synthetic_av'
+    )
+  )
   cfg.update(overrides)
   return cfg
 
 
 def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
-  cfg = ConfigDict(dict(
-      splits=splits,              # evaluated at the end of training and every `every_steps`
-      every_steps=0,              # 0: only at the end
+  cfg = ConfigDict(
+    dict(
+      splits=splits,  # evaluated at the end of training and every `every_steps`
+      every_steps=0,  # 0: only at the end
       frame_budget=4000,
-      threshold_split="",         # choose the decision threshold on this split ('' = 0.5 only)
+      threshold_split="",  # choose the decision threshold on this split ('' = 0.5 only)
       # The leading-silence shortcut (FakeAVCeleb fakes open with a silence that alone gives them
       # away): 'keep' scores whole clips, 'trim' from the first non-silent frame; list both to
       # report results with and without it.
       leading_silence=("keep",),
-  ))
+    )
+  )
   cfg.update(overrides)
   return cfg
 
 
 def training(*, num_epochs: int, **overrides) -> ConfigDict:
-  cfg = ConfigDict(dict(
+  cfg = ConfigDict(
+    dict(
       num_epochs=num_epochs,
       log_every_steps=50,
       checkpoint_every_steps=1000,
-      keep_checkpoints=3,         # latest K
-      keep_best=2,                # plus the best M by `best_metric` on the first evaluation
+      keep_checkpoints=3,  # latest K
+      keep_best=2,  # plus the best M by `best_metric` on the first evaluation
       best_metric="auc",
-      init_from="",               # avcd checkpoint or converted PyTorch weights (see README)
-      on_nonfinite="raise",       # 'raise' stops with the step and clip ids; 'skip' skips the update
-  ))
+      init_from="",  # avcd checkpoint or converted PyTorch weights (see README)
+      on_nonfinite="raise",  # 'raise' stops with the step and clip ids; 'skip' skips the update
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -172,14 +204,18 @@ def mesh() -> ConfigDict:
 
 def optimizer(**overrides) -> ConfigDict:
   """The reference's train.py: Adam 1e-5, StepLR x0.95 after every epoch, no clipping."""
-  cfg = ConfigDict(dict(
+  cfg = ConfigDict(
+    dict(
       learning_rate=1e-5,
-      warmup_steps=0,         # linear warmup from 0 (the reference has none)
+      warmup_steps=0,  # linear warmup from 0 (the reference has none)
       decay_per_epoch=0.95,
-      b1=0.9, b2=0.999, eps=1e-8,
-      clip_grad_norm=0.0,     # 0 disables clipping
-      grad_accum_steps=1,     # micro-batches per optimizer step (their gradients are averaged)
-  ))
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      clip_grad_norm=0.0,  # 0 disables clipping
+      grad_accum_steps=1,  # micro-batches per optimizer step (their gradients are averaged)
+    )
+  )
   cfg.update(overrides)
   return cfg
 
@@ -198,6 +234,7 @@ def sibling(config_file: str, name: str, argument: str | None = None) -> ConfigD
 # The command line uses ml_collections' DEFINE_config_file (lock_config=True); load_config does
 # the same for code: import the file, call get_config(arg), lock it, apply dotted overrides. A
 # misspelled override raises an error naming the field.
+
 
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """`path` may carry an argument for get_config after a colon, as on the command line."""
@@ -221,7 +258,7 @@ def set_field(config: ml_collections.ConfigDict, dotted_name: str, value) -> Non
   node = config
   for i, part in enumerate(parents):
     if part not in node:
-      raise AttributeError(f"config has no field {'.'.join(parents[:i + 1])!r}")
+      raise AttributeError(f"config has no field {'.'.join(parents[: i + 1])!r}")
     node = node[part]
   if leaf not in node:
     raise AttributeError(f"config has no field {dotted_name!r}")

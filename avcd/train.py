@@ -35,8 +35,7 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
   """Resume from step `latest` of the workdir, else start from train.init_from, else anew."""
   if latest is not None:
     logging.info("resuming from %s step %d", checkpointer.directory, latest)
-    return checkpointer.restore(latest, step.state, data_iterator=train_iter,
-                                expected=config.model)
+    return checkpointer.restore(latest, step.state, data_iterator=train_iter, expected=config.model)
   state = step.init_state()
   if config.train.init_from:
     student = ts.restore_student(config.train.init_from, config=config, mesh=step.mesh)
@@ -47,8 +46,9 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
 
 def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[str]:
   """The ids of a batch's clips (filler rows dropped), for error messages."""
-  index = split_index.load_index(split_index.open_split(config.data.builder, config.data.data_dir,
-                                                        config.data.train_split))
+  index = split_index.load_index(
+    split_index.open_split(config.data.builder, config.data.data_dir, config.data.train_split)
+  )
   return sorted({str(i) for i in index.clips(records[records >= 0])["id"]})
 
 
@@ -61,8 +61,9 @@ def _frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, m
   return frozen.load(config, workdir, mesh)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       start_over: bool = False) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, start_over: bool = False
+) -> dict:
   """Trains the student on `config`, evaluates it, and returns the final evaluation metrics
   ({} when preemption stopped it after a checkpoint).
 
@@ -77,22 +78,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return _train_and_evaluate(config, workdir, cleanup, start_over)
 
 
-def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitStack,
-                        start_over: bool) -> dict:
+def _train_and_evaluate(
+  config, workdir: pathlib.Path, cleanup: contextlib.ExitStack, start_over: bool
+) -> dict:
   start_time = time.perf_counter()
 
   # ---- Checkpoints: what to resume from, before any other work ---------------------------------
   checkpointer = checkpoints.TrainCheckpointer(
-      workdir / "checkpoints", keep_latest=config.train.keep_checkpoints,
-      keep_best=config.train.keep_best, best_metric=config.train.best_metric,
-      best_mode="min" if config.train.best_metric in metrics.LOWER_IS_BETTER else "max")
+    workdir / "checkpoints",
+    keep_latest=config.train.keep_checkpoints,
+    keep_best=config.train.keep_best,
+    best_metric=config.train.best_metric,
+    best_mode="min" if config.train.best_metric in metrics.LOWER_IS_BETTER else "max",
+  )
   cleanup.callback(checkpointer.close)
   resume_step = checkpointer.restorable_step(start_over=start_over)
 
   # ---- Devices, data and logging ---------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
-  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-               jax.process_count())
+  logging.info(
+    "mesh %s over %d devices (%d processes)",
+    dict(mesh.shape),
+    jax.device_count(),
+    jax.process_count(),
+  )
   config = corpus_setup.prepare_corpus(config, workdir)  # the config as run: its data resolved
   config_checks.check_splits(config)
   writer = cleanup.enter_context(contextlib.closing(writers.MetricWriters(workdir)))
@@ -100,8 +109,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
-  steps_per_epoch = loader.steps_per_epoch(config.data, process_count=jax.process_count(),
-                                           batch_multiple=batch_multiple)
+  steps_per_epoch = loader.steps_per_epoch(
+    config.data, process_count=jax.process_count(), batch_multiple=batch_multiple
+  )
   total_steps = steps_per_epoch * config.train.num_epochs
   logging.info("%d steps per epoch, %d steps", steps_per_epoch, total_steps)
 
@@ -110,16 +120,20 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
   teacher_posteriors = None
   if config.teachers.cache:
     # The batches then carry the teachers' posteriors: the step neither runs nor holds teachers.
-    teacher_posteriors = teacher_cache.build_or_reuse(config, workdir, mesh, teachers_graphdef,
-                                                      teachers_state)
+    teacher_posteriors = teacher_cache.build_or_reuse(
+      config, workdir, mesh, teachers_graphdef, teachers_state
+    )
     teachers_state = None
 
   # ---- Training batches ------------------------------------------------------------------------
-  train_data = loader.train_dataset(config.data, seed=config.seed,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    batch_multiple=batch_multiple,
-                                    teacher_posteriors=teacher_posteriors)
+  train_data = loader.train_dataset(
+    config.data,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    batch_multiple=batch_multiple,
+    teacher_posteriors=teacher_posteriors,
+  )
   train_iter = iter(train_data)
 
   # ---- Train step and state -------------------------------------------------------------------
@@ -133,15 +147,29 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
 
   def run_evaluation(at_step: int) -> dict:
     """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""
-    results = evaluate.evaluate_splits(predict_fn, state.params, state.batch_stats, config, mesh,
-                                       workdir)
-    scalars = {f"{split}/{k}": v for split, m in results.items() for k, v in m.items()
-               if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None}
-    scalars.update({f"{split}/auc/{method}": v["auc"] for split, m in results.items()
-                    for method, v in m.get("per_method", {}).items() if v.get("auc") is not None})
+    results = evaluate.evaluate_splits(
+      predict_fn, state.params, state.batch_stats, config, mesh, workdir
+    )
+    scalars = {
+      f"{split}/{k}": v
+      for split, m in results.items()
+      for k, v in m.items()
+      if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None
+    }
+    scalars.update(
+      {
+        f"{split}/auc/{method}": v["auc"]
+        for split, m in results.items()
+        for method, v in m.get("per_method", {}).items()
+        if v.get("auc") is not None
+      }
+    )
     writer.write_scalars(at_step, scalars)
-    logging.info("step %d evaluation: %s", at_step,
-                 {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1})
+    logging.info(
+      "step %d evaluation: %s",
+      at_step,
+      {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1},
+    )
     return results
 
   def checkpoint_metrics(results: dict) -> dict:
@@ -149,8 +177,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
     return {config.train.best_metric: value}
 
   # ---- Training loop ---------------------------------------------------------------------------
-  pending = None       # the previous step's (step, metrics, records), checked one step late
-  interval = []        # host metrics since the last log line
+  pending = None  # the previous step's (step, metrics, records), checked one step late
+  interval = []  # host metrics since the last log line
   interval_flops = 0.0
   interval_start = loop_start = time.perf_counter()
 
@@ -161,13 +189,18 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
       checkpointer.wait()  # the last good checkpoint may still be being written
       last_good = checkpointer.latest_step()
       raise NonFiniteLossError(
-          f"non-finite loss {step_metrics['loss']} at step {step_number}; clips of split "
-          f"{config.data.train_split!r} in this process's batch: {_clip_ids(config, records)}; "
-          f"last good checkpoint: "
-          f"{checkpointer.directory / str(last_good) if last_good is not None else 'none'}")
+        f"non-finite loss {step_metrics['loss']} at step {step_number}; clips of split "
+        f"{config.data.train_split!r} in this process's batch: {_clip_ids(config, records)}; "
+        f"last good checkpoint: "
+        f"{checkpointer.directory / str(last_good) if last_good is not None else 'none'}"
+      )
     if not step_metrics["finite"]:
-      logging.warning("non-finite loss %s at step %d: update skipped (train.on_nonfinite='skip'; "
-                      "counted as skipped_steps)", step_metrics["loss"], step_number)
+      logging.warning(
+        "non-finite loss %s at step %d: update skipped (train.on_nonfinite='skip'; "
+        "counted as skipped_steps)",
+        step_metrics["loss"],
+        step_number,
+      )
     interval.append(step_metrics)
 
   compiled_before = 0.0  # update_fn.compile_seconds at the start of the interval
@@ -178,28 +211,47 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
     elapsed = max(now - interval_start - (update_fn.compile_seconds - compiled_before), 1e-9)
     compiled_before = update_fn.compile_seconds
     frames = sum(m["frames"] for m in interval)
-    summary = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]
-               if k not in ("finite", "frames")}
+    summary = {
+      k: float(np.mean([m[k] for m in interval]))
+      for k in interval[0]
+      if k not in ("finite", "frames")
+    }
     steps_per_second = len(interval) / elapsed
     summary.update(
-        steps_per_second=steps_per_second, frames_per_second=frames / elapsed,
-        frames_per_second_per_device=frames / elapsed / jax.device_count(),
-        flops_per_second=interval_flops / elapsed,
-        learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step_number)),
-        skipped_steps=float(state.skipped_steps), epoch=step_number / steps_per_epoch)
+      steps_per_second=steps_per_second,
+      frames_per_second=frames / elapsed,
+      frames_per_second_per_device=frames / elapsed / jax.device_count(),
+      flops_per_second=interval_flops / elapsed,
+      learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step_number)),
+      skipped_steps=float(state.skipped_steps),
+      epoch=step_number / steps_per_epoch,
+    )
     mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), peak_flops)
     if mfu is not None:
       summary["mfu"] = mfu
     writer.write_scalars(step_number, summary)
     remaining = (total_steps - step_number) / max(steps_per_second, 1e-9)
-    weights = dict(ce=config.loss.ce_weight, bce=config.loss.distill_weight,
-                   metric=config.loss.metric_weight, sync=config.loss.sync_weight)
-    losses = " ".join(f"{name} {summary['loss_' + name]:.4f}" for name, weight in weights.items()
-                      if weight)
-    logging.info("step %d/%d loss %.4f (%s) | epoch %.1f | %.2f steps/s %.0f frames/s | "
-                 "elapsed %s, ETA %s", step_number, total_steps, summary["loss"], losses,
-                 summary["epoch"], steps_per_second, summary["frames_per_second"],
-                 _duration(now - loop_start), _duration(remaining))
+    weights = dict(
+      ce=config.loss.ce_weight,
+      bce=config.loss.distill_weight,
+      metric=config.loss.metric_weight,
+      sync=config.loss.sync_weight,
+    )
+    losses = " ".join(
+      f"{name} {summary['loss_' + name]:.4f}" for name, weight in weights.items() if weight
+    )
+    logging.info(
+      "step %d/%d loss %.4f (%s) | epoch %.1f | %.2f steps/s %.0f frames/s | elapsed %s, ETA %s",
+      step_number,
+      total_steps,
+      summary["loss"],
+      losses,
+      summary["epoch"],
+      steps_per_second,
+      summary["frames_per_second"],
+      _duration(now - loop_start),
+      _duration(remaining),
+    )
     interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
 
   watcher = preemption.PreemptionWatcher()
@@ -207,8 +259,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
 
   for step_number in range(first_step + 1, total_steps + 1):
     batch = next(train_iter)
-    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS},
-                                   mesh)
+    inputs = sharding.global_batch(
+      {k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, mesh
+    )
     interval_flops += step_flops(state, inputs, teachers_state)
     state, step_metrics = update_fn(state, inputs, teachers_state)
     checkpointer.raise_if_failed()  # a failed background save stops the run at once
@@ -224,8 +277,12 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
 
     preempted = watcher.stop_requested(step_number)
     results = None
-    if (config.eval.every_steps and step_number % config.eval.every_steps == 0 and not preempted
-        and not last):
+    if (
+      config.eval.every_steps
+      and step_number % config.eval.every_steps == 0
+      and not preempted
+      and not last
+    ):
       # Evaluated before it is saved, so that the save carries the metrics that rank it among the
       # best checkpoints; a crash here costs at most the steps since the last checkpoint.
       results = run_evaluation(step_number)
@@ -233,13 +290,21 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
       if pending is not None:
         check(pending)  # a step is checkpointed only once its loss is known to be finite
         pending = None
-      checkpointer.save(step_number, state, data_iterator=train_iter, config=config,
-                        metrics=checkpoint_metrics(results) if results else None,
-                        force=preempted or last)
+      checkpointer.save(
+        step_number,
+        state,
+        data_iterator=train_iter,
+        config=config,
+        metrics=checkpoint_metrics(results) if results else None,
+        force=preempted or last,
+      )
     if preempted:
       checkpointer.wait()
-      logging.warning("preempted: saved step %d in %s and stopped; the next start resumes there",
-                      step_number, checkpointer.directory)
+      logging.warning(
+        "preempted: saved step %d in %s and stopped; the next start resumes there",
+        step_number,
+        checkpointer.directory,
+      )
       return {}
 
   # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
@@ -247,8 +312,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path, cleanup: contextlib.ExitS
     checkpointer.save(total_steps, state, data_iterator=train_iter, config=config, force=True)
   checkpointer.wait()
   results = run_evaluation(total_steps)
-  logging.info("done in %s: reports in %s", _duration(time.perf_counter() - start_time),
-               workdir / "eval")
+  logging.info(
+    "done in %s: reports in %s", _duration(time.perf_counter() - start_time), workdir / "eval"
+  )
   multihost_utils.sync_global_devices("avcd train done")
   return results
 

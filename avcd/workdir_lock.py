@@ -83,10 +83,11 @@ class WorkdirLock:
   def _busy(self, holder: dict, reason: str) -> WorkdirBusyError:
     since = holder.get("started", "?")
     return WorkdirBusyError(
-        f"{self.path.parent} is in use by another {holder.get('what', 'avcd job')} (host "
-        f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {since}; {reason}). Use "
-        f"another workdir, or wait for it to end; a lock whose job died is released by itself "
-        f"(at once on this machine, within {STALE_S:.0f} s elsewhere).")
+      f"{self.path.parent} is in use by another {holder.get('what', 'avcd job')} (host "
+      f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {since}; {reason}). Use "
+      f"another workdir, or wait for it to end; a lock whose job died is released by itself "
+      f"(at once on this machine, within {STALE_S:.0f} s elsewhere)."
+    )
 
   def _acquire(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,14 +109,21 @@ class WorkdirLock:
       if not same_host and age < STALE_S:
         self._leave()
         raise self._busy(holder, f"its heartbeat is {age:.0f} s old")
-      logging.warning("taking over %s: its job (host %s, pid %s) is gone", self.path,
-                      holder.get("host"), holder.get("pid"))
-    self._info = dict(what=self._what, host=socket.gethostname(), pid=os.getpid(),
-                      started=datetime.datetime.now().isoformat(timespec="seconds"),
-                      token=os.urandom(8).hex())
+      logging.warning(
+        "taking over %s: its job (host %s, pid %s) is gone",
+        self.path,
+        holder.get("host"),
+        holder.get("pid"),
+      )
+    self._info = dict(
+      what=self._what,
+      host=socket.gethostname(),
+      pid=os.getpid(),
+      started=datetime.datetime.now().isoformat(timespec="seconds"),
+      token=os.urandom(8).hex(),
+    )
     self._beat()
-    self._thread = threading.Thread(target=self._heartbeats, name="avcd-workdir-lock",
-                                    daemon=True)
+    self._thread = threading.Thread(target=self._heartbeats, name="avcd-workdir-lock", daemon=True)
     self._thread.start()
 
   def _beat(self) -> None:

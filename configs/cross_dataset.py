@@ -15,14 +15,25 @@ the paper reports these for Wav2Lip, MakeItTalk, Audio2Head and VideoReTalk, wit
 
 from avcd import config_lib
 
-CMDFD_SPLITS = ("wav2lip", "makeittalk", "audio2head", "videoretalk", "wav2lip_self",
-                "makeittalk_self", "audio2head_self", "videoretalk_self")
+CMDFD_SPLITS = (
+  "wav2lip",
+  "makeittalk",
+  "audio2head",
+  "videoretalk",
+  "wav2lip_self",
+  "makeittalk_self",
+  "audio2head_self",
+  "videoretalk_self",
+)
 
 
 def get_config():
   config = config_lib.sibling(__file__, "default.py")  # the paper's setup, plus:
   config.teachers.vsr.use_frontend = False  # the authors' lip features are stored in the shards
-  config.eval.update(splits=("test", *(f"cmdfd:{split}" for split in CMDFD_SPLITS)),
-                     threshold_split="test", every_steps=5000)
+  config.eval.update(
+    splits=("test", *(f"cmdfd:{split}" for split in CMDFD_SPLITS)),
+    threshold_split="test",
+    every_steps=5000,
+  )
   config.train.checkpoint_every_steps = 5000
   return config

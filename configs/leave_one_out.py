@@ -20,7 +20,7 @@ from avcd import config_lib
 
 # Fake methods of each corpus (data_pipelines/manifests.py derives them).
 METHODS = {
-    "fakeavceleb": ("faceswap", "fsgan", "wav2lip", "rtvc", "faceswap_wav2lip", "fsgan_wav2lip"),
+  "fakeavceleb": ("faceswap", "fsgan", "wav2lip", "rtvc", "faceswap_wav2lip", "fsgan_wav2lip"),
 }
 TEST_SPLIT = {"fakeavceleb": "test"}
 
@@ -28,12 +28,15 @@ TEST_SPLIT = {"fakeavceleb": "test"}
 def get_config(corpus_and_method: str = "fakeavceleb/wav2lip"):
   corpus, _, held_out = corpus_and_method.partition("/")
   if corpus not in METHODS or held_out not in METHODS[corpus]:
-    raise ValueError(f"unknown CORPUS/METHOD {corpus_and_method!r}; choose a corpus from "
-                     f"{sorted(METHODS)} and one of its methods {METHODS.get(corpus)}")
+    raise ValueError(
+      f"unknown CORPUS/METHOD {corpus_and_method!r}; choose a corpus from "
+      f"{sorted(METHODS)} and one of its methods {METHODS.get(corpus)}"
+    )
   config = config_lib.sibling(__file__, "default.py")  # the paper's setup, plus:
   config.teachers.vsr.use_frontend = False  # the authors' lip features are stored in the shards
-  config.data.update(builder=corpus,
-                     train_methods=tuple(m for m in METHODS[corpus] if m != held_out))
+  config.data.update(
+    builder=corpus, train_methods=tuple(m for m in METHODS[corpus] if m != held_out)
+  )
   config.eval.update(splits=(TEST_SPLIT[corpus],), every_steps=5000)
   config.train.checkpoint_every_steps = 5000
   return config

@@ -3,7 +3,8 @@ r"""The built-in demo: teachers and a narrow student trained on the synthetic co
   avcd train --config=configs/synthetic.py --workdir=runs/synthetic
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
-claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets the
+claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets
+the
 corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus: lip-sync
 generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100 speakers,
 2800 test clips.
@@ -33,44 +34,84 @@ def get_config(variant: str = "demo"):
 
   # Narrow variants of the paper's networks (same code, fewer channels and layers).
   config.model = config_lib.student(
-      embed_dim=32, num_heads=4,
-      audio=dict(stem_channels=8, stage_blocks=(1, 1, 1, 1), stage_channels=(8, 16, 32, 32),
-                 stage_strides=(1, 2, 2, 1), se_reduction=4),
-      visual=dict(frontend=config_lib.visual_frontend(8, (8, 16, 32, 64), input_size=56),
-                  tcn_blocks=2,
-                  tcn_kernel=3, proj_channels=64, proj_kernel=5, embed_dim=32))
+    embed_dim=32,
+    num_heads=4,
+    audio=dict(
+      stem_channels=8,
+      stage_blocks=(1, 1, 1, 1),
+      stage_channels=(8, 16, 32, 32),
+      stage_strides=(1, 2, 2, 1),
+      se_reduction=4,
+    ),
+    visual=dict(
+      frontend=config_lib.visual_frontend(8, (8, 16, 32, 64), input_size=56),
+      tcn_blocks=2,
+      tcn_kernel=3,
+      proj_channels=64,
+      proj_kernel=5,
+      embed_dim=32,
+    ),
+  )
   config.teachers = config_lib.teachers()
   config.teachers.source = "train"
   for teacher in (config.teachers.asr, config.teachers.vsr):
-    teacher.update(width=64, num_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2,
-                   num_classes=phonemes.NUM_PHONEMES, max_len=256)
+    teacher.update(
+      width=64,
+      num_heads=4,
+      ffn_dim=128,
+      encoder_layers=2,
+      decoder_layers=2,
+      num_classes=phonemes.NUM_PHONEMES,
+      max_len=256,
+    )
   config.teachers.vsr.frontend = config_lib.visual_frontend(8, (8, 16, 32, 64))
   config.teachers.vsr.mouth_size = 32
   config.teachers.training.update(num_epochs=8, learning_rate=2e-3, warmup_steps=100)
   config.loss = config_lib.losses()
 
   config.data = config_lib.data(
-      builder="synthetic_av", train_split="train", max_frames=75, train_window=50,
-      # Small batches: the student's content features emerge after ~1000 updates, so on a CPU
-      # budget many small steps beat few large ones (4 clips a step here).
-      frame_budget=200, bucket_lengths=(50, 75),
-      synthetic=dict(seed=0, train_clips=960, validation_clips=60, test_clips=160, min_frames=50,
-                     max_frames=75, num_speakers=64))
+    builder="synthetic_av",
+    train_split="train",
+    max_frames=75,
+    train_window=50,
+    # Small batches: the student's content features emerge after ~1000 updates, so on a CPU
+    # budget many small steps beat few large ones (4 clips a step here).
+    frame_budget=200,
+    bucket_lengths=(50, 75),
+    synthetic=dict(
+      seed=0,
+      train_clips=960,
+      validation_clips=60,
+      test_clips=160,
+      min_frames=50,
+      max_frames=75,
+      num_speakers=64,
+    ),
+  )
   config.eval = config_lib.evaluation(splits=("test",), frame_budget=1500)
 
   config.optim = config_lib.optimizer(learning_rate=1e-3)
-  config.train = config_lib.training(num_epochs=8, log_every_steps=120,
-                                     checkpoint_every_steps=480)
+  config.train = config_lib.training(num_epochs=8, log_every_steps=120, checkpoint_every_steps=480)
   config.mesh = config_lib.mesh()
 
   if variant == "generalisation":
-    # The claim study (docs/generalisation.md, `python -m avcd.commands.generalisation`): version 2 of the
+    # The claim study (docs/generalisation.md, `python -m avcd.commands.generalisation`): version 2
+    # of the
     # corpus, whose lip-sync generators differ from real clips in content only (plus each
     # generator's own trace); ls_a trains, ls_b and ls_c are held out, ls_a_clean is ls_a without
     # its trace. About 100 speakers; the test split holds 200 clips of every method.
     config.data.synthetic = dict(
-        seed=0, version=2, methods=generator.METHODS_V2, held_out=HELD_OUT_V2, num_speakers=100,
-        train_clips=2400, validation_clips=480, test_clips=2800, min_frames=50, max_frames=75)
+      seed=0,
+      version=2,
+      methods=generator.METHODS_V2,
+      held_out=HELD_OUT_V2,
+      num_speakers=100,
+      train_clips=2400,
+      validation_clips=480,
+      test_clips=2800,
+      min_frames=50,
+      max_frames=75,
+    )
     # Whole clips (the teacher cache needs them), in two length buckets.
     config.data.update(train_window=75, bucket_lengths=(60, 75))
     config.teachers.cache = True

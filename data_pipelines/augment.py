@@ -21,8 +21,13 @@ KINDS = ("original", "flip", "crop", "rotate")
 ORIGINAL, FLIP, CROP, ROTATE = range(len(KINDS))
 MAX_ROTATION_DEGREES = 15.0
 MIN_CROP_FRACTION = 0.7
-PARAM_DTYPES = {"kind": np.int32, "angle": np.float32, "crop_x": np.int32, "crop_y": np.int32,
-                "crop_side": np.int32}
+PARAM_DTYPES = {
+  "kind": np.int32,
+  "angle": np.float32,
+  "crop_x": np.int32,
+  "crop_y": np.int32,
+  "crop_side": np.int32,
+}
 
 
 def identity_params(size: int) -> dict[str, np.ndarray]:
@@ -55,8 +60,9 @@ def sample_params(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
 
 def _source_coordinates(params: dict, height: int, width: int):
   """(B, H, W) source x and y of every output pixel, and the (B,) box they are clamped to."""
-  v, u = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                      jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  v, u = jnp.meshgrid(
+    jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+  )
   u, v = u[None], v[None]
   kind = params["kind"][:, None, None]
 
@@ -76,11 +82,14 @@ def _source_coordinates(params: dict, height: int, width: int):
   resize_x = crop_x + (u + 0.5) * side / width - 0.5
   resize_y = crop_y + (v + 0.5) * side / height - 0.5
 
-  source_x = jnp.select([kind == FLIP, kind == CROP, kind == ROTATE],
-                        [jnp.broadcast_to(width - 1 - u, rotate_x.shape), resize_x, rotate_x],
-                        jnp.broadcast_to(u, rotate_x.shape))
-  source_y = jnp.select([kind == CROP, kind == ROTATE], [resize_y, rotate_y],
-                        jnp.broadcast_to(v, rotate_y.shape))
+  source_x = jnp.select(
+    [kind == FLIP, kind == CROP, kind == ROTATE],
+    [jnp.broadcast_to(width - 1 - u, rotate_x.shape), resize_x, rotate_x],
+    jnp.broadcast_to(u, rotate_x.shape),
+  )
+  source_y = jnp.select(
+    [kind == CROP, kind == ROTATE], [resize_y, rotate_y], jnp.broadcast_to(v, rotate_y.shape)
+  )
   # Only a crop clamps (to its own pixels); other kinds sample zeros outside the image.
   is_crop = params["kind"] == CROP
   low_x = jnp.where(is_crop, crop_x[:, 0, 0], -jnp.inf)
@@ -111,8 +120,12 @@ def apply(faces: jax.Array, params: dict) -> jax.Array:
     values = jnp.take_along_axis(pixels, flat, axis=2)
     return values * jnp.where(inside, weight, 0.0).reshape(batch, 1, -1)
 
-  warped = (tap(x0, y0, (1 - fx) * (1 - fy)) + tap(x0 + 1, y0, fx * (1 - fy))
-            + tap(x0, y0 + 1, (1 - fx) * fy) + tap(x0 + 1, y0 + 1, fx * fy))
+  warped = (
+    tap(x0, y0, (1 - fx) * (1 - fy))
+    + tap(x0 + 1, y0, fx * (1 - fy))
+    + tap(x0, y0 + 1, (1 - fx) * fy)
+    + tap(x0 + 1, y0 + 1, fx * fy)
+  )
   warped = warped.reshape(faces.shape)
   if faces.dtype == jnp.uint8:
     return jnp.clip(jnp.round(warped), 0, 255).astype(jnp.uint8)

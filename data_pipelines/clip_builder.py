@@ -19,6 +19,6 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=schema.tfds_features(),
-        description=self.__doc__,
+      features=schema.tfds_features(),
+      description=self.__doc__,
     )

@@ -45,13 +45,13 @@ def lips_path_next_to_video(row: manifests.ManifestRow) -> pathlib.Path:
 
 
 def extract_clip(
-    row: manifests.ManifestRow,
-    *,
-    luma: str = "bt601",
-    compute_lips: Callable[[np.ndarray], np.ndarray] | None = None,
-    max_frames: int | None = None,
-    lips_path: Callable[[manifests.ManifestRow], pathlib.Path] = lips_path_next_to_video,
-    max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S,
+  row: manifests.ManifestRow,
+  *,
+  luma: str = "bt601",
+  compute_lips: Callable[[np.ndarray], np.ndarray] | None = None,
+  max_frames: int | None = None,
+  lips_path: Callable[[manifests.ManifestRow], pathlib.Path] = lips_path_next_to_video,
+  max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S,
 ) -> dict:
   """Decodes and featurises one clip into a validated schema example.
 
@@ -102,18 +102,28 @@ def extract_clip(
     if lip_file.is_file():
       lip_features = lips.load_lips(lip_file, row.num_frames)[frames]
     elif compute_lips is not None:
-      lip_features = lips.check_lips(compute_lips(face_frames), num_frames,
-                                     f"lips computed for {row.video_path}")
+      lip_features = lips.check_lips(
+        compute_lips(face_frames), num_frames, f"lips computed for {row.video_path}"
+      )
   except lips.LipsError as e:
     raise ClipRejected(str(e)) from e
 
-  return schema.validate_example({
-      "id": row.id, "dataset": row.dataset, "method": row.method, "category": row.category,
+  return schema.validate_example(
+    {
+      "id": row.id,
+      "dataset": row.dataset,
+      "method": row.method,
+      "category": row.category,
       **{field: getattr(row, field) for field in schema.LABEL_FIELDS},
-      "fps": schema.FPS, "num_frames": num_frames,
-      "mfcc": mfcc, "stft": stft, "faces": face_frames, "lips": lip_features,
+      "fps": schema.FPS,
+      "num_frames": num_frames,
+      "mfcc": mfcc,
+      "stft": stft,
+      "faces": face_frames,
+      "lips": lip_features,
       "phonemes": np.full(num_frames, schema.UNKNOWN_PHONEME, np.int32),
-  })
+    }
+  )
 
 
 def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndarray:
@@ -125,9 +135,14 @@ def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndar
   return np.minimum(np.floor(np.arange(count) * ratio + 1e-6).astype(int), num_source_frames - 1)
 
 
-def audio_problems(samples: np.ndarray, sample_rate: int, video_seconds: float,
-                   max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S, *,
-                   video_name: str = "the video") -> list[str]:
+def audio_problems(
+  samples: np.ndarray,
+  sample_rate: int,
+  video_seconds: float,
+  max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S,
+  *,
+  video_name: str = "the video",
+) -> list[str]:
   """Why decoded audio cannot serve as a clip's audio (empty when it can), most serious first:
   non-finite samples, shorter than one 40 ms window, silent, or a duration that differs from the
   video's by more than max_av_mismatch_s. `avcd prepare` rejects such clips; `avcd predict`
@@ -135,28 +150,34 @@ def audio_problems(samples: np.ndarray, sample_rate: int, video_seconds: float,
   if not np.all(np.isfinite(samples)):
     return ["audio holds non-finite samples"]
   if samples.size < _MIN_SAMPLES:
-    return [f"audio too short ({samples.size} samples at {sample_rate} Hz, one 40 ms window is "
-            f"{_MIN_SAMPLES})"]
+    return [
+      f"audio too short ({samples.size} samples at {sample_rate} Hz, one 40 ms window is "
+      f"{_MIN_SAMPLES})"
+    ]
   problems = []
   if np.max(np.abs(samples)) < SILENCE_PEAK:
     problems.append("audio is silent")
   audio_seconds = samples.size / sample_rate
   if abs(audio_seconds - video_seconds) > max_av_mismatch_s:
-    problems.append(f"audio lasts {audio_seconds:.2f} s, {video_name} {video_seconds:.2f} s "
-                    f"(tolerance {max_av_mismatch_s} s)")
+    problems.append(
+      f"audio lasts {audio_seconds:.2f} s, {video_name} {video_seconds:.2f} s "
+      f"(tolerance {max_av_mismatch_s} s)"
+    )
   return problems
 
 
-def _load_usable_audio(row: manifests.ManifestRow, video_seconds: float,
-                       max_av_mismatch_s: float) -> np.ndarray:
+def _load_usable_audio(
+  row: manifests.ManifestRow, video_seconds: float, max_av_mismatch_s: float
+) -> np.ndarray:
   """The clip's 16 kHz samples, or ClipRejected when they cannot serve as its audio."""
   source = row.audio_path or row.video_path
   try:
     samples, sample_rate = audio.load_audio(source)
   except (FileNotFoundError, audio.AudioError) as e:
     raise ClipRejected(str(e)) from e
-  problems = audio_problems(samples, sample_rate, video_seconds, max_av_mismatch_s,
-                            video_name=f"the video {row.video_path}")
+  problems = audio_problems(
+    samples, sample_rate, video_seconds, max_av_mismatch_s, video_name=f"the video {row.video_path}"
+  )
   if problems:
     raise ClipRejected(f"{source}: {problems[0]}")
   return samples

@@ -16,8 +16,9 @@ from jax.experimental import multihost_utils
 SYNTHETIC = "synthetic_av"
 
 
-def prepare_corpus(config: ml_collections.ConfigDict,
-                   workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def prepare_corpus(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> ml_collections.ConfigDict:
   """A locked copy of `config` whose data section names a prepared corpus.
 
   `data.data_dir` defaults to WORKDIR/data; a synthetic corpus is generated there when absent
@@ -29,9 +30,11 @@ def prepare_corpus(config: ml_collections.ConfigDict,
     data.data_dir = str(pathlib.Path(workdir) / "data")
   if data.builder.split("/")[0] == SYNTHETIC:
     from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
+
     if data.synthetic is None:
-      raise ValueError("data.builder='synthetic_av' needs data.synthetic (a SyntheticSpec's "
-                       "fields)")
+      raise ValueError(
+        "data.builder='synthetic_av' needs data.synthetic (a SyntheticSpec's fields)"
+      )
     spec = generator.SyntheticSpec(**data.synthetic.to_dict())
     if jax.process_index() == 0:
       logging.info("preparing the synthetic corpus in %s", data.data_dir)

@@ -61,6 +61,7 @@ class _Plan:
 
   `rows` maps field names to (total rows,) arrays; 'augment' to a dict of such arrays.
   """
+
   lengths: np.ndarray
   offsets: np.ndarray
   rows: dict
@@ -89,15 +90,17 @@ def _take(tree: dict, selection) -> dict:
   return {k: _take(v, selection) if isinstance(v, dict) else v[selection] for k, v in tree.items()}
 
 
-def clip_spans(data_cfg: ml_collections.ConfigDict,
-               index: split_index.SplitIndex) -> tuple[np.ndarray, np.ndarray]:
+def clip_spans(
+  data_cfg: ml_collections.ConfigDict, index: split_index.SplitIndex
+) -> tuple[np.ndarray, np.ndarray]:
   """Per record of the split, what the pipelines call the clip: (first frame, usable frames).
 
   The first frame follows the dropped silent lead-in (`data.trim_leading_silence`); the usable
   frames run from it, capped at `data.max_frames`. Both int32.
   """
-  first = (index.leading_silence if data_cfg.trim_leading_silence
-           else np.zeros_like(index.num_frames))
+  first = (
+    index.leading_silence if data_cfg.trim_leading_silence else np.zeros_like(index.num_frames)
+  )
   usable = np.minimum(index.num_frames - first, data_cfg.max_frames)
   return first.astype(np.int32), usable.astype(np.int32)
 
@@ -105,10 +108,11 @@ def clip_spans(data_cfg: ml_collections.ConfigDict,
 @dataclasses.dataclass(frozen=True)
 class _Clips:
   """The clips a pipeline reads: per record of the split, which frames (first, usable length)."""
+
   index: split_index.SplitIndex
-  records: np.ndarray      # the records the pipeline uses (int64)
-  first: np.ndarray        # per split record: first frame after the dropped silent lead-in
-  usable: np.ndarray       # per split record: frames from `first` on, capped at max_frames
+  records: np.ndarray  # the records the pipeline uses (int64)
+  first: np.ndarray  # per split record: first frame after the dropped silent lead-in
+  usable: np.ndarray  # per split record: frames from `first` on, capped at max_frames
 
   @classmethod
   def select(cls, index: split_index.SplitIndex, data_cfg, records: np.ndarray) -> "_Clips":
@@ -119,9 +123,11 @@ def _bucket_positions(lengths: np.ndarray, bucket_lengths: np.ndarray, what: str
   """Position in `bucket_lengths` (ascending) of the smallest bucket holding each length."""
   positions = np.searchsorted(bucket_lengths, lengths, side="left")
   if len(lengths) and positions.max() == len(bucket_lengths):
-    raise ValueError(f"{what} reach {lengths.max()} frames but the largest bucket is "
-                     f"{bucket_lengths[-1]}: add a bucket length >= {lengths.max()} "
-                     "or lower data.max_frames / data.train_window")
+    raise ValueError(
+      f"{what} reach {lengths.max()} frames but the largest bucket is "
+      f"{bucket_lengths[-1]}: add a bucket length >= {lengths.max()} "
+      "or lower data.max_frames / data.train_window"
+    )
   return positions
 
 
@@ -135,23 +141,28 @@ def _bucket_lengths(data_cfg) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _TrainPlanner:
   """The training plan of any epoch (module docstring), a pure function of its fields."""
+
   clips: _Clips
-  window: np.ndarray              # per split record: training window length
+  window: np.ndarray  # per split record: training window length
   bucket_lengths: np.ndarray
-  batch_sizes: np.ndarray         # global rows per batch, per bucket
+  batch_sizes: np.ndarray  # global rows per batch, per bucket
   seed: int
   augment: bool
 
   def plan(self, epoch: int) -> _Plan:
     order_rng, window_rng, augment_rng, batch_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, epoch]).spawn(4))
+      np.random.default_rng(s) for s in np.random.SeedSequence([self.seed, epoch]).spawn(4)
+    )
     # Random draws are made for every record of the split, so a record's window and augmentation
     # depend on (seed, epoch, record) only, not on the filter or the other records.
     num_records = len(self.clips.index)
     slack = self.clips.usable - self.window + 1
     start = self.clips.first + (window_rng.random(num_records) * slack).astype(np.int32)
-    params = (augment.sample_params(augment_rng, num_records) if self.augment
-              else augment.identity_params(num_records))
+    params = (
+      augment.sample_params(augment_rng, num_records)
+      if self.augment
+      else augment.identity_params(num_records)
+    )
 
     order = order_rng.permutation(self.clips.records)
     bucket = _bucket_positions(self.window[order], self.bucket_lengths, "training windows")
@@ -159,13 +170,14 @@ class _TrainPlanner:
     for position, (length, size) in enumerate(zip(self.bucket_lengths, self.batch_sizes)):
       members = np.concatenate([carried, order[bucket == position]])
       full = len(members) - len(members) % size
-      batches += [(length, members[i:i + size]) for i in range(0, full, size)]
+      batches += [(length, members[i : i + size]) for i in range(0, full, size)]
       carried = members[full:]
     if len(carried):
       top_up = order[~np.isin(order, carried)]
       size = self.batch_sizes[-1]
-      members = np.concatenate([carried, np.resize(top_up if len(top_up) else order,
-                                                   size - len(carried))])
+      members = np.concatenate(
+        [carried, np.resize(top_up if len(top_up) else order, size - len(carried))]
+      )
       batches.append((self.bucket_lengths[-1], members))
 
     def rows_of(records):
@@ -173,12 +185,14 @@ class _TrainPlanner:
       rows.update({k: getattr(self.clips.index, k)[records] for k in _ROW_LABELS})
       rows["augment"] = _take(params, records)
       return rows
+
     return _Plan.stack([batches[i] for i in batch_rng.permutation(len(batches))], rows_of)
 
 
 @dataclasses.dataclass(frozen=True)
 class _FixedPlanner:
   """The evaluation plan: the same every pass."""
+
   fixed: _Plan
 
   def plan(self, epoch: int) -> _Plan:
@@ -189,8 +203,14 @@ class _FixedPlanner:
 class _PlanSource:
   """Grain source: item i is this process's rows of step i (epoch i // steps_per_epoch)."""
 
-  def __init__(self, planner, steps_per_epoch: int, num_epochs: int | None,
-               process_index: int, process_count: int):
+  def __init__(
+    self,
+    planner,
+    steps_per_epoch: int,
+    num_epochs: int | None,
+    process_index: int,
+    process_count: int,
+  ):
     self._planner = planner
     self._steps_per_epoch = steps_per_epoch
     self._length = sys.maxsize if num_epochs is None else steps_per_epoch * num_epochs
@@ -217,6 +237,7 @@ class _PlanSource:
 @dataclasses.dataclass(frozen=True)
 class _BatchReader:
   """Grain map: planned rows -> the padded batch of the module docstring."""
+
   split: split_index.Split
   with_lips: bool
   posteriors: posterior_store.Cache | None = None
@@ -240,17 +261,20 @@ class _BatchReader:
       start, frames = int(rows["start"][row]), int(rows["num_frames"][row])
       for field in fields:
         per_frame = field.rows_per_frame
-        batch[field.name][row, :per_frame * frames] = (
-            example[field.name][per_frame * start:per_frame * (start + frames)])
+        batch[field.name][row, : per_frame * frames] = example[field.name][
+          per_frame * start : per_frame * (start + frames)
+        ]
     batch["num_frames"] = rows["num_frames"].astype(np.int32)
     batch.update({k: rows[k].astype(np.int32) for k in _ROW_LABELS})
     batch["record"] = records.astype(np.int64)
     if "augment" in rows:
-      batch["augment"] = {k: rows["augment"][k].astype(dtype)
-                          for k, dtype in augment.PARAM_DTYPES.items()}
+      batch["augment"] = {
+        k: rows["augment"][k].astype(dtype) for k, dtype in augment.PARAM_DTYPES.items()
+      }
     if self.posteriors is not None:
       batch["asr_probs"], batch["vsr_probs"] = self.posteriors.windows(
-          records, rows["start"], rows["num_frames"], length)
+        records, rows["start"], rows["num_frames"], length
+      )
     return batch
 
 
@@ -259,20 +283,34 @@ def _open(data_cfg, split: str):
   return opened, split_index.load_index(opened)
 
 
-def _pipeline(data_cfg, opened, index, planner, steps_per_epoch, num_epochs, process_index,
-              process_count, posteriors=None) -> grain.IterDataset:
+def _pipeline(
+  data_cfg,
+  opened,
+  index,
+  planner,
+  steps_per_epoch,
+  num_epochs,
+  process_index,
+  process_count,
+  posteriors=None,
+) -> grain.IterDataset:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
   source = _PlanSource(planner, steps_per_epoch, num_epochs, process_index, process_count)
   reader = _BatchReader(opened, index.has_lips(), posteriors)
   threads = max(1, min(data_cfg.prefetch, os.cpu_count() or 1))
-  dataset = grain.MapDataset.source(source).map(reader).to_iter_dataset(
-      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=data_cfg.prefetch))
+  dataset = (
+    grain.MapDataset.source(source)
+    .map(reader)
+    .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=data_cfg.prefetch))
+  )
   if data_cfg.num_workers > 0:
     dataset = dataset.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
-                                     per_worker_buffer_size=max(1, data_cfg.prefetch)),
-        worker_init_fn=worker_lifetime.initializer())
+      grain.MultiprocessingOptions(
+        num_workers=data_cfg.num_workers, per_worker_buffer_size=max(1, data_cfg.prefetch)
+      ),
+      worker_init_fn=worker_lifetime.initializer(),
+    )
   return dataset
 
 
@@ -280,8 +318,10 @@ def _train_planner(data_cfg, index: split_index.SplitIndex, *, seed: int, multip
   methods = tuple(data_cfg.train_methods)
   unknown = sorted(set(methods) - set(index.method[index.label == schema.FAKE]))
   if unknown:
-    raise ValueError(f"data.train_methods {unknown} match no fake clip of "
-                     f"{data_cfg.train_split}; its methods: {sorted(set(index.method))}")
+    raise ValueError(
+      f"data.train_methods {unknown} match no fake clip of "
+      f"{data_cfg.train_split}; its methods: {sorted(set(index.method))}"
+    )
   keep = np.ones(len(index), bool)
   if methods:  # Real clips are always kept.
     keep = (index.label != schema.FAKE) | np.isin(index.method, methods)
@@ -292,39 +332,52 @@ def _train_planner(data_cfg, index: split_index.SplitIndex, *, seed: int, multip
     raise ValueError(f"{data_cfg.builder} {data_cfg.train_split}: no clips to train on")
   bucket_lengths = _bucket_lengths(data_cfg)
   window = np.minimum(clips.usable, data_cfg.train_window).astype(np.int32)
-  batch_sizes = np.array([global_batch_size(data_cfg.frame_budget, length, multiple)
-                          for length in bucket_lengths])
+  batch_sizes = np.array(
+    [global_batch_size(data_cfg.frame_budget, length, multiple) for length in bucket_lengths]
+  )
   return _TrainPlanner(clips, window, bucket_lengths, batch_sizes, seed, bool(data_cfg.augment))
 
 
-def steps_per_epoch(data_cfg: ml_collections.ConfigDict, *, process_count: int,
-                    batch_multiple: int) -> int:
+def steps_per_epoch(
+  data_cfg: ml_collections.ConfigDict, *, process_count: int, batch_multiple: int
+) -> int:
   """Global steps in each training epoch (the same for every epoch and seed)."""
   _, index = _open(data_cfg, data_cfg.train_split)
   planner = _train_planner(data_cfg, index, seed=0, multiple=batch_multiple * process_count)
   return len(planner.plan(0))
 
 
-def _check_teacher_cache(cache: posterior_store.Cache, planner: _TrainPlanner,
-                         data_cfg: ml_collections.ConfigDict) -> None:
+def _check_teacher_cache(
+  cache: posterior_store.Cache, planner: _TrainPlanner, data_cfg: ml_collections.ConfigDict
+) -> None:
   """Refuses a cache whose posteriors would differ from the teachers' online ones."""
   clips = planner.clips
   cut = planner.window[clips.records] < clips.usable[clips.records]
   if cut.any():
     raise ValueError(
-        f"teacher cache: {cut.sum()} of {len(cut)} training clips are longer than "
-        f"data.train_window={data_cfg.train_window} frames. The teachers attend over their whole "
-        "input, so a window's posteriors are not a window of the whole clip's posteriors (which "
-        f"the cache holds): set data.train_window >= data.max_frames ({data_cfg.max_frames}) or "
-        "run the teachers online (teachers.cache=False)")
+      f"teacher cache: {cut.sum()} of {len(cut)} training clips are longer than "
+      f"data.train_window={data_cfg.train_window} frames. The teachers attend over their whole "
+      "input, so a window's posteriors are not a window of the whole clip's posteriors (which "
+      f"the cache holds): set data.train_window >= data.max_frames ({data_cfg.max_frames}) or "
+      "run the teachers online (teachers.cache=False)"
+    )
   if not cache.covers(clips.records, clips.first, clips.usable):
-    raise ValueError(f"the teacher cache {cache.directory} does not hold the clips of "
-                     f"{data_cfg.builder} {data_cfg.train_split} as this config reads them")
+    raise ValueError(
+      f"the teacher cache {cache.directory} does not hold the clips of "
+      f"{data_cfg.builder} {data_cfg.train_split} as this config reads them"
+    )
 
 
-def train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, process_index: int,
-                  process_count: int, batch_multiple: int, num_epochs: int | None = None,
-                  teacher_posteriors: posterior_store.Cache | None = None) -> grain.IterDataset:
+def train_dataset(
+  data_cfg: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  process_index: int,
+  process_count: int,
+  batch_multiple: int,
+  num_epochs: int | None = None,
+  teacher_posteriors: posterior_store.Cache | None = None,
+) -> grain.IterDataset:
   """Training batches of `data.train_split` for this process; `num_epochs=None` repeats forever.
 
   `batch_multiple`: the global batch of every bucket is a multiple of batch_multiple *
@@ -333,17 +386,26 @@ def train_dataset(data_cfg: ml_collections.ConfigDict, *, seed: int, process_ind
   It needs every training window to be the whole clip (ValueError otherwise).
   """
   opened, index = _open(data_cfg, data_cfg.train_split)
-  planner = _train_planner(data_cfg, index, seed=seed,
-                           multiple=batch_multiple * process_count)
+  planner = _train_planner(data_cfg, index, seed=seed, multiple=batch_multiple * process_count)
   if teacher_posteriors is not None:
     _check_teacher_cache(teacher_posteriors, planner, data_cfg)
   steps = len(planner.plan(0))
-  return _pipeline(data_cfg, opened, index, planner, steps, num_epochs, process_index,
-                   process_count, teacher_posteriors)
+  return _pipeline(
+    data_cfg,
+    opened,
+    index,
+    planner,
+    steps,
+    num_epochs,
+    process_index,
+    process_count,
+    teacher_posteriors,
+  )
 
 
-def _eval_plan(clips: _Clips, bucket_lengths: np.ndarray, frame_budget: int,
-               multiple: int) -> _Plan:
+def _eval_plan(
+  clips: _Clips, bucket_lengths: np.ndarray, frame_budget: int, multiple: int
+) -> _Plan:
   order = clips.records[np.lexsort((clips.records, clips.usable[clips.records]))]
   bucket = _bucket_positions(clips.usable[order], bucket_lengths, "evaluation clips")
   batches = []
@@ -351,23 +413,32 @@ def _eval_plan(clips: _Clips, bucket_lengths: np.ndarray, frame_budget: int,
     members = order[bucket == position]
     size = global_batch_size(frame_budget, int(length), multiple)
     for first in range(0, len(members), size):
-      records = members[first:first + size]
+      records = members[first : first + size]
       # Filler rows (record -1) complete the bucket's last batch.
       batches.append((int(length), np.pad(records, (0, size - len(records)), constant_values=-1)))
 
   def rows_of(records):
     filler = records < 0
+
     def per_row(values):
       return np.where(filler, 0, values[np.where(filler, 0, records)])
+
     rows = {"record": records, "start": per_row(clips.first), "num_frames": per_row(clips.usable)}
     rows.update({k: per_row(getattr(clips.index, k)) for k in _ROW_LABELS})
     return rows
+
   return _Plan.stack(batches, rows_of)
 
 
-def whole_clips_dataset(data_cfg: ml_collections.ConfigDict, *, split: str, frame_budget: int,
-                        process_index: int, process_count: int,
-                        batch_multiple: int) -> grain.IterDataset:
+def whole_clips_dataset(
+  data_cfg: ml_collections.ConfigDict,
+  *,
+  split: str,
+  frame_budget: int,
+  process_index: int,
+  process_count: int,
+  batch_multiple: int,
+) -> grain.IterDataset:
   """One pass over `split` for this process: every clip exactly once, whole, no augmentation.
 
   "Whole" is the clip's span (`clip_spans`). Batches follow the evaluation plan (module docstring)
@@ -376,16 +447,27 @@ def whole_clips_dataset(data_cfg: ml_collections.ConfigDict, *, split: str, fram
   """
   opened, index = _open(data_cfg, split)
   clips = _Clips.select(index, data_cfg, np.arange(len(index)))
-  plan = _eval_plan(clips, _bucket_lengths(data_cfg), frame_budget,
-                    batch_multiple * process_count)
-  return _pipeline(data_cfg, opened, index, _FixedPlanner(plan), len(plan), 1, process_index,
-                   process_count)
+  plan = _eval_plan(clips, _bucket_lengths(data_cfg), frame_budget, batch_multiple * process_count)
+  return _pipeline(
+    data_cfg, opened, index, _FixedPlanner(plan), len(plan), 1, process_index, process_count
+  )
 
 
-def eval_dataset(data_cfg: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, *,
-                 split: str, process_index: int, process_count: int,
-                 batch_multiple: int) -> grain.IterDataset:
+def eval_dataset(
+  data_cfg: ml_collections.ConfigDict,
+  eval_cfg: ml_collections.ConfigDict,
+  *,
+  split: str,
+  process_index: int,
+  process_count: int,
+  batch_multiple: int,
+) -> grain.IterDataset:
   """The evaluation pass over `split`: `whole_clips_dataset` with `eval.frame_budget`."""
-  return whole_clips_dataset(data_cfg, split=split, frame_budget=eval_cfg.frame_budget,
-                             process_index=process_index, process_count=process_count,
-                             batch_multiple=batch_multiple)
+  return whole_clips_dataset(
+    data_cfg,
+    split=split,
+    frame_budget=eval_cfg.frame_budget,
+    process_index=process_index,
+    process_count=process_count,
+    batch_multiple=batch_multiple,
+  )

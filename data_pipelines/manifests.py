@@ -30,33 +30,33 @@ from typing import Sequence
 from data_pipelines import schema
 
 COLUMNS = {
-    "id": "ID_Name",
-    "audio_path": "Audio_Path",
-    "video_path": "Video_Path",
-    "label": "ENtire_Label",
-    "audio_label": "Audio_Label",
-    "video_label": "Video_Label",
-    "identity_label": "Identi_Label",
-    "sync_label": "Sync_Label",
-    "num_frames": "Frame_Len",
-    "audio_len": "Audio_Len",
-    "fps": "FPS",
-    "sample_rate": "AudioSamRate",
+  "id": "ID_Name",
+  "audio_path": "Audio_Path",
+  "video_path": "Video_Path",
+  "label": "ENtire_Label",
+  "audio_label": "Audio_Label",
+  "video_label": "Video_Label",
+  "identity_label": "Identi_Label",
+  "sync_label": "Sync_Label",
+  "num_frames": "Frame_Len",
+  "audio_len": "Audio_Len",
+  "fps": "FPS",
+  "sample_rate": "AudioSamRate",
 }
 
 FAKEAVCELEB, CMDFD, OTHER = "fakeavceleb", "cmdfd", "other"
 
 # FakeAVCeleb's arranged category directories: (manipulation, category).
 _FAKEAVCELEB_DIRECTORIES = {
-    "real_a": ("real", "RealVideo-RealAudio"),
-    "fake_rtvc_b": ("rtvc", "RealVideo-FakeAudio"),
-    "fake_w2l_c": ("wav2lip", "FakeVideo-RealAudio"),
-    "fake_faceswap_c": ("faceswap", "FakeVideo-RealAudio"),
-    "fake_fsgan_c": ("fsgan", "FakeVideo-RealAudio"),
-    "org_fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
-    "fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
-    "fake_faceswap_d_w2l": ("faceswap_wav2lip", "FakeVideo-FakeAudio"),
-    "fake_fsgan_d_w2l": ("fsgan_wav2lip", "FakeVideo-FakeAudio"),
+  "real_a": ("real", "RealVideo-RealAudio"),
+  "fake_rtvc_b": ("rtvc", "RealVideo-FakeAudio"),
+  "fake_w2l_c": ("wav2lip", "FakeVideo-RealAudio"),
+  "fake_faceswap_c": ("faceswap", "FakeVideo-RealAudio"),
+  "fake_fsgan_c": ("fsgan", "FakeVideo-RealAudio"),
+  "org_fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
+  "fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
+  "fake_faceswap_d_w2l": ("faceswap_wav2lip", "FakeVideo-FakeAudio"),
+  "fake_fsgan_d_w2l": ("fsgan_wav2lip", "FakeVideo-FakeAudio"),
 }
 # The last part of a FakeAVCeleb ID: A(udio) and V(ideo), each R(eal) or F(ake).
 _FAKEAVCELEB_ID = re.compile(r"\+A([RF])V([RF])$")
@@ -64,9 +64,9 @@ _FAKEAVCELEB_ID = re.compile(r"\+A([RF])V([RF])$")
 _VOXCELEB_IDENTITY = re.compile(r"(?:^|_)id\d{5}_")
 
 _CMDFD_FOLDERS = {"origin": "real"} | {
-    f"{name}{suffix}": f"{name}{suffix}"
-    for name in ("wav2lip", "makeittalk", "audio2head", "videoretalk")
-    for suffix in ("", "_self")
+  f"{name}{suffix}": f"{name}{suffix}"
+  for name in ("wav2lip", "makeittalk", "audio2head", "videoretalk")
+  for suffix in ("", "_self")
 }
 
 
@@ -81,6 +81,7 @@ class ManifestRow:
   Labels are 0 or 1 as in the CSV: label, audio_label and video_label are 1 for fake;
   identity_label and sync_label are 1 where identity or lip sync is consistent (real clips have 1).
   """
+
   id: str
   audio_path: str | None  # None: the CSV names no audio file; use the video's own audio track.
   video_path: str
@@ -113,7 +114,7 @@ def rewrite_path(path: str, prefixes: Sequence[tuple[str, str]]) -> str:
   """Replaces the first matching OLD prefix of `path` by its NEW (plain string prefixes)."""
   for old, new in prefixes:
     if path.startswith(old):
-      return new + path[len(old):]
+      return new + path[len(old) :]
   return path
 
 
@@ -151,9 +152,10 @@ def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[Manifest
   try:
     text = data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise ManifestError(f"{csv_path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the "
-                        "manifest as UTF-8") from None
+    line = data[: e.start].count(b"\n") + 1
+    raise ManifestError(
+      f"{csv_path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the manifest as UTF-8"
+    ) from None
   with io.StringIO(text, newline="") as f:
     reader = csv.reader(f)
     header = next(reader, None)
@@ -183,8 +185,9 @@ def _column_positions(header: list[str], csv_path: pathlib.Path) -> dict[str, in
   return {field: by_name[column.lower()] for field, column in COLUMNS.items()}
 
 
-def _parse_row(values: dict[str, str], where: str, base: pathlib.Path,
-               prefixes: Sequence[tuple[str, str]]) -> ManifestRow:
+def _parse_row(
+  values: dict[str, str], where: str, base: pathlib.Path, prefixes: Sequence[tuple[str, str]]
+) -> ManifestRow:
   """Types one row's values and derives its corpus, method and category."""
   if not values["id"]:
     raise ManifestError(f"{where}: empty {COLUMNS['id']}")
@@ -214,11 +217,18 @@ def _parse_row(values: dict[str, str], where: str, base: pathlib.Path,
   video_path = _resolve(values["video_path"], base, prefixes)
   dataset, method, category = _derive_kind(values["id"], video_path, labels, where)
   return ManifestRow(
-      id=values["id"], audio_path=audio_path, video_path=video_path, **labels,
-      num_frames=int(number("num_frames", integral=True, minimum=1)),
-      audio_len=int(number("audio_len", integral=True, minimum=0)), fps=fps,
-      sample_rate=int(number("sample_rate", integral=True, minimum=1)),
-      dataset=dataset, method=method, category=category)
+    id=values["id"],
+    audio_path=audio_path,
+    video_path=video_path,
+    **labels,
+    num_frames=int(number("num_frames", integral=True, minimum=1)),
+    audio_len=int(number("audio_len", integral=True, minimum=0)),
+    fps=fps,
+    sample_rate=int(number("sample_rate", integral=True, minimum=1)),
+    dataset=dataset,
+    method=method,
+    category=category,
+  )
 
 
 def _resolve(path: str, base: pathlib.Path, prefixes: Sequence[tuple[str, str]]) -> str:
@@ -226,8 +236,9 @@ def _resolve(path: str, base: pathlib.Path, prefixes: Sequence[tuple[str, str]])
   return path if pathlib.PurePath(path).is_absolute() else str(base / path)
 
 
-def _derive_kind(clip_id: str, video_path: str, labels: dict[str, int],
-                 where: str) -> tuple[str, str, str]:
+def _derive_kind(
+  clip_id: str, video_path: str, labels: dict[str, int], where: str
+) -> tuple[str, str, str]:
   """(dataset, method, category) of one row; raises ManifestError on contradictions."""
   category = category_of(labels["audio_label"], labels["video_label"])
   video = pathlib.PurePath(video_path)
@@ -237,16 +248,18 @@ def _derive_kind(clip_id: str, video_path: str, labels: dict[str, int],
     if id_kind:
       id_category = category_of(id_kind.group(1) == "F", id_kind.group(2) == "F")
       if id_category != category:
-        raise ManifestError(f"{where}: ID {clip_id!r} says {id_category}, the audio and video "
-                            f"labels say {category}")
+        raise ManifestError(
+          f"{where}: ID {clip_id!r} says {id_category}, the audio and video labels say {category}"
+        )
     clip_name = clip_id.split("+")[1] if clip_id.count("+") == 2 else video.stem
     method = _fakeavceleb_method_from_name(clip_name, category)
     if directories:
       directory_method, directory_category = _FAKEAVCELEB_DIRECTORIES[directories[-1].lower()]
       if (directory_method, directory_category) != (method, category):
         raise ManifestError(
-            f"{where}: directory {directories[-1]!r} means {directory_method} "
-            f"({directory_category}), the clip name and labels mean {method} ({category})")
+          f"{where}: directory {directories[-1]!r} means {directory_method} "
+          f"({directory_category}), the clip name and labels mean {method} ({category})"
+        )
     return FAKEAVCELEB, method, category
 
   folder = clip_id.split("+")[0].lower() if "+" in clip_id else video.parent.name.lower()
@@ -254,11 +267,14 @@ def _derive_kind(clip_id: str, video_path: str, labels: dict[str, int],
     method = _CMDFD_FOLDERS[folder]
     video_folder = video.parent.name.lower()
     if video_folder in _CMDFD_FOLDERS and video_folder != folder:
-      raise ManifestError(f"{where}: ID {clip_id!r} names method folder {folder!r}, the video "
-                          f"is in {video.parent.name!r}")
+      raise ManifestError(
+        f"{where}: ID {clip_id!r} names method folder {folder!r}, the video "
+        f"is in {video.parent.name!r}"
+      )
     if (method == "real") != (labels["label"] == 0):
-      raise ManifestError(f"{where}: method {method} contradicts "
-                          f"{COLUMNS['label']}={labels['label']}")
+      raise ManifestError(
+        f"{where}: method {method} contradicts {COLUMNS['label']}={labels['label']}"
+      )
     return CMDFD, method, category
 
   return OTHER, "fake" if labels["label"] else "real", category

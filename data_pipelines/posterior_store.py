@@ -53,8 +53,9 @@ META_FILE = "cache.json"
 DEFAULT_ROOT = "teacher_cache"  # under the directory of the split's shards
 
 
-def fingerprint(split: split_index.Split, start: np.ndarray, frames: np.ndarray,
-                teachers: dict) -> dict:
+def fingerprint(
+  split: split_index.Split, start: np.ndarray, frames: np.ndarray, teachers: dict
+) -> dict:
   """Everything a split's cached posteriors depend on, as JSON-compatible values.
 
   Args:
@@ -64,9 +65,14 @@ def fingerprint(split: split_index.Split, start: np.ndarray, frames: np.ndarray,
     teachers: the teachers' identity (weights and config), from the caller.
   """
   spans = np.stack([np.asarray(start, np.int64), np.asarray(frames, np.int64)])
-  return {"format": FORMAT, "builder": split.builder, "split": split.split,
-          "shards": split_index.shard_files(split),
-          "spans_sha256": hashlib.sha256(spans.tobytes()).hexdigest(), "teachers": teachers}
+  return {
+    "format": FORMAT,
+    "builder": split.builder,
+    "split": split.split,
+    "shards": split_index.shard_files(split),
+    "spans_sha256": hashlib.sha256(spans.tobytes()).hexdigest(),
+    "teachers": teachers,
+  }
 
 
 def cache_directory(root: str, split: split_index.Split, cache_fingerprint: dict) -> str:
@@ -82,11 +88,12 @@ def cache_directory(root: str, split: split_index.Split, cache_fingerprint: dict
 @dataclasses.dataclass(frozen=True, eq=False)
 class Cache:
   """A complete cache directory, opened for reading (picklable; the file opens lazily)."""
+
   directory: str
   num_classes: int
-  position: np.ndarray   # per split record: its record in RECORDS_FILE
-  start: np.ndarray      # per split record: the first frame the posteriors cover
-  frames: np.ndarray     # per split record: how many frames they cover
+  position: np.ndarray  # per split record: its record in RECORDS_FILE
+  start: np.ndarray  # per split record: the first frame the posteriors cover
+  frames: np.ndarray  # per split record: how many frames they cover
 
   @classmethod
   def open(cls, directory: str) -> "Cache | None":
@@ -97,8 +104,9 @@ class Cache:
     except FileNotFoundError:
       return None
     with np.load(os.path.join(directory, CLIPS_FILE)) as clips:
-      return cls(directory, int(meta["num_classes"]), clips["position"], clips["start"],
-                 clips["frames"])
+      return cls(
+        directory, int(meta["num_classes"]), clips["position"], clips["start"], clips["frames"]
+      )
 
   def __len__(self) -> int:
     return len(self.position)
@@ -113,11 +121,15 @@ class Cache:
     `start` and `frames` are per split record (`loader.clip_spans`); `records` selects the ones
     that must match.
     """
-    return (len(start) == len(self) and np.array_equal(self.start[records], start[records])
-            and np.array_equal(self.frames[records], frames[records]))
+    return (
+      len(start) == len(self)
+      and np.array_equal(self.start[records], start[records])
+      and np.array_equal(self.frames[records], frames[records])
+    )
 
-  def windows(self, records: np.ndarray, start: np.ndarray, frames: np.ndarray,
-              length: int) -> tuple[np.ndarray, np.ndarray]:
+  def windows(
+    self, records: np.ndarray, start: np.ndarray, frames: np.ndarray, length: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(B, length, K) float32 ASR and VSR posteriors of frames [start, start + frames) per row.
 
     `records`, `start` and `frames` are per batch row, as the loader plans them.
@@ -136,13 +148,14 @@ class Cache:
       record, count = records[row], int(frames[row])
       offset = int(start[row]) - int(self.start[record])
       if offset < 0 or offset + count > self.frames[record]:
-        raise ValueError(f"record {record}: frames [{start[row]}, {start[row] + count}) are not "
-                         f"all in the cached [{self.start[record]}, "
-                         f"{self.start[record] + self.frames[record]}) of {self.directory}")
-      posteriors = np.frombuffer(data, np.float32).reshape(2, self.frames[record],
-                                                           self.num_classes)
-      asr[row, :count] = posteriors[0, offset:offset + count]
-      vsr[row, :count] = posteriors[1, offset:offset + count]
+        raise ValueError(
+          f"record {record}: frames [{start[row]}, {start[row] + count}) are not "
+          f"all in the cached [{self.start[record]}, "
+          f"{self.start[record] + self.frames[record]}) of {self.directory}"
+        )
+      posteriors = np.frombuffer(data, np.float32).reshape(2, self.frames[record], self.num_classes)
+      asr[row, :count] = posteriors[0, offset : offset + count]
+      vsr[row, :count] = posteriors[1, offset : offset + count]
     return asr, vsr
 
 
@@ -153,8 +166,14 @@ class Writer:
   have been added), leaving it by an exception discards the partial cache.
   """
 
-  def __init__(self, directory: str, cache_fingerprint: dict, start: np.ndarray,
-               frames: np.ndarray, num_classes: int):
+  def __init__(
+    self,
+    directory: str,
+    cache_fingerprint: dict,
+    start: np.ndarray,
+    frames: np.ndarray,
+    num_classes: int,
+  ):
     self.directory = directory
     self._fingerprint = cache_fingerprint
     self._start = np.asarray(start, np.int32)
@@ -171,8 +190,10 @@ class Writer:
     """Stores the (T, K) posteriors of split record `record` (T: its span's frames)."""
     expected = (int(self._frames[record]), self._num_classes)
     if asr.shape != expected or vsr.shape != expected:
-      raise ValueError(f"record {record}: posteriors of shapes {asr.shape} and {vsr.shape}, the "
-                       f"cache expects {expected}")
+      raise ValueError(
+        f"record {record}: posteriors of shapes {asr.shape} and {vsr.shape}, the "
+        f"cache expects {expected}"
+      )
     if self._position[record] >= 0:
       raise ValueError(f"record {record} is already in the cache")
     self._records.write(np.stack([asr, vsr]).astype(np.float32).tobytes())
@@ -183,13 +204,23 @@ class Writer:
     self._records.close()
     missing = np.flatnonzero(self._position < 0)
     if len(missing):
-      raise ValueError(f"{len(missing)} of {len(self._position)} records have no posteriors "
-                       f"(e.g. {missing[:5].tolist()})")
-    np.savez(os.path.join(self._tmp, CLIPS_FILE), position=self._position, start=self._start,
-             frames=self._frames)
+      raise ValueError(
+        f"{len(missing)} of {len(self._position)} records have no posteriors "
+        f"(e.g. {missing[:5].tolist()})"
+      )
+    np.savez(
+      os.path.join(self._tmp, CLIPS_FILE),
+      position=self._position,
+      start=self._start,
+      frames=self._frames,
+    )
     with open(os.path.join(self._tmp, META_FILE), "w") as f:
-      json.dump({"num_classes": self._num_classes, "fingerprint": self._fingerprint}, f,
-                indent=1, sort_keys=True)
+      json.dump(
+        {"num_classes": self._num_classes, "fingerprint": self._fingerprint},
+        f,
+        indent=1,
+        sort_keys=True,
+      )
     try:
       os.rename(self._tmp, self.directory)
     except OSError:

@@ -49,6 +49,7 @@ class SplitCounts:
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """What a build wrote: clips per split, where the dataset and the rejects are."""
+
   dataset: str
   dataset_dir: str
   rejects_path: str
@@ -56,21 +57,32 @@ class Summary:
 
   def __str__(self) -> str:
     width = max([len("split"), *map(len, self.splits)])
-    lines = [f"{self.dataset}: {self.dataset_dir}",
-             f"  {'split':<{width}}  {'written':>8}  {'rejected':>8}"]
+    lines = [
+      f"{self.dataset}: {self.dataset_dir}",
+      f"  {'split':<{width}}  {'written':>8}  {'rejected':>8}",
+    ]
     for split, counts in self.splits.items():
       lines.append(f"  {split:<{width}}  {counts.written:>8}  {counts.rejected:>8}")
-    lines.append(f"  {'total':<{width}}  {sum(c.written for c in self.splits.values()):>8}  "
-                 f"{sum(c.rejected for c in self.splits.values()):>8}")
+    lines.append(
+      f"  {'total':<{width}}  {sum(c.written for c in self.splits.values()):>8}  "
+      f"{sum(c.rejected for c in self.splits.values()):>8}"
+    )
     lines.append(f"rejected clips: {self.rejects_path}")
     return "\n".join(lines)
 
 
-def make_builder(data_dir, *, corpus: str | None = None, manifest_dir=None,
-                 manifests: Sequence[str] = (), path_prefix: Sequence[str] = (),
-                 options: extraction.ExtractOptions = extraction.ExtractOptions(),
-                 num_workers: int | None = None, use_beam: bool = False,
-                 progress_interval_s: float = 30.0) -> manifest_builder.ManifestBuilder:
+def make_builder(
+  data_dir,
+  *,
+  corpus: str | None = None,
+  manifest_dir=None,
+  manifests: Sequence[str] = (),
+  path_prefix: Sequence[str] = (),
+  options: extraction.ExtractOptions = extraction.ExtractOptions(),
+  num_workers: int | None = None,
+  use_beam: bool = False,
+  progress_interval_s: float = 30.0,
+) -> manifest_builder.ManifestBuilder:
   """The builder of a named corpus (`corpus`, `manifest_dir`) or of `manifests` (av_manifest).
 
   Args:
@@ -87,9 +99,15 @@ def make_builder(data_dir, *, corpus: str | None = None, manifest_dir=None,
   Raises:
     ValueError: an unknown corpus, or arguments that do not fit it.
   """
-  common = dict(data_dir=os.fspath(data_dir), file_format="array_record",
-                path_prefix=tuple(path_prefix), options=options, num_workers=num_workers,
-                use_beam=use_beam, progress_interval_s=progress_interval_s)
+  common = dict(
+    data_dir=os.fspath(data_dir),
+    file_format="array_record",
+    path_prefix=tuple(path_prefix),
+    options=options,
+    num_workers=num_workers,
+    use_beam=use_beam,
+    progress_interval_s=progress_interval_s,
+  )
   if corpus in (None, GENERIC):
     if not manifests:
       raise ValueError(f"give a corpus ({sorted(CORPORA)}) with its manifest_dir, or manifests")
@@ -105,8 +123,13 @@ def make_builder(data_dir, *, corpus: str | None = None, manifest_dir=None,
   return CORPORA[corpus](manifest_dir=manifest_dir, **common)
 
 
-def prepare(builder: manifest_builder.ManifestBuilder, *, overwrite: bool = False,
-            keep_extracted: bool = False, beam_options: str | None = None) -> Summary:
+def prepare(
+  builder: manifest_builder.ManifestBuilder,
+  *,
+  overwrite: bool = False,
+  keep_extracted: bool = False,
+  beam_options: str | None = None,
+) -> Summary:
   """Builds `builder`'s dataset, resuming an interrupted build, and writes rejects.jsonl.
 
   A dataset already built from the same inputs (ManifestBuilder.inputs) is reused as it is; one
@@ -131,17 +154,21 @@ def prepare(builder: manifest_builder.ManifestBuilder, *, overwrite: bool = Fals
   """
   work_dir = builder.work_dir
   rejects_path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(work_dir / "lock", f"{builder.name} in {builder.data_dir_root}",
-                       wait=False):
+  with _exclusive_lock(work_dir / "lock", f"{builder.name} in {builder.data_dir_root}", wait=False):
     _remove_incomplete_builds(builder)
     if builder.is_prepared() and not overwrite:
       _check_same_inputs(builder)
       logging.info("%s is already prepared in %s; reusing it", builder.name, builder.data_dir)
-    mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    mode = (
+      tfds.download.GenerateMode.FORCE_REDOWNLOAD
+      if overwrite
+      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    )
     config = tfds.download.DownloadConfig(
-        download_mode=mode, try_download_gcs=False,
-        beam_options=_beam_pipeline_options(beam_options) if beam_options else None)
+      download_mode=mode,
+      try_download_gcs=False,
+      beam_options=_beam_pipeline_options(beam_options) if beam_options else None,
+    )
     try:
       builder.download_and_prepare(download_config=config)
     except manifest_builder.NoUsableClips as e:
@@ -161,8 +188,10 @@ def _check_same_inputs(builder) -> None:
   built = {key: builder.info.metadata.get(key) for key in wanted}
   if built != wanted:
     changed = ", ".join(key for key in wanted if built[key] != wanted[key])
-    raise PrepareError(f"{builder.data_dir} was prepared from other inputs ({changed} differ); "
-                       "overwrite (--overwrite) rebuilds it")
+    raise PrepareError(
+      f"{builder.data_dir} was prepared from other inputs ({changed} differ); "
+      "overwrite (--overwrite) rebuilds it"
+    )
 
 
 def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
@@ -170,11 +199,19 @@ def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
   for record in rejects:
     rejected[record["split"]] = rejected.get(record["split"], 0) + 1
   names = sorted({*builder.info.splits.keys(), *rejected})
-  splits = {name: SplitCounts(written=builder.info.splits[name].num_examples
-                              if name in builder.info.splits else 0,
-                              rejected=rejected.get(name, 0)) for name in names}
-  return Summary(dataset=builder.name, dataset_dir=os.fspath(builder.data_dir),
-                 rejects_path=os.fspath(rejects_path), splits=splits)
+  splits = {
+    name: SplitCounts(
+      written=builder.info.splits[name].num_examples if name in builder.info.splits else 0,
+      rejected=rejected.get(name, 0),
+    )
+    for name in names
+  }
+  return Summary(
+    dataset=builder.name,
+    dataset_dir=os.fspath(builder.data_dir),
+    rejects_path=os.fspath(rejects_path),
+    splits=splits,
+  )
 
 
 @contextlib.contextmanager
@@ -213,12 +250,16 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
   lock around reading and replacing the file.
   """
   path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(builder.data_dir_root / "_work" / f"{REJECTS_FILE}.lock", str(path),
-                       wait=True):
+  with _exclusive_lock(
+    builder.data_dir_root / "_work" / f"{REJECTS_FILE}.lock", str(path), wait=True
+  ):
     kept = []
     if path.exists():
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("dataset") != builder.name]
+      kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("dataset") != builder.name
+      ]
     lines = kept + [json.dumps(record, sort_keys=True) for record in rejects]
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.write_text("".join(f"{line}\n" for line in lines))
@@ -227,5 +268,7 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
 
 def _beam_pipeline_options(text: str):
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+
   return pipeline_options.PipelineOptions(
-      flags=[f"--{option}" for option in text.split(",") if option])
+    flags=[f"--{option}" for option in text.split(",") if option]
+  )

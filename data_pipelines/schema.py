@@ -30,6 +30,7 @@ TEXT_FIELDS = ("id", "dataset", "method", "category")
 @dataclasses.dataclass(frozen=True)
 class ArrayField:
   """A per-clip array whose leading axis is time (`rows_per_frame` rows per video frame)."""
+
   name: str
   dtype: np.dtype
   trailing_shape: tuple[int, ...]
@@ -43,11 +44,11 @@ class ArrayField:
 
 
 ARRAY_FIELDS = (
-    ArrayField("mfcc", np.dtype(np.float32), (NUM_MFCC,), AUDIO_FRAMES_PER_VIDEO_FRAME, "bytes"),
-    ArrayField("stft", np.dtype(np.float16), (NUM_STFT_BINS,), AUDIO_FRAMES_PER_VIDEO_FRAME, "bytes"),
-    ArrayField("faces", np.dtype(np.uint8), (FACE_SIZE, FACE_SIZE), 1, "bytes"),
-    ArrayField("lips", np.dtype(np.float16), (LIP_DIM,), 1, "bytes"),
-    ArrayField("phonemes", np.dtype(np.int32), (), 1, "zlib"),
+  ArrayField("mfcc", np.dtype(np.float32), (NUM_MFCC,), AUDIO_FRAMES_PER_VIDEO_FRAME, "bytes"),
+  ArrayField("stft", np.dtype(np.float16), (NUM_STFT_BINS,), AUDIO_FRAMES_PER_VIDEO_FRAME, "bytes"),
+  ArrayField("faces", np.dtype(np.uint8), (FACE_SIZE, FACE_SIZE), 1, "bytes"),
+  ArrayField("lips", np.dtype(np.float16), (LIP_DIM,), 1, "bytes"),
+  ArrayField("phonemes", np.dtype(np.int32), (), 1, "zlib"),
 )
 ARRAY_FIELDS_BY_NAME = {f.name: f for f in ARRAY_FIELDS}
 
@@ -63,8 +64,11 @@ def validate_example(example: dict) -> dict:
   agree with `num_frames`, labels outside {0, 1}, non-finite features.
   """
   clip = example.get("id", "<no id>")
-  missing = [k for k in (*TEXT_FIELDS, *LABEL_FIELDS, "fps", "num_frames", *ARRAY_FIELDS_BY_NAME)
-             if k not in example]
+  missing = [
+    k
+    for k in (*TEXT_FIELDS, *LABEL_FIELDS, "fps", "num_frames", *ARRAY_FIELDS_BY_NAME)
+    if k not in example
+  ]
   if missing:
     raise SchemaError(f"clip {clip}: missing fields {missing}")
   out = {k: str(example[k]) for k in TEXT_FIELDS}
@@ -84,8 +88,10 @@ def validate_example(example: dict) -> dict:
     if field.name == "lips" and array.shape[:1] == (0,):
       expected = (0, *field.trailing_shape)
     if array.shape != expected:
-      raise SchemaError(f"clip {clip}: {field.name} has shape {array.shape}, expected {expected} "
-                        f"for num_frames={num_frames}")
+      raise SchemaError(
+        f"clip {clip}: {field.name} has shape {array.shape}, expected {expected} "
+        f"for num_frames={num_frames}"
+      )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
       raise SchemaError(f"clip {clip}: {field.name} holds non-finite values")
     out[field.name] = array.astype(field.dtype, copy=False)
@@ -102,5 +108,6 @@ def tfds_features():
   features["num_frames"] = tfds.features.Scalar(np.int64)
   for field in ARRAY_FIELDS:
     features[field.name] = tfds.features.Tensor(
-        shape=(None, *field.trailing_shape), dtype=field.dtype, encoding=field.encoding)
+      shape=(None, *field.trailing_shape), dtype=field.dtype, encoding=field.encoding
+    )
   return tfds.features.FeaturesDict(features)

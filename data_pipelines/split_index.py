@@ -58,6 +58,7 @@ class Split:
 
   Picklable (Grain worker processes receive it); the file readers open lazily in each process.
   """
+
   builder: str
   split: str
   file_instructions: tuple
@@ -80,11 +81,14 @@ def open_split(builder: str, data_dir: str, split: str) -> Split:
   """The split `split` (TFDS split syntax, slices included) of `builder` prepared in `data_dir`."""
   dataset_builder = tfds.builder(builder, data_dir=data_dir)
   if not dataset_builder.is_prepared():
-    raise FileNotFoundError(f"{builder} is not prepared in data_dir={data_dir!r} "
-                            f"(looked in {dataset_builder.data_dir})")
+    raise FileNotFoundError(
+      f"{builder} is not prepared in data_dir={data_dir!r} (looked in {dataset_builder.data_dir})"
+    )
   if dataset_builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise ValueError(f"{builder} in {data_dir} is stored as {dataset_builder.info.file_format}; "
-                     "the loader reads ArrayRecord (prepare with file_format='array_record')")
+    raise ValueError(
+      f"{builder} in {data_dir} is stored as {dataset_builder.info.file_format}; "
+      "the loader reads ArrayRecord (prepare with file_format='array_record')"
+    )
   instructions = tuple(dataset_builder.info.splits[split].file_instructions)
   return Split(builder, split, instructions, dataset_builder.info.features)
 
@@ -92,16 +96,17 @@ def open_split(builder: str, data_dir: str, split: str) -> Split:
 @dataclasses.dataclass(frozen=True)
 class SplitIndex:
   """Per-record metadata of a split, indexed by record (position in the split's record order)."""
-  num_frames: np.ndarray        # int32
-  label: np.ndarray             # int32, schema.REAL or schema.FAKE
-  audio_label: np.ndarray       # int32
-  video_label: np.ndarray       # int32
-  lip_rows: np.ndarray          # int32, num_frames or 0 (the corpus stores no lip features)
-  leading_silence: np.ndarray   # int32 silent frames opening the clip (`leading_silent_frames`)
-  id: np.ndarray                # str
-  method: np.ndarray            # str
-  dataset: np.ndarray           # str
-  category: np.ndarray          # str
+
+  num_frames: np.ndarray  # int32
+  label: np.ndarray  # int32, schema.REAL or schema.FAKE
+  audio_label: np.ndarray  # int32
+  video_label: np.ndarray  # int32
+  lip_rows: np.ndarray  # int32, num_frames or 0 (the corpus stores no lip features)
+  leading_silence: np.ndarray  # int32 silent frames opening the clip (`leading_silent_frames`)
+  id: np.ndarray  # str
+  method: np.ndarray  # str
+  dataset: np.ndarray  # str
+  category: np.ndarray  # str
 
   def __len__(self) -> int:
     return len(self.num_frames)
@@ -111,8 +116,10 @@ class SplitIndex:
     with_lips = self.lip_rows > 0
     if with_lips.any() and not with_lips.all():
       missing = self.id[~with_lips]
-      raise schema.SchemaError(f"{len(missing)} of {len(self)} clips have no lip rows "
-                               f"(e.g. {missing[:3].tolist()}); a split needs all or none")
+      raise schema.SchemaError(
+        f"{len(missing)} of {len(self)} clips have no lip rows "
+        f"(e.g. {missing[:3].tolist()}); a split needs all or none"
+      )
     return bool(with_lips.any())
 
   def clips(self, records: np.ndarray) -> dict[str, np.ndarray]:
@@ -152,8 +159,15 @@ def shard_files(split: Split) -> list:
   shards = []
   for instruction in split.file_instructions:
     stat = os.stat(instruction.filename)
-    shards.append([os.path.basename(instruction.filename), instruction.skip, instruction.take,
-                   stat.st_size, stat.st_mtime_ns])
+    shards.append(
+      [
+        os.path.basename(instruction.filename),
+        instruction.skip,
+        instruction.take,
+        stat.st_size,
+        stat.st_mtime_ns,
+      ]
+    )
   return shards
 
 

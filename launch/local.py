@@ -25,12 +25,15 @@ import time
 from absl import app, flags
 
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start.", lower_bound=1)
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices_per_process", None,
-                                    "Run on the CPU with this many devices per process.",
-                                    lower_bound=1)
-_GPUS = flags.DEFINE_integer("gpus_per_process", None,
-                             "GPUs per process: process i drives GPUs i*K .. i*K+K-1.",
-                             lower_bound=1)
+_CPU_DEVICES = flags.DEFINE_integer(
+  "cpu_devices_per_process",
+  None,
+  "Run on the CPU with this many devices per process.",
+  lower_bound=1,
+)
+_GPUS = flags.DEFINE_integer(
+  "gpus_per_process", None, "GPUs per process: process i drives GPUs i*K .. i*K+K-1.", lower_bound=1
+)
 _PORT = flags.DEFINE_integer("port", 0, "Coordinator port (0: a free one).")
 _STOP_GRACE_SECONDS = 10
 
@@ -41,11 +44,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_environment(index: int, num_processes: int, port: int, *,
-                        cpu_devices: int | None, gpus: int | None) -> dict[str, str]:
+def process_environment(
+  index: int, num_processes: int, port: int, *, cpu_devices: int | None, gpus: int | None
+) -> dict[str, str]:
   """The environment of process `index`: this one's, plus the coordination and device variables."""
-  env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-             JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(index))
+  env = dict(
+    os.environ,
+    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+    JAX_NUM_PROCESSES=str(num_processes),
+    JAX_PROCESS_ID=str(index),
+  )
   if cpu_devices:
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(cpu_devices))
   if gpus:
@@ -59,16 +67,26 @@ def _relay(index: int, stream) -> None:
     sys.stdout.flush()
 
 
-def run(command: list[str], num_processes: int, *, port: int = 0, cpu_devices: int | None = None,
-        gpus: int | None = None) -> int:
+def run(
+  command: list[str],
+  num_processes: int,
+  *,
+  port: int = 0,
+  cpu_devices: int | None = None,
+  gpus: int | None = None,
+) -> int:
   """Runs `command` as processes 0..num_processes-1; returns 0 or the first failure's status."""
   port = port or free_port()
   processes, relays = [], []
   for index in range(num_processes):
     process = subprocess.Popen(
-        command, env=process_environment(index, num_processes, port, cpu_devices=cpu_devices,
-                                         gpus=gpus),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+      command,
+      env=process_environment(index, num_processes, port, cpu_devices=cpu_devices, gpus=gpus),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+    )
     relay = threading.Thread(target=_relay, args=(index, process.stdout), daemon=True)
     relay.start()
     processes.append(process)
@@ -83,8 +101,10 @@ def run(command: list[str], num_processes: int, *, port: int = 0, cpu_devices: i
         if code is not None:
           running.discard(index)
           if code:
-            print(f"launch/local.py: process {index} exited with status {code}; stopping the "
-                  "others", file=sys.stderr)
+            print(
+              f"launch/local.py: process {index} exited with status {code}; stopping the others",
+              file=sys.stderr,
+            )
             status = code
       time.sleep(0.2)
   finally:
@@ -114,8 +134,15 @@ def main(argv):
     raise app.UsageError("give the command after --, e.g. -- avcd train --config=...")
   if _CPU_DEVICES.value and _GPUS.value:
     raise app.UsageError("--cpu_devices_per_process and --gpus_per_process exclude each other")
-  sys.exit(run(command, _NUM_PROCESSES.value, port=_PORT.value, cpu_devices=_CPU_DEVICES.value,
-               gpus=_GPUS.value))
+  sys.exit(
+    run(
+      command,
+      _NUM_PROCESSES.value,
+      port=_PORT.value,
+      cpu_devices=_CPU_DEVICES.value,
+      gpus=_GPUS.value,
+    )
+  )
 
 
 if __name__ == "__main__":

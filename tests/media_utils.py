@@ -12,9 +12,20 @@ import av
 import numpy as np
 import scipy.io.wavfile
 
-MANIFEST_HEADER = ("ID_Name", "Audio_Path", "Video_Path", "ENtire_Label", "Audio_Label",
-                   "Video_Label", "Identi_Label", "Sync_Label", "Frame_Len", "Audio_Len", "FPS",
-                   "AudioSamRate")
+MANIFEST_HEADER = (
+  "ID_Name",
+  "Audio_Path",
+  "Video_Path",
+  "ENtire_Label",
+  "Audio_Label",
+  "Video_Label",
+  "Identi_Label",
+  "Sync_Label",
+  "Frame_Len",
+  "Audio_Len",
+  "FPS",
+  "AudioSamRate",
+)
 _AAC_FRAME_SIZE = 1024  # samples per AAC frame; the encoder takes exactly this many at a time
 
 
@@ -29,15 +40,22 @@ def flat_frames(levels: np.ndarray, height: int = 48, width: int = 64) -> np.nda
   return np.broadcast_to(levels[:, None, None, None], (len(levels), height, width, 3)).copy()
 
 
-def tone(seconds: float, sample_rate: int, frequency: float = 440.0,
-         amplitude: float = 0.5) -> np.ndarray:
+def tone(
+  seconds: float, sample_rate: int, frequency: float = 440.0, amplitude: float = 0.5
+) -> np.ndarray:
   """A sine tone in [-1, 1], float64, of round(seconds * sample_rate) samples."""
   t = np.arange(int(round(seconds * sample_rate))) / sample_rate
   return amplitude * np.sin(2 * np.pi * frequency * t)
 
 
-def write_video(path, frames: np.ndarray, fps: float = 25.0, audio: np.ndarray | None = None,
-                sample_rate: int = 16_000, codec: str = "libx264") -> pathlib.Path:
+def write_video(
+  path,
+  frames: np.ndarray,
+  fps: float = 25.0,
+  audio: np.ndarray | None = None,
+  sample_rate: int = 16_000,
+  codec: str = "libx264",
+) -> pathlib.Path:
   """Writes an mp4 with one video stream and, when `audio` is given, one AAC audio stream.
 
   Args:
@@ -69,7 +87,7 @@ def write_video(path, frames: np.ndarray, fps: float = 25.0, audio: np.ndarray |
     container.mux(video.encode(None))
     if audio_stream is not None:
       for start in range(0, audio.shape[1], _AAC_FRAME_SIZE):
-        chunk = np.ascontiguousarray(audio[:, start:start + _AAC_FRAME_SIZE])
+        chunk = np.ascontiguousarray(audio[:, start : start + _AAC_FRAME_SIZE])
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=audio_stream.layout.name)
         frame.sample_rate = sample_rate
         frame.pts = start
@@ -78,8 +96,7 @@ def write_video(path, frames: np.ndarray, fps: float = 25.0, audio: np.ndarray |
   return path
 
 
-def write_wav(path, samples: np.ndarray, sample_rate: int = 16_000,
-              dtype=np.int16) -> pathlib.Path:
+def write_wav(path, samples: np.ndarray, sample_rate: int = 16_000, dtype=np.int16) -> pathlib.Path:
   """Writes samples in [-1, 1] ((n,) or (n, channels)) as a wav of int16 or float32 samples."""
   path = pathlib.Path(path)
   samples = np.asarray(samples, np.float64)

@@ -35,8 +35,10 @@ def manifest_path() -> pathlib.Path:
 def load_fixture() -> dict:
   path = fixture_path()
   if not path.exists():
-    pytest.skip(f"parity fixture {path} not found (set AVCD_PARITY_FIXTURE or provide "
-                f"../shared/parity/fixture_public.npz)")
+    pytest.skip(
+      f"parity fixture {path} not found (set AVCD_PARITY_FIXTURE or provide "
+      f"../shared/parity/fixture_public.npz)"
+    )
   if not manifest_path().exists():
     pytest.skip(f"state-dict manifest {manifest_path()} not found")
   with np.load(path) as data:
@@ -64,8 +66,11 @@ def _generate(key: str, shape: list[int], kind: str, seed: str) -> np.ndarray:
 def reference_state_dict(seed: str) -> dict[str, np.ndarray]:
   """The MTL_DDF state dict (without buffers) the fixture with this seed was made from."""
   manifest = json.loads(manifest_path().read_text())
-  return {e["key"]: _generate(e["key"], e["shape"], e["kind"], seed)
-          for e in manifest["keys"] if e["kind"] != "buffer"}
+  return {
+    e["key"]: _generate(e["key"], e["shape"], e["kind"], seed)
+    for e in manifest["keys"]
+    if e["kind"] != "buffer"
+  }
 
 
 def paper_models():

@@ -17,18 +17,19 @@ from data_pipelines import clip_builder, schema
 
 # (method, category, label, audio_label, video_label): real clips and three kinds of fakes.
 METHODS = (
-    ("real", "A", 0, 0, 0),
-    ("rtvc", "B", 1, 1, 0),
-    ("faceswap", "C", 1, 0, 1),
-    ("wav2lip", "D", 1, 1, 1),
+  ("real", "A", 0, 0, 0),
+  ("rtvc", "B", 1, 1, 0),
+  ("faceswap", "C", 1, 0, 1),
+  ("wav2lip", "D", 1, 1, 1),
 )
-SPEECH_LOG_ENERGY = 18.0       # typical c0 of speech at 16-bit scale
+SPEECH_LOG_ENERGY = 18.0  # typical c0 of speech at 16-bit scale
 DIGITAL_SILENCE_LOG_ENERGY = float(np.log(np.finfo(np.float64).eps))  # what pspeech writes for 0
 
 
 @dataclasses.dataclass
 class RandomCorpusConfig(tfds.core.BuilderConfig):
   """Sizes of the random corpus; `split_sizes` are deliberately not multiples of batch sizes."""
+
   split_sizes: tuple[tuple[str, int], ...] = (("train", 29), ("test", 13))
   min_frames: int = 6
   max_frames: int = 130
@@ -40,16 +41,22 @@ class RandomCorpus(clip_builder.ClipBuilder):
   """Random clips in the shared schema (tests only)."""
 
   BUILDER_CONFIGS = [
-      RandomCorpusConfig(name="small"),
-      RandomCorpusConfig(name="no_lips", with_lips=False, split_sizes=(("test", 7),)),
-      RandomCorpusConfig(name="bench", split_sizes=(("train", 160),), min_frames=40,
-                         max_frames=250, silent_lead_in_fraction=0.0),
+    RandomCorpusConfig(name="small"),
+    RandomCorpusConfig(name="no_lips", with_lips=False, split_sizes=(("test", 7),)),
+    RandomCorpusConfig(
+      name="bench",
+      split_sizes=(("train", 160),),
+      min_frames=40,
+      max_frames=250,
+      silent_lead_in_fraction=0.0,
+    ),
   ]
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: clips are drawn from a seeded generator.
-    return {split: self._generate_examples(split, size)
-            for split, size in self.builder_config.split_sizes}
+    return {
+      split: self._generate_examples(split, size) for split, size in self.builder_config.split_sizes
+    }
 
   def _generate_examples(self, split, size):
     for i in range(size):
@@ -72,25 +79,35 @@ def random_example(rng: np.random.Generator, clip_id: str, config: RandomCorpusC
   mfcc[:, 0] = rng.normal(SPEECH_LOG_ENERGY, 1.5, audio_rows)
   if rng.random() < config.silent_lead_in_fraction:
     silent_frames = int(rng.integers(1, num_frames // 2 + 1))
-    mfcc[:schema.AUDIO_FRAMES_PER_VIDEO_FRAME * silent_frames, 0] = DIGITAL_SILENCE_LOG_ENERGY
+    mfcc[: schema.AUDIO_FRAMES_PER_VIDEO_FRAME * silent_frames, 0] = DIGITAL_SILENCE_LOG_ENERGY
 
-  base = cv2.resize(rng.uniform(0, 255, (8, 8)).astype(np.float32),
-                    (schema.FACE_SIZE, schema.FACE_SIZE), interpolation=cv2.INTER_CUBIC)
+  base = cv2.resize(
+    rng.uniform(0, 255, (8, 8)).astype(np.float32),
+    (schema.FACE_SIZE, schema.FACE_SIZE),
+    interpolation=cv2.INTER_CUBIC,
+  )
   drift = rng.normal(0.0, 2.0, (num_frames, 1, 1)).cumsum(axis=0)
   noise = rng.normal(0.0, 3.0, (num_frames, schema.FACE_SIZE, schema.FACE_SIZE))
   faces = np.clip(base + drift + noise, 0, 255).astype(np.uint8)
 
   lip_rows = num_frames if config.with_lips else 0
   return {
-      "id": clip_id, "dataset": "random", "method": method, "category": category,
-      "label": label, "audio_label": audio_label, "video_label": video_label,
-      "identity_label": 0, "sync_label": 0,
-      "fps": schema.FPS, "num_frames": num_frames,
-      "mfcc": mfcc,
-      "stft": np.abs(rng.normal(0.0, 1.0, (audio_rows, schema.NUM_STFT_BINS))).astype(np.float16),
-      "faces": faces,
-      "lips": rng.normal(0.0, 1.0, (lip_rows, schema.LIP_DIM)).astype(np.float16),
-      "phonemes": rng.integers(-1, 40, num_frames).astype(np.int32),
+    "id": clip_id,
+    "dataset": "random",
+    "method": method,
+    "category": category,
+    "label": label,
+    "audio_label": audio_label,
+    "video_label": video_label,
+    "identity_label": 0,
+    "sync_label": 0,
+    "fps": schema.FPS,
+    "num_frames": num_frames,
+    "mfcc": mfcc,
+    "stft": np.abs(rng.normal(0.0, 1.0, (audio_rows, schema.NUM_STFT_BINS))).astype(np.float16),
+    "faces": faces,
+    "lips": rng.normal(0.0, 1.0, (lip_rows, schema.LIP_DIM)).astype(np.float16),
+    "phonemes": rng.integers(-1, 40, num_frames).astype(np.int32),
   }
 
 

@@ -17,16 +17,39 @@ from tests import test_mesh
 def test_compile_reports_memory_and_flops_without_running(tmp_path):
   # A 2x2 mesh of fake devices: planning a mesh larger than this machine.
   result = subprocess.run(
-      [sys.executable, "-m", "avcd.cli", "compile", "--config=configs/tiny.py", "--devices=4",
-       "--mesh=2x2", "--lengths=16"],
-      cwd=test_mesh.REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS))
+    [
+      sys.executable,
+      "-m",
+      "avcd.cli",
+      "compile",
+      "--config=configs/tiny.py",
+      "--devices=4",
+      "--mesh=2x2",
+      "--lengths=16",
+    ],
+    cwd=test_mesh.REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS),
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   assert "mesh data=2 x fsdp=2 of 4 cpu devices" in result.stdout
   rows = [line for line in result.stdout.splitlines() if re.match(r"\| \d", line)]
   assert len(rows) == 1
-  length, batch_rows, frames, arguments, outputs, aliased, temp, _, peak, step_gflop, \
-      frame_gflop = (float(cell.replace(",", "")) for cell in rows[0].strip("|").split("|"))
+  (
+    length,
+    batch_rows,
+    frames,
+    arguments,
+    outputs,
+    aliased,
+    temp,
+    _,
+    peak,
+    step_gflop,
+    frame_gflop,
+  ) = (float(cell.replace(",", "")) for cell in rows[0].strip("|").split("|"))
   # The loader's plan: frame_budget 64 // 16 = 4 rows, a multiple of the 4 batch shards.
   assert (length, batch_rows, frames) == (16, 4, 64)
   assert arguments > 0 and outputs > 0 and temp > 0
@@ -63,10 +86,19 @@ def test_step_flops_lowers_each_batch_shape_once():
   assert large == pytest.approx(3 * small, rel=0.05)  # the matmul dominates
 
 
-@pytest.mark.parametrize("kind,peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12),
-    ("TPU v4", 275e12), ("cpu", None)])
+@pytest.mark.parametrize(
+  "kind,peak",
+  [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("cpu", None),
+  ],
+)
 def test_peak_flops_by_device_kind(kind, peak):
   assert flops.peak_flops_per_device(types.SimpleNamespace(device_kind=kind)) == peak
 

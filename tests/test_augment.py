@@ -26,10 +26,18 @@ def opencv_reference(image: np.ndarray, params: dict, clip: int) -> np.ndarray:
     return cv2.flip(image, 1)
   if kind == augment.CROP:
     x, y, side = (int(params[k][clip]) for k in ("crop_x", "crop_y", "crop_side"))
-    return cv2.resize(image[y:y + side, x:x + side], (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+      image[y : y + side, x : x + side], (SIZE, SIZE), interpolation=cv2.INTER_LINEAR
+    )
   rotation = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), float(params["angle"][clip]), 1)
-  return cv2.warpAffine(image, rotation, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  return cv2.warpAffine(
+    image,
+    rotation,
+    (SIZE, SIZE),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=0,
+  )
 
 
 def rotation_tolerance(image: np.ndarray, params: dict, clip: int) -> np.ndarray:
@@ -41,7 +49,7 @@ def rotation_tolerance(image: np.ndarray, params: dict, clip: int) -> np.ndarray
   source_y = inverse[1, 0] * u + inverse[1, 1] * v + inverse[1, 2]
   # Grey-level range of each 2x2 neighbourhood (zeros outside), indexed by its top-left pixel.
   padded = np.pad(image.astype(np.int32), 1)
-  corners = [padded[dy:dy + SIZE + 1, dx:dx + SIZE + 1] for dy in (0, 1) for dx in (0, 1)]
+  corners = [padded[dy : dy + SIZE + 1, dx : dx + SIZE + 1] for dy in (0, 1) for dx in (0, 1)]
   spread = np.max(corners, axis=0) - np.min(corners, axis=0)
   column = np.clip(np.floor(source_x).astype(int) + 1, 0, SIZE)
   row = np.clip(np.floor(source_y).astype(int) + 1, 0, SIZE)
@@ -49,8 +57,12 @@ def rotation_tolerance(image: np.ndarray, params: dict, clip: int) -> np.ndarray
 
 
 def smooth_faces(rng, clips, frames):
-  base = [cv2.resize(rng.uniform(0, 255, (8, 8)).astype(np.float32), (SIZE, SIZE),
-                     interpolation=cv2.INTER_CUBIC) for _ in range(clips)]
+  base = [
+    cv2.resize(
+      rng.uniform(0, 255, (8, 8)).astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_CUBIC
+    )
+    for _ in range(clips)
+  ]
   noise = rng.normal(0, 3, (clips, frames, SIZE, SIZE))
   return np.clip(np.stack(base)[:, None] + noise, 0, 255).astype(np.uint8)
 
@@ -59,8 +71,11 @@ def smooth_faces(rng, clips, frames):
 def test_apply_matches_opencv(texture):
   rng = np.random.default_rng(0)
   clips, frames = 48, 2
-  faces = (smooth_faces(rng, clips, frames) if texture == "smooth"
-           else rng.integers(0, 256, (clips, frames, SIZE, SIZE), dtype=np.uint8))
+  faces = (
+    smooth_faces(rng, clips, frames)
+    if texture == "smooth"
+    else rng.integers(0, 256, (clips, frames, SIZE, SIZE), dtype=np.uint8)
+  )
   params = augment.sample_params(rng, clips)
   assert set(params["kind"]) == set(range(len(augment.KINDS)))
   warped = np.asarray(jax.jit(augment.apply)(faces, params))
@@ -91,7 +106,8 @@ def test_parameter_distribution():
   draws = 40_000
   params = augment.sample_params(np.random.default_rng(2), draws)
   assert {k: v.dtype for k, v in params.items()} == {
-      k: np.dtype(v) for k, v in augment.PARAM_DTYPES.items()}
+    k: np.dtype(v) for k, v in augment.PARAM_DTYPES.items()
+  }
   frequencies = np.bincount(params["kind"], minlength=4) / draws
   np.testing.assert_allclose(frequencies, 0.25, atol=0.01)  # 4.6 standard errors
 
@@ -103,7 +119,7 @@ def test_parameter_distribution():
 
   crop = params["kind"] == augment.CROP
   side, x, y = params["crop_side"][crop], params["crop_x"][crop], params["crop_y"][crop]
-  assert side.min() == int(SIZE * 0.7) and side.max() == SIZE - 1   # int(112 U(0.7, 1))
+  assert side.min() == int(SIZE * 0.7) and side.max() == SIZE - 1  # int(112 U(0.7, 1))
   assert np.all((x >= 0) & (x < SIZE - side)) and np.all((y >= 0) & (y < SIZE - side))
   assert x.min() == 0 and y.min() == 0 and np.any(x == SIZE - side - 1)
   # The corner is uniform given the side: its mean is (SIZE - side - 1) / 2 on average.

@@ -58,8 +58,11 @@ def test_committed_steps_carry_checksums_of_every_file(tmp_path):
   listed = json.loads((step_dir / checkpoints.CHECKSUMS).read_text())["files"]
   on_disk = {str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file()}
   # Orbax's commit bookkeeping is rewritten after the checksums; everything else is covered.
-  assert on_disk - set(listed) == {"_CHECKPOINT_METADATA", "commit_success.txt",
-                                   checkpoints.CHECKSUMS}
+  assert on_disk - set(listed) == {
+    "_CHECKPOINT_METADATA",
+    "commit_success.txt",
+    checkpoints.CHECKSUMS,
+  }
   assert any(name.startswith("state/") for name in listed)
   assert any(name.startswith("metrics/") for name in listed)
   assert checkpoints.verify_checksums(step_dir)
@@ -79,7 +82,7 @@ def test_corrupt_latest_step_falls_back_to_the_previous_one(tmp_path, damage, ca
   elif damage == "deleted":
     victim.unlink()
   else:
-    (tmp_path / "3" / checkpoints.CHECKSUMS).write_text("{\"files\": ")
+    (tmp_path / "3" / checkpoints.CHECKSUMS).write_text('{"files": ')
 
   checkpointer = _checkpointer(tmp_path)
   with caplog.at_level("WARNING"):
@@ -152,8 +155,13 @@ _FAILING_SAVER = textwrap.dedent("""
 
 
 def test_a_failed_save_is_reported_at_once_with_its_cause(tmp_path):
-  result = subprocess.run([sys.executable, "-c", _FAILING_SAVER, str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=_subprocess_env())
+  result = subprocess.run(
+    [sys.executable, "-c", _FAILING_SAVER, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=_subprocess_env(),
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   message = result.stdout.strip()
   assert message.startswith(f"FAILED: saving checkpoint step 2 to {tmp_path / '2'} failed: ")
@@ -210,8 +218,13 @@ _KILLED_SAVER = textwrap.dedent("""
 
 @pytest.mark.parametrize("moment", ["while_writing", "while_checksumming"])
 def test_sigkill_during_a_save_leaves_the_previous_step(tmp_path, moment):
-  result = subprocess.run([sys.executable, "-c", _KILLED_SAVER, str(tmp_path), moment],
-                          env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", _KILLED_SAVER, str(tmp_path), moment],
+    env=_subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   checkpointer = _checkpointer(tmp_path)
   assert checkpointer.restorable_step() == 1
@@ -257,16 +270,21 @@ _RESHARD = textwrap.dedent("""
 
 def test_restores_onto_a_different_device_count_and_mesh(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-c", _RESHARD, str(tmp_path)], capture_output=True, text=True,
-      timeout=120, env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    [sys.executable, "-c", _RESHARD, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+  )
   assert result.returncode == 0 and "resharded" in result.stdout, result.stderr[-3000:]
 
 
 def _tiny_student_state(model_cfg) -> dict:
   abstract = nnx.eval_shape(lambda: ts.build_student(model_cfg, 0))
   _, params, batch_stats = ts.split_model(abstract)
-  return jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype),
-                      dict(params=params, batch_stats=batch_stats))
+  return jax.tree.map(
+    lambda x: jnp.ones(x.shape, x.dtype), dict(params=params, batch_stats=batch_stats)
+  )
 
 
 def _abstract_student(model_cfg) -> dict:
@@ -276,8 +294,11 @@ def _abstract_student(model_cfg) -> dict:
 
 def test_model_checkpoints_are_found_from_any_of_their_paths(tmp_path):
   model_cfg = tiny_models.student_config()
-  checkpoints.save_model(tmp_path / "model", student_state=_tiny_student_state(model_cfg),
-                         config=ml_collections.ConfigDict(dict(model=model_cfg)))
+  checkpoints.save_model(
+    tmp_path / "model",
+    student_state=_tiny_student_state(model_cfg),
+    config=ml_collections.ConfigDict(dict(model=model_cfg)),
+  )
   step_dir = tmp_path / "model" / "0"
   assert checkpoints.locate(tmp_path / "model") == step_dir
   assert checkpoints.locate(step_dir) == step_dir
@@ -303,15 +324,21 @@ def test_corrupt_model_checkpoint_is_refused_naming_it(tmp_path):
 
 def test_a_checkpoint_for_other_networks_names_the_differing_config(tmp_path):
   saved_cfg = tiny_models.student_config()
-  checkpoints.save_model(tmp_path, student_state=_tiny_student_state(saved_cfg),
-                         config=ml_collections.ConfigDict(dict(model=saved_cfg)))
+  checkpoints.save_model(
+    tmp_path,
+    student_state=_tiny_student_state(saved_cfg),
+    config=ml_collections.ConfigDict(dict(model=saved_cfg)),
+  )
   other_cfg = tiny_models.student_config(embed_dim=32)
   other_cfg.audio.stage_channels = (4, 8, 8, 32)
   with pytest.raises(checkpoints.CheckpointMismatchError) as e:
-    checkpoints.restore_item(tmp_path, checkpoints.STUDENT, _abstract_student(other_cfg),
-                             expected=other_cfg)
+    checkpoints.restore_item(
+      tmp_path, checkpoints.STUDENT, _abstract_student(other_cfg), expected=other_cfg
+    )
   message = str(e.value)
-  assert "shapes differ: batch_stats/audio_encoder/blocks/3/bn1/mean (16,) (this run (32,))" in message
+  assert (
+    "shapes differ: batch_stats/audio_encoder/blocks/3/bn1/mean (16,) (this run (32,))" in message
+  )
   assert "model.embed_dim: checkpoint 16, this run 32" in message
 
 

@@ -13,8 +13,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def avcd(*args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "avcd.cli", *args], cwd=cwd, capture_output=True,
-                        text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  return subprocess.run(
+    [sys.executable, "-m", "avcd.cli", *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+  )
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -25,17 +31,26 @@ def error_line(result: subprocess.CompletedProcess) -> str:
   return lines[0]
 
 
-@pytest.mark.parametrize("args,status,expected", [
-    (["--config.train.num_epoch=3"], 2,
-     "--config.train.num_epoch: train has no field 'num_epoch' (did you mean 'train.num_epochs'?)"),
+@pytest.mark.parametrize(
+  "args,status,expected",
+  [
+    (
+      ["--config.train.num_epoch=3"],
+      2,
+      "--config.train.num_epoch: train has no field 'num_epoch' (did you mean 'train.num_epochs'?)",
+    ),
     (["--config.trian.num_epochs=3"], 2, "the config has no field 'trian' (did you mean 'train'?)"),
     (["--config.data.max_frames=-1"], 2, "data.max_frames=-1: must be a number >= 1"),
     (["--config.data.max_frames=abc"], 2, "--config.data.max_frames=abc"),
     (["--config.train.best_metric=acu"], 2, "train.best_metric='acu': choose one of"),
     (["--config.loss.divergence=kl"], 2, "loss.divergence='kl': choose one of"),
-    (["--config.teachers.cache=True", "--config.data.train_window=16"], 2,
-     "teachers.cache=True needs data.train_window >= data.max_frames"),
-])
+    (
+      ["--config.teachers.cache=True", "--config.data.train_window=16"],
+      2,
+      "teachers.cache=True needs data.train_window >= data.max_frames",
+    ),
+  ],
+)
 def test_bad_config_fields_are_one_line_before_any_work(args, status, expected, tmp_path):
   result = avcd("train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
   assert result.returncode == status
@@ -65,8 +80,11 @@ def small_file_system(tmp_path):
   """A 2.5 MB tmpfs: room for one tiny checkpoint step, not two (skipped where mount is denied)."""
   mount_point = tmp_path / "small"
   mount_point.mkdir()
-  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mount_point)],
-                           capture_output=True, check=False)
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mount_point)],
+    capture_output=True,
+    check=False,
+  )
   if mounted.returncode:
     pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
   yield mount_point
@@ -74,28 +92,43 @@ def small_file_system(tmp_path):
 
 
 def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_system, tmp_path):
-  result = avcd("train", "--config=configs/tiny.py", f"--workdir={small_file_system / 'run'}",
-                f"--config.data.data_dir={tmp_path / 'data'}")
+  result = avcd(
+    "train",
+    "--config=configs/tiny.py",
+    f"--workdir={small_file_system / 'run'}",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+  )
   assert result.returncode == 1
-  failed = re.search(r"saving checkpoint step (\d+) to \S+ failed: No space left on device",
-                     error_line(result))
+  failed = re.search(
+    r"saving checkpoint step (\d+) to \S+ failed: No space left on device", error_line(result)
+  )
   assert failed, result.stderr[-3000:]
   assert "Future exception was never retrieved" not in result.stderr
-  assert len([l for l in result.stderr.splitlines() if l.startswith(("E", "Traceback"))]) < 10
+  errors = [line for line in result.stderr.splitlines() if line.startswith(("E", "Traceback"))]
+  assert len(errors) < 10
   # Which step fills the disk depends on timing; the steps before it are committed and intact.
-  committed = [int(p.name) for p in (small_file_system / "run" / "checkpoints").iterdir()
-               if p.name.isdigit()]
+  committed = [
+    int(p.name) for p in (small_file_system / "run" / "checkpoints").iterdir() if p.name.isdigit()
+  ]
   assert committed and max(committed) < int(failed.group(1))
 
 
 def test_prepare_mistakes_are_one_line(tmp_path):
   (tmp_path / "a_file").write_text("")
   cases = [
-      ([f"--output={tmp_path / 'a_file'}", f"--manifest={tmp_path / 'x.csv'}"],
-       "is a file, not a directory"),
-      ([f"--output={tmp_path / 'out'}", f"--manifest={tmp_path}"], "is a directory, not a CSV"),
-      ([f"--output={tmp_path / 'out'}", f"--manifest={tmp_path / 'x.csv'}",
-        "--max_av_mismatch_s=-1"], "max_av_mismatch_s"),
+    (
+      [f"--output={tmp_path / 'a_file'}", f"--manifest={tmp_path / 'x.csv'}"],
+      "is a file, not a directory",
+    ),
+    ([f"--output={tmp_path / 'out'}", f"--manifest={tmp_path}"], "is a directory, not a CSV"),
+    (
+      [
+        f"--output={tmp_path / 'out'}",
+        f"--manifest={tmp_path / 'x.csv'}",
+        "--max_av_mismatch_s=-1",
+      ],
+      "max_av_mismatch_s",
+    ),
   ]
   for args, message in cases:
     result = avcd("prepare", *args)

@@ -17,8 +17,12 @@ LEVELS = media_utils.grey_levels(NUM_FRAMES)
 @pytest.fixture(name="media")
 def _media(tmp_path):
   """A 1 s clip: mp4 with AAC track, separate 16 kHz wav, lip .npy next to the video."""
-  video = media_utils.write_video(tmp_path / "clip.mp4", media_utils.flat_frames(LEVELS),
-                                  audio=media_utils.tone(1.0, 16_000, 300), sample_rate=16_000)
+  video = media_utils.write_video(
+    tmp_path / "clip.mp4",
+    media_utils.flat_frames(LEVELS),
+    audio=media_utils.tone(1.0, 16_000, 300),
+    sample_rate=16_000,
+  )
   wav = media_utils.write_wav(tmp_path / "clip.wav", media_utils.tone(1.0, 16_000, 500))
   lip_features = media_utils.lip_features(NUM_FRAMES)
   media_utils.write_npy(tmp_path / "clip.npy", lip_features)
@@ -27,10 +31,20 @@ def _media(tmp_path):
 
 def _row(media, **overrides) -> manifests.ManifestRow:
   """The clip's row as read from a manifest CSV, with column overrides."""
-  columns = {"ID_Name": "wav2lip+clip", "Audio_Path": media["wav"].name,
-             "Video_Path": media["video"].name, "ENtire_Label": 1, "Audio_Label": 0,
-             "Video_Label": 1, "Identi_Label": 0, "Sync_Label": 1, "Frame_Len": NUM_FRAMES,
-             "Audio_Len": 16_000, "FPS": 25.0, "AudioSamRate": 16_000}
+  columns = {
+    "ID_Name": "wav2lip+clip",
+    "Audio_Path": media["wav"].name,
+    "Video_Path": media["video"].name,
+    "ENtire_Label": 1,
+    "Audio_Label": 0,
+    "Video_Label": 1,
+    "Identi_Label": 0,
+    "Sync_Label": 1,
+    "Frame_Len": NUM_FRAMES,
+    "Audio_Len": 16_000,
+    "FPS": 25.0,
+    "AudioSamRate": 16_000,
+  }
   columns.update(overrides)
   path = media_utils.write_manifest(media["dir"] / "manifest.csv", [columns])
   (row,) = manifests.read_manifest(path)
@@ -41,12 +55,17 @@ def test_extract_clip_builds_a_schema_example(media):
   example = clips.extract_clip(_row(media))
   assert example["num_frames"] == NUM_FRAMES and example["fps"] == schema.FPS
   assert (example["id"], example["dataset"], example["method"], example["category"]) == (
-      "wav2lip+clip", "cmdfd", "wav2lip", "FakeVideo-RealAudio")
+    "wav2lip+clip",
+    "cmdfd",
+    "wav2lip",
+    "FakeVideo-RealAudio",
+  )
   assert [example[k] for k in schema.LABEL_FIELDS] == [1, 0, 1, 0, 1]
   np.testing.assert_allclose(example["faces"].mean(axis=(1, 2)), LEVELS, atol=3)
   samples, _ = audio.load_audio(media["wav"])
   np.testing.assert_allclose(
-      example["mfcc"], audio.fit_to_frames(audio.mfcc(samples, 16_000), NUM_FRAMES), atol=1e-5)
+    example["mfcc"], audio.fit_to_frames(audio.mfcc(samples, 16_000), NUM_FRAMES), atol=1e-5
+  )
   assert example["stft"].shape == (4 * NUM_FRAMES, schema.NUM_STFT_BINS)
   np.testing.assert_array_equal(example["lips"], media["lips"].astype(np.float16))
   np.testing.assert_array_equal(example["phonemes"], np.full(NUM_FRAMES, -1))
@@ -87,8 +106,9 @@ def test_a_50_fps_video_is_brought_to_25_fps(media):
   example = clips.extract_clip(_row(media, Frame_Len=2 * NUM_FRAMES))
   assert example["num_frames"] == NUM_FRAMES
   np.testing.assert_allclose(example["faces"].mean(axis=(1, 2)), levels[::2], atol=3)
-  np.testing.assert_array_equal(example["lips"],
-                                media_utils.lip_features(2 * NUM_FRAMES)[::2].astype(np.float16))
+  np.testing.assert_array_equal(
+    example["lips"], media_utils.lip_features(2 * NUM_FRAMES)[::2].astype(np.float16)
+  )
 
 
 def _write_garbage(media):
@@ -116,7 +136,9 @@ def _corrupt_wav(media):
   media["wav"].write_bytes(b"RIFF" + b"\x01" * 200)
 
 
-@pytest.mark.parametrize("damage, overrides, reason", [
+@pytest.mark.parametrize(
+  "damage, overrides, reason",
+  [
     (None, {"Video_Path": "absent.mp4"}, "absent.mp4: video file not found"),
     (_write_garbage, {}, "clip.mp4: cannot decode video"),
     (_truncate_video, {}, "clip.mp4: cannot decode video"),
@@ -126,15 +148,16 @@ def _corrupt_wav(media):
     (_mute_video, {"Audio_Path": ""}, "clip.mp4: no audio stream"),
     (_wav(np.zeros(16_000)), {}, "clip.wav: audio is silent"),
     (_wav(media_utils.tone(0.01, 16_000)), {}, "clip.wav: audio too short (160 samples"),
-    (_wav(media_utils.tone(3.0, 16_000)), {},
-     "clip.wav: audio lasts 3.00 s, the video"),
+    (_wav(media_utils.tone(3.0, 16_000)), {}, "clip.wav: audio lasts 3.00 s, the video"),
     (_wav(np.full(16_000, np.nan), np.float32), {}, "clip.wav: audio holds non-finite samples"),
     (_lips(np.full((NUM_FRAMES, 512), np.inf, np.float32)), {}, "clip.npy: lip features hold non"),
     (_lips(np.zeros((NUM_FRAMES - 1, 512))), {}, "clip.npy: 24 rows of lip features"),
     (_lips(np.zeros((NUM_FRAMES, 96))), {}, "clip.npy: lip features have shape (25, 96)"),
-])
-def test_unusable_clips_are_rejected_with_a_reason_naming_the_file(media, damage, overrides,
-                                                                   reason):
+  ],
+)
+def test_unusable_clips_are_rejected_with_a_reason_naming_the_file(
+  media, damage, overrides, reason
+):
   if damage is not None:
     damage(media)
   with pytest.raises(clips.ClipRejected) as rejected:

@@ -53,7 +53,7 @@ def _torch_save(state_dict: dict, path: pathlib.Path) -> pathlib.Path:
 
 
 def _strip(state_dict: dict, prefix: str) -> dict:
-  return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,13 @@ def converted_mtl(reference):
   output = directory / "from_mtl"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-m", "avcd.cli", "convert", f"--mtl={best}", f"--output={output}"],
-      capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    [sys.executable, "-m", "avcd.cli", "convert", f"--mtl={best}", f"--output={output}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+    env=env,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "student from" in result.stdout and "teachers from" in result.stdout
   return output
@@ -100,19 +105,26 @@ def _targets(use_frontend: bool = False):
 
 def _restore(directory, use_frontend: bool = False):
   (student_def, teachers_def), (student_target, teachers_target), (model_cfg, teachers_cfg) = (
-      _targets(use_frontend))
+    _targets(use_frontend)
+  )
   items = checkpoints.model_items(directory)
-  student = (checkpoints.restore_item(directory, checkpoints.STUDENT, student_target, model_cfg)
-             if checkpoints.STUDENT in items else None)
-  teachers = (checkpoints.restore_item(directory, checkpoints.TEACHERS, teachers_target,
-                                       teachers_cfg)
-              if checkpoints.TEACHERS in items else None)
+  student = (
+    checkpoints.restore_item(directory, checkpoints.STUDENT, student_target, model_cfg)
+    if checkpoints.STUDENT in items
+    else None
+  )
+  teachers = (
+    checkpoints.restore_item(directory, checkpoints.TEACHERS, teachers_target, teachers_cfg)
+    if checkpoints.TEACHERS in items
+    else None
+  )
   return (student_def, teachers_def), student, teachers
 
 
 def _flat(tree) -> dict:
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _assert_same(ours: dict, theirs: dict):
@@ -169,10 +181,12 @@ def test_talknet_file_gives_the_same_student(reference, restored_mtl):
 def test_deep_avsr_files_give_the_same_teachers(reference, restored_mtl):
   _, state_dict, directory = reference
   files = dict(
-      asr=_torch_save(_strip(state_dict, "ASRmodel."), directory / "audio-only.pt"),
-      vsr=_torch_save(_strip(state_dict, "VSRmodel."), directory / "video-only.pt"),
-      vsr_frontend=_torch_save(_strip(state_dict, "model.visualFrontend."),
-                               directory / "visual_frontend.pt"))
+    asr=_torch_save(_strip(state_dict, "ASRmodel."), directory / "audio-only.pt"),
+    vsr=_torch_save(_strip(state_dict, "VSRmodel."), directory / "video-only.pt"),
+    vsr_frontend=_torch_save(
+      _strip(state_dict, "model.visualFrontend."), directory / "visual_frontend.pt"
+    ),
+  )
   output = directory / "from_deep_avsr"
   assert list(convert.convert(output=output, **files)) == ["teachers"]
   _, _, teachers = _restore(output, use_frontend=True)
@@ -182,14 +196,19 @@ def test_deep_avsr_files_give_the_same_teachers(reference, restored_mtl):
   assert frontend
   _assert_same({k: v for k, v in ours.items() if k not in frontend}, mtl)
   # deep_avsr's visual frontend file here holds the student's frontend weights.
-  student_frontend = {k.replace("['visual_encoder']", "['vsr']"): v
-                      for k, v in _flat(mtl_student).items() if "['visual_encoder']['frontend']" in k}
+  student_frontend = {
+    k.replace("['visual_encoder']", "['vsr']"): v
+    for k, v in _flat(mtl_student).items()
+    if "['visual_encoder']['frontend']" in k
+  }
   _assert_same(frontend, student_frontend)
 
 
 def test_teachers_without_frontend_do_not_fit_a_frontend_config(converted_mtl):
-  with pytest.raises(checkpoints.CheckpointMismatchError,
-                     match=r"teachers\.vsr\.use_frontend: checkpoint False, this run True"):
+  with pytest.raises(
+    checkpoints.CheckpointMismatchError,
+    match=r"teachers\.vsr\.use_frontend: checkpoint False, this run True",
+  ):
     _restore(converted_mtl, use_frontend=True)
 
 
@@ -211,13 +230,16 @@ def test_without_torch_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     convert.load_state_dict(tmp_path / "best.model")
 
 
-@pytest.mark.parametrize("sources, message", [
+@pytest.mark.parametrize(
+  "sources, message",
+  [
     (dict(mtl="a", talknet="b"), "both hold a student"),
     (dict(mtl="a", asr="b", vsr="c"), "either --mtl or --asr/--vsr"),
     (dict(asr="a"), "--asr and --vsr go together"),
     (dict(talknet="a", vsr_frontend="b"), "--vsr-frontend completes the VSR teacher"),
     (dict(), "nothing to convert"),
-])
+  ],
+)
 def test_impossible_source_combinations_are_explained(tmp_path, sources, message):
   with pytest.raises(convert.ConvertError, match=message):
     convert.convert(output=tmp_path / "out", **sources)
@@ -238,7 +260,7 @@ def test_empty_and_truncated_files_are_named(tmp_path, reference):
     convert.load_state_dict(empty)
   whole = _torch_save(state_dict, tmp_path / "whole.pt")
   cut = tmp_path / "cut.pt"
-  cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 3])
+  cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 3])
   with pytest.raises(convert.ConvertError, match="cut.pt is not a readable PyTorch file"):
     convert.load_state_dict(cut)
 

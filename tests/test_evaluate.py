@@ -18,24 +18,32 @@ CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 def evaluated(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("evaluate")
   # 7 test clips: no eval batch size divides them, so the last batch carries filler rows.
-  config = config_lib.load_config(CONFIG, {
-      "data.synthetic.test_clips": 7, "eval.leading_silence": ("keep", "trim"),
-      "eval.frame_budget": 100})
+  config = config_lib.load_config(
+    CONFIG,
+    {
+      "data.synthetic.test_clips": 7,
+      "eval.leading_silence": ("keep", "trim"),
+      "eval.frame_budget": 100,
+    },
+  )
   config = corpus_setup.prepare_corpus(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, shardings, init_fn = ts.abstract_train_state(
-      config, ts.make_optimizer(config.optim, 1), mesh)
+    config, ts.make_optimizer(config.optim, 1), mesh
+  )
   state = jax.jit(init_fn, out_shardings=shardings)()
   predict_fn = jax.jit(steps.make_predict_fn(graphdef))
-  results = evaluate.evaluate_splits(predict_fn, state.params, state.batch_stats, config, mesh,
-                                     workdir)
+  results = evaluate.evaluate_splits(
+    predict_fn, state.params, state.batch_stats, config, mesh, workdir
+  )
   return config, workdir, results
 
 
 def test_every_clip_is_scored_exactly_once(evaluated):
   config, workdir, results = evaluated
-  index = split_index.load_index(split_index.open_split(config.data.builder,
-                                                        config.data.data_dir, "test"))
+  index = split_index.load_index(
+    split_index.open_split(config.data.builder, config.data.data_dir, "test")
+  )
   with (workdir / "eval" / "test" / "scores.csv").open() as f:
     ids = [row["id"] for row in csv.DictReader(f)]
   assert sorted(ids) == sorted(index.id.tolist())

@@ -40,8 +40,9 @@ def write_training_checkpoint(workdir: pathlib.Path):
     return x * factor if is_variance else x + 0.1 * rng.standard_normal(x.shape).astype(x.dtype)
 
   state = state.replace(batch_stats=jax.tree_util.tree_map_with_path(perturb, state.batch_stats))
-  checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
-                                               keep_best=0, best_metric="auc")
+  checkpointer = checkpoints.TrainCheckpointer(
+    workdir / "checkpoints", keep_latest=3, keep_best=0, best_metric="auc"
+  )
   checkpointer.save(STEP, state, config=config)
   checkpointer.wait()
   checkpointer.close()
@@ -51,9 +52,11 @@ def write_training_checkpoint(workdir: pathlib.Path):
 def random_batch(rng: np.random.Generator, num_frames: list[int], length: int) -> dict:
   """A batch padded to `length` frames with the given valid lengths."""
   batch = len(num_frames)
-  return dict(mfcc=rng.standard_normal((batch, 4 * length, 13)).astype(np.float32),
-              faces=rng.integers(0, 256, (batch, length, 112, 112), dtype=np.uint8),
-              num_frames=np.asarray(num_frames, np.int32))
+  return dict(
+    mfcc=rng.standard_normal((batch, 4 * length, 13)).astype(np.float32),
+    faces=rng.integers(0, 256, (batch, length, 112, 112), dtype=np.uint8),
+    num_frames=np.asarray(num_frames, np.int32),
+  )
 
 
 def assert_outputs_close(got: dict, want: dict, num_frames: np.ndarray) -> None:
@@ -61,8 +64,13 @@ def assert_outputs_close(got: dict, want: dict, num_frames: np.ndarray) -> None:
   for key in ("probability", "score"):
     np.testing.assert_allclose(got[key], want[key], rtol=0, atol=TOLERANCE, err_msg=key)
   for row, count in enumerate(num_frames):
-    np.testing.assert_allclose(got["frame_logits"][row, :count], want["frame_logits"][row, :count],
-                               rtol=0, atol=TOLERANCE, err_msg=f"frame_logits row {row}")
+    np.testing.assert_allclose(
+      got["frame_logits"][row, :count],
+      want["frame_logits"][row, :count],
+      rtol=0,
+      atol=TOLERANCE,
+      err_msg=f"frame_logits row {row}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +91,21 @@ def saved_model(run, tmp_path_factory):
   """`avcd export` of the run's checkpoint, through the command line."""
   output = tmp_path_factory.mktemp("export") / "saved_model"
   result = subprocess.run(
-      [sys.executable, "-m", "avcd.cli", "export", f"--workdir={run['workdir']}",
-       f"--output={output}", "--platforms=cpu"],
-      capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    [
+      sys.executable,
+      "-m",
+      "avcd.cli",
+      "export",
+      f"--workdir={run['workdir']}",
+      f"--output={output}",
+      "--platforms=cpu",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"step {STEP} (state)" in result.stdout
   return output
@@ -104,12 +124,14 @@ def serving_signature(saved_model):
 
 def test_metadata_records_signature_source_and_config(run, saved_model):
   metadata = export.read_metadata(saved_model)
-  assert metadata["source"] == dict(checkpoint_dir=str(run["workdir"] / "checkpoints"), step=STEP,
-                                    item="state")
+  assert metadata["source"] == dict(
+    checkpoint_dir=str(run["workdir"] / "checkpoints"), step=STEP, item="state"
+  )
   assert metadata["signature"]["inputs"] == dict(
-      mfcc=dict(dtype="float32", shape=["B", "4*T", 13]),
-      faces=dict(dtype="uint8", shape=["B", "T", 112, 112]),
-      num_frames=dict(dtype="int32", shape=["B"]))
+    mfcc=dict(dtype="float32", shape=["B", "4*T", 13]),
+    faces=dict(dtype="uint8", shape=["B", "T", 112, 112]),
+    num_frames=dict(dtype="int32", shape=["B"]),
+  )
   assert set(metadata["signature"]["outputs"]) == {"probability", "score", "frame_logits"}
   assert metadata["features"]["fps"] == 25.0
   assert checkpoints.config_from_json(metadata["config"]) == run["config"]
@@ -125,13 +147,18 @@ def test_saved_model_matches_jax_at_any_length(run, serving_signature, length):
 def test_saved_model_masks_padding(serving_signature):
   """Clips padded to 17 frames score as the same clips cut to 5 frames (shapes compiled above)."""
   padded = random_batch(np.random.default_rng(1), [17, 5, 1], 17)
-  cut = dict(mfcc=padded["mfcc"][:, :4 * 5], faces=padded["faces"][:, :5],
-             num_frames=np.array([5, 5, 1], np.int32))
+  cut = dict(
+    mfcc=padded["mfcc"][:, : 4 * 5],
+    faces=padded["faces"][:, :5],
+    num_frames=np.array([5, 5, 1], np.int32),
+  )
   got, want = serving_signature(padded), serving_signature(cut)
-  np.testing.assert_allclose(got["probability"][1:], want["probability"][1:], rtol=0,
-                             atol=TOLERANCE)
-  np.testing.assert_allclose(got["frame_logits"][1, :5], want["frame_logits"][1], rtol=0,
-                             atol=TOLERANCE)
+  np.testing.assert_allclose(
+    got["probability"][1:], want["probability"][1:], rtol=0, atol=TOLERANCE
+  )
+  np.testing.assert_allclose(
+    got["frame_logits"][1, :5], want["frame_logits"][1], rtol=0, atol=TOLERANCE
+  )
 
 
 def test_saved_model_rejects_unlinked_lengths(serving_signature):
@@ -149,14 +176,28 @@ def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
     inputs.append(f"{name}={tmp_path / f'{name}.npy'}")
   outdir = tmp_path / "outputs"
   result = subprocess.run(
-      # The venv's own script: CI runs the venv's python without putting its bin/ on PATH.
-      [str(pathlib.Path(sys.executable).parent / "saved_model_cli"), "run", "--dir", str(saved_model), "--tag_set", "serve",
-       "--signature_def", export.SIGNATURE_KEY, "--inputs", ";".join(inputs),
-       "--outdir", str(outdir)],
-      capture_output=True, text=True, timeout=300, check=False)
+    # The venv's own script: CI runs the venv's python without putting its bin/ on PATH.
+    [
+      str(pathlib.Path(sys.executable).parent / "saved_model_cli"),
+      "run",
+      "--dir",
+      str(saved_model),
+      "--tag_set",
+      "serve",
+      "--signature_def",
+      export.SIGNATURE_KEY,
+      "--inputs",
+      ";".join(inputs),
+      "--outdir",
+      str(outdir),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  got = {name: np.load(outdir / f"{name}.npy") for name in ("probability", "score",
-                                                             "frame_logits")}
+  got = {name: np.load(outdir / f"{name}.npy") for name in ("probability", "score", "frame_logits")}
   assert_outputs_close(got, run["jax_outputs"](batch), batch["num_frames"])
 
 
@@ -164,14 +205,18 @@ def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
   from_run = ts.restore_student(run["workdir"], STEP)
   assert from_run.source["item"] == "state" and from_run.config == run["config"]
   model_dir = tmp_path / "model"
-  checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
-                                                       batch_stats=run["state"].batch_stats),
-                         config=run["config"])
+  checkpoints.save_model(
+    model_dir,
+    student_state=dict(params=run["state"].params, batch_stats=run["state"].batch_stats),
+    config=run["config"],
+  )
   from_model = ts.restore_student(model_dir)
   assert from_model.source == dict(checkpoint_dir=str(model_dir), step=0, item="student")
   for restored in (from_run, from_model):
-    for got, want in zip(jax.tree.leaves((restored.params, restored.batch_stats)),
-                         jax.tree.leaves((run["state"].params, run["state"].batch_stats))):
+    for got, want in zip(
+      jax.tree.leaves((restored.params, restored.batch_stats)),
+      jax.tree.leaves((run["state"].params, run["state"].batch_stats)),
+    ):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -179,8 +224,9 @@ def test_restore_student_names_missing_steps_and_configs(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
     ts.restore_student(run["workdir"], 3)
   model_dir = tmp_path / "model"
-  checkpoints.save_model(model_dir, student_state=dict(params=run["state"].params,
-                                                       batch_stats=run["state"].batch_stats))
+  checkpoints.save_model(
+    model_dir, student_state=dict(params=run["state"].params, batch_stats=run["state"].batch_stats)
+  )
   with pytest.raises(ValueError, match="no 'config' item"):
     ts.restore_student(model_dir)
 
@@ -196,15 +242,20 @@ def test_config_from_json_gives_back_tuples():
   assert config.a.b == (1, 2) and config.c == ((3,), 4)
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (lambda b: dict(b, num_frames=np.array([0], np.int32)), "at least one valid frame"),
     (lambda b: dict(b, num_frames=np.array([-3], np.int32)), "at least one valid frame"),
     (lambda b: dict(b, num_frames=np.array([9], np.int32)), "cannot be longer than T"),
-    (lambda b: dict(b, mfcc=np.where(np.arange(32)[None, :, None] == 5, np.nan, b["mfcc"])),
-     "mfcc holds NaN or Inf"),
+    (
+      lambda b: dict(b, mfcc=np.where(np.arange(32)[None, :, None] == 5, np.nan, b["mfcc"])),
+      "mfcc holds NaN or Inf",
+    ),
     (lambda b: {k: v[:0] for k, v in b.items()}, r"B = 0"),
     (lambda b: dict(b, mfcc=b["mfcc"][:, :0], faces=b["faces"][:, :0]), r"T = 0"),
-])
+  ],
+)
 def test_the_serving_contract_fails_bad_inputs_with_a_message(serving_signature, change, message):
   batch = change(random_batch(np.random.default_rng(4), [8], 8))
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -214,21 +265,30 @@ def test_the_serving_contract_fails_bad_inputs_with_a_message(serving_signature,
 def test_faces_of_another_size_are_refused_by_the_signature(serving_signature):
   batch = random_batch(np.random.default_rng(5), [8], 8)
   batch["faces"] = batch["faces"][:, :, :64, :64]
-  with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError),
-                     match="faces must be 112 x 112|faces.*112"):
+  with pytest.raises(
+    (ValueError, TypeError, tf.errors.InvalidArgumentError),
+    match="faces must be 112 x 112|faces.*112",
+  ):
     serving_signature(batch)
 
 
 def _avcd(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "avcd.cli", *map(str, args)], capture_output=True,
-                        text=True, cwd=REPO, timeout=300, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "avcd.cli", *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    check=False,
+  )
 
 
 def test_export_and_predict_skip_or_refuse_a_corrupt_step_as_eval_does(run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(run["workdir"], workdir)
-  checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
-                                               keep_best=0, best_metric="auc")
+  checkpointer = checkpoints.TrainCheckpointer(
+    workdir / "checkpoints", keep_latest=3, keep_best=0, best_metric="auc"
+  )
   checkpointer.save(STEP + 2, run["state"], config=run["config"])
   checkpointer.wait()
   checkpointer.close()
@@ -238,13 +298,16 @@ def test_export_and_predict_skip_or_refuse_a_corrupt_step_as_eval_does(run, tmp_
   data[len(data) // 2] ^= 1
   victim.write_bytes(bytes(data))
 
-  exported = _avcd("export", f"--workdir={workdir}", f"--output={tmp_path / 'out'}",
-                   "--platforms=cpu")
+  exported = _avcd(
+    "export", f"--workdir={workdir}", f"--output={tmp_path / 'out'}", "--platforms=cpu"
+  )
   assert exported.returncode == 0, exported.stderr[-3000:]
   assert f"step {STEP} (state)" in exported.stdout  # the newest intact step
   assert f"{newest} is corrupt" in exported.stderr and newest.exists()  # read-only: not moved
-  for command in (["export", f"--output={tmp_path / 'out2'}", "--platforms=cpu"],
-                  ["predict", str(tmp_path / "any.mp4"), f"--output={tmp_path / 'p'}"]):
+  for command in (
+    ["export", f"--output={tmp_path / 'out2'}", "--platforms=cpu"],
+    ["predict", str(tmp_path / "any.mp4"), f"--output={tmp_path / 'p'}"],
+  ):
     refused = _avcd(*command, f"--workdir={workdir}", f"--checkpoint={STEP + 2}")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
     assert f"checkpoint {newest} is corrupt" in refused.stderr
@@ -254,12 +317,16 @@ def test_export_mistakes_are_one_line_before_any_work(run, tmp_path):
   (tmp_path / "full").mkdir()
   (tmp_path / "full" / "keep.txt").write_text("data")
   cases = [
-      ([f"--workdir={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}"], "no such directory"),
-      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'full'}"], "not empty"),
-      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--platforms=bogus"],
-       "--platforms=bogus: choose from cpu, cuda, rocm, tpu"),
-      ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--checkpoint=3"],
-       "no checkpoint for step 3"),
+    ([f"--workdir={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}"], "no such directory"),
+    ([f"--workdir={run['workdir']}", f"--output={tmp_path / 'full'}"], "not empty"),
+    (
+      [f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--platforms=bogus"],
+      "--platforms=bogus: choose from cpu, cuda, rocm, tpu",
+    ),
+    (
+      [f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--checkpoint=3"],
+      "no checkpoint for step 3",
+    ),
   ]
   for args, message in cases:
     result = _avcd("export", *args)

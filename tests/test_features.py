@@ -18,20 +18,27 @@ from tests import media_utils
 def _speech_like(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
   """Int16-valued samples: two tones under noise, as the reference reads 16-bit wav files."""
   rng = np.random.default_rng(seed)
-  signal = (media_utils.tone(seconds, sample_rate, 220)
-            + media_utils.tone(seconds, sample_rate, 1300))
+  signal = media_utils.tone(seconds, sample_rate, 220) + media_utils.tone(
+    seconds, sample_rate, 1300
+  )
   signal += 0.05 * rng.standard_normal(signal.shape)
   return np.round(signal * 12000).astype(np.int16)
 
 
 # --- audio features --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sample_rate", [16_000, 8_000, 48_000])
 def test_mfcc_matches_python_speech_features_as_the_reference_calls_it(sample_rate):
   samples = _speech_like(1.3, sample_rate)
   expected = python_speech_features.mfcc(
-      samples, sample_rate, numcep=13, winlen=0.040 * 25 / 25.0, winstep=0.010 * 25 / 25.0,
-      nfft=int(0.040 * sample_rate))
+    samples,
+    sample_rate,
+    numcep=13,
+    winlen=0.040 * 25 / 25.0,
+    winstep=0.010 * 25 / 25.0,
+    nfft=int(0.040 * sample_rate),
+  )
   got = audio.mfcc(samples.astype(np.float32), sample_rate)
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
@@ -43,8 +50,14 @@ def test_stft_matches_scipy_as_the_reference_calls_it(sample_rate):
   normalised = samples / np.max(np.abs(samples))
   normalised = normalised / np.sqrt(np.mean(normalised**2))
   _, _, spectrum = scipy.signal.stft(
-      normalised, fs=sample_rate, window="hamming", nperseg=int(0.040 * sample_rate),
-      noverlap=int(0.030 * sample_rate * 25 / 25.0), boundary=None, padded=False)
+    normalised,
+    fs=sample_rate,
+    window="hamming",
+    nperseg=int(0.040 * sample_rate),
+    noverlap=int(0.030 * sample_rate * 25 / 25.0),
+    boundary=None,
+    padded=False,
+  )
   got = audio.stft_magnitude(samples.astype(np.float32), sample_rate)
   np.testing.assert_allclose(got, np.abs(spectrum).T, rtol=0, atol=1e-5)
   assert got.shape[1] == int(0.040 * sample_rate) // 2 + 1
@@ -85,6 +98,7 @@ def test_silent_and_empty_clips_do_not_divide_by_zero():
 
 # --- load_audio ------------------------------------------------------------------------------
 
+
 def test_load_audio_resamples_a_44k_stereo_int16_wav_to_16k_mono(tmp_path):
   left = media_utils.tone(1.0, 44_100, 440, amplitude=0.6)
   right = media_utils.tone(1.0, 44_100, 440, amplitude=0.2)
@@ -106,8 +120,12 @@ def test_load_audio_reads_16k_int16_wav_exactly_as_scipy(tmp_path):
 def test_load_audio_reads_the_aac_track_of_an_mp4(tmp_path):
   t = np.arange(48_000) / 48_000
   chirp = 0.5 * scipy.signal.chirp(t, 200, 1.0, 3000)
-  path = media_utils.write_video(tmp_path / "clip.mp4", media_utils.flat_frames(np.full(25, 128)),
-                                 audio=chirp, sample_rate=48_000)
+  path = media_utils.write_video(
+    tmp_path / "clip.mp4",
+    media_utils.flat_frames(np.full(25, 128)),
+    audio=chirp,
+    sample_rate=48_000,
+  )
   samples, rate = audio.load_audio(path)
   expected = 0.5 * scipy.signal.chirp(np.arange(16_000) / 16_000, 200, 1.0, 3000) * 32768
   assert rate == 16_000
@@ -120,8 +138,9 @@ def test_load_audio_reads_the_aac_track_of_an_mp4(tmp_path):
 def test_load_audio_errors_name_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.wav"):
     audio.load_audio(tmp_path / "missing.wav")
-  silent_video = media_utils.write_video(tmp_path / "mute.mp4",
-                                         media_utils.flat_frames(np.full(5, 90)))
+  silent_video = media_utils.write_video(
+    tmp_path / "mute.mp4", media_utils.flat_frames(np.full(5, 90))
+  )
   with pytest.raises(audio.AudioError, match="mute.mp4: no audio stream"):
     audio.load_audio(silent_video)
   garbage = tmp_path / "garbage.wav"
@@ -132,11 +151,13 @@ def test_load_audio_errors_name_the_file(tmp_path):
 
 # --- video -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
 def test_read_faces_returns_the_first_frames_resized_to_112(tmp_path, codec):
   levels = media_utils.grey_levels(12)
-  path = media_utils.write_video(tmp_path / "clip.mp4", media_utils.flat_frames(levels), fps=25,
-                                 codec=codec)
+  path = media_utils.write_video(
+    tmp_path / "clip.mp4", media_utils.flat_frames(levels), fps=25, codec=codec
+  )
   faces = video.read_faces(path, 8)
   assert faces.fps == 25.0
   assert faces.frames.shape == (8, schema.FACE_SIZE, schema.FACE_SIZE)
@@ -163,14 +184,19 @@ def test_read_faces_matches_cv2_grey_then_bilinear_resize(tmp_path):
   faces = video.read_faces(path, luma="reference_bgr").frames
   with av.open(str(path)) as container:
     decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-  expected = [cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY), (112, 112),
-                         interpolation=cv2.INTER_LINEAR) for rgb in decoded]
+  expected = [
+    cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY), (112, 112), interpolation=cv2.INTER_LINEAR)
+    for rgb in decoded
+  ]
   np.testing.assert_array_equal(faces, np.stack(expected))
 
 
 def test_read_faces_errors_name_the_file(tmp_path):
-  path = media_utils.write_video(tmp_path / "short.mp4", media_utils.flat_frames(np.full(5, 90)),
-                                 audio=media_utils.tone(0.2, 16_000))
+  path = media_utils.write_video(
+    tmp_path / "short.mp4",
+    media_utils.flat_frames(np.full(5, 90)),
+    audio=media_utils.tone(0.2, 16_000),
+  )
   with pytest.raises(video.VideoError, match="short.mp4: has 5 decodable frames, 9 asked"):
     video.read_faces(path, 9)
   with pytest.raises(FileNotFoundError, match="nothing.mp4"):
@@ -188,19 +214,23 @@ def test_read_faces_errors_name_the_file(tmp_path):
 
 # --- lips ------------------------------------------------------------------------------------
 
+
 def test_load_lips_returns_the_first_rows(tmp_path):
   features = media_utils.lip_features(30)
   path = media_utils.write_npy(tmp_path / "clip.npy", features)
   np.testing.assert_array_equal(lips.load_lips(path, 20), features[:20])
 
 
-@pytest.mark.parametrize("array, problem", [
+@pytest.mark.parametrize(
+  "array, problem",
+  [
     (np.zeros((30, 256), np.float32), r"shape \(30, 256\)"),
     (np.zeros((30,), np.float32), r"shape \(30,\)"),
     (np.zeros((10, 512), np.float32), "10 rows of lip features, the clip needs 20"),
     (np.full((30, 512), np.nan, np.float32), "non-finite"),
     (np.array(["a"] * 30), "dtype"),
-])
+  ],
+)
 def test_load_lips_rejects_bad_arrays(tmp_path, array, problem):
   path = media_utils.write_npy(tmp_path / "bad.npy", array)
   with pytest.raises(lips.LipsError, match=f"bad.npy: .*{problem}"):

@@ -11,8 +11,11 @@ from avcd.evaluation import statistics
 
 def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
   pilot = g.stage_runs("pilot", 0)
-  assert [r.name for r in pilot[:3]] == ["corpus0-none-R0-seed0", "corpus0-standard-R2-seed0",
-                                         "corpus0-none-R3-seed0"]
+  assert [r.name for r in pilot[:3]] == [
+    "corpus0-none-R0-seed0",
+    "corpus0-standard-R2-seed0",
+    "corpus0-none-R3-seed0",
+  ]
   assert len(pilot) == 3 * g.PILOT_SEEDS
   stage1, stage2 = g.stage_runs("1", 7), g.stage_runs("2", 7)
   assert set(pilot) <= set(stage1) and len(stage1) == 21
@@ -25,10 +28,18 @@ def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
 
 
 def _recipe_run(learning_rate, budget, row, seed, reached_at, seconds):
-  epochs = [dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in g.TRAINED})
-            for e in range(1, g.RECIPE_EPOCHS + 1)]
-  return dict(learning_rate=learning_rate, frame_budget=budget, row=row, seed=seed,
-              seconds=seconds, epochs=epochs)
+  epochs = [
+    dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in g.TRAINED})
+    for e in range(1, g.RECIPE_EPOCHS + 1)
+  ]
+  return dict(
+    learning_rate=learning_rate,
+    frame_budget=budget,
+    row=row,
+    seed=seed,
+    seconds=seconds,
+    epochs=epochs,
+  )
 
 
 def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs():
@@ -39,10 +50,12 @@ def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs(
       runs.append(_recipe_run(3e-3, 400, row, seed, 4 if seed else 9, 1200))  # one seed slow
       runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))
       runs.append(_recipe_run(3e-3, 1200, row, seed, 5, 2400))  # as few epochs, slower
-  assert g.choose_recipe(runs) == dict(learning_rate=1e-3, frame_budget=1200, num_epochs=5,
-                                       seconds=750.0)
-  never = [_recipe_run(1e-3, 400, row, seed, 99, 1200) for row in g.RECIPE_ROWS
-           for seed in g.RECIPE_SEEDS]
+  assert g.choose_recipe(runs) == dict(
+    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=750.0
+  )
+  never = [
+    _recipe_run(1e-3, 400, row, seed, 99, 1200) for row in g.RECIPE_ROWS for seed in g.RECIPE_SEEDS
+  ]
   assert g.choose_recipe(never) is None
 
 
@@ -51,15 +64,21 @@ def _contrast(mean, low, high, per_corpus=(0.1, 0.1)):
 
 
 def test_decision_rule():
-  good = dict(primary=_contrast(0.08, 0.03, 0.13), adjusted_p=0.002,
-              by_generator={"ls_b": 0.07, "ls_c": 0.09}, against_sync=_contrast(0.02, -0.01, 0.05),
-              gate_failures=0, complete=True)
+  good = dict(
+    primary=_contrast(0.08, 0.03, 0.13),
+    adjusted_p=0.002,
+    by_generator={"ls_b": 0.07, "ls_c": 0.09},
+    against_sync=_contrast(0.02, -0.01, 0.05),
+    gate_failures=0,
+    complete=True,
+  )
   assert g.verdict(**good) == "holds"
   assert g.verdict(**dict(good, gate_failures=1)) == "inconclusive"
   assert g.verdict(**dict(good, against_sync=_contrast(-0.01, -0.04, 0.02))) == "inconclusive"
   assert g.verdict(**dict(good, by_generator={"ls_b": -0.01, "ls_c": 0.1})) == "inconclusive"
-  assert g.verdict(**dict(good, primary=_contrast(0.08, 0.03, 0.13, (0.17, -0.01)))
-                   ) == "inconclusive"
+  assert (
+    g.verdict(**dict(good, primary=_contrast(0.08, 0.03, 0.13, (0.17, -0.01)))) == "inconclusive"
+  )
   assert g.verdict(**dict(good, primary=_contrast(0.01, -0.02, 0.04))) == "fails"
   assert g.verdict(**dict(good, complete=False)) == "holds so far (stage 2 is not complete)"
 
@@ -67,25 +86,44 @@ def test_decision_rule():
 def test_report_reads_results_files(tmp_path):
   results = tmp_path / "results"
   rng = np.random.default_rng(0)
-  methods = ["real"] * 40 + [m for m in (*g.TRAINED, "ls_a_clean", "ls_b", "ls_c") for _ in range(8)]
+  methods = ["real"] * 40 + [
+    m for m in (*g.TRAINED, "ls_a_clean", "ls_b", "ls_c") for _ in range(8)
+  ]
   labels = [int(m != "real") for m in methods]
-  clips = dict(corpus=0, ids=[f"synthetic-test-{i:06d}" for i in range(len(methods))],
-               methods=methods, labels=labels, speakers=[i % 10 for i in range(len(methods))])
+  clips = dict(
+    corpus=0,
+    ids=[f"synthetic-test-{i:06d}" for i in range(len(methods))],
+    methods=methods,
+    labels=labels,
+    speakers=[i % 10 for i in range(len(methods))],
+  )
   (results / "runs").mkdir(parents=True)
   (results / "clips-corpus0.json").write_text(json.dumps(clips))
   held_out = np.isin(methods, ["ls_b", "ls_c"])
   for seed in range(3):
     for row, gain in (("R0", 0.0), ("R2", 2.0), ("R3", 1.0)):
       run = g.Run.of(0, "standard", row, seed)
-      scores = rng.normal(size=len(methods)) + 3.0 * (np.array(labels) & ~held_out) + gain * held_out
-      (results / "runs" / f"{run.name}.json").write_text(json.dumps(dict(
-          run=dict(corpus=0, teacher=run.teacher, row=row, seed=seed), seconds=300.0,
-          test_auc={"ls_a": 1.0, "ls_a_clean": 0.9}, gate=dict(passed=seed != 2, failing={}
-                                                               if seed != 2 else {"desync": 0.9}),
-          test_scores=scores.tolist())))
+      scores = (
+        rng.normal(size=len(methods)) + 3.0 * (np.array(labels) & ~held_out) + gain * held_out
+      )
+      (results / "runs" / f"{run.name}.json").write_text(
+        json.dumps(
+          dict(
+            run=dict(corpus=0, teacher=run.teacher, row=row, seed=seed),
+            seconds=300.0,
+            test_auc={"ls_a": 1.0, "ls_a_clean": 0.9},
+            gate=dict(passed=seed != 2, failing={} if seed != 2 else {"desync": 0.9}),
+            test_scores=scores.tolist(),
+          )
+        )
+      )
   report = tmp_path / "results.md"
-  g.write_report(g.load_results(results), report, "python -m avcd.commands.generalisation --report_only",
-                 num_resamples=50)
+  g.write_report(
+    g.load_results(results),
+    report,
+    "python -m avcd.commands.generalisation --report_only",
+    num_resamples=50,
+  )
   text = report.read_text()
   assert "## Test AUC by method: corpus 0, standard teachers" in text
   assert "| R2 CE + distillation + contrastive | 3 |" in text

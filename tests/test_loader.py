@@ -1,4 +1,5 @@
-"""The Grain pipelines on a tiny random corpus: contract, coverage, determinism, sharding, trimming."""
+"""The Grain pipelines on a tiny random corpus: contract, coverage, determinism, sharding and
+trimming."""
 
 import os
 
@@ -24,8 +25,14 @@ def corpus(tmp_path_factory):
 
 def data_config(corpus, name="small", **overrides):
   builder, data_dir = corpus[name]
-  settings = dict(data_dir=data_dir, bucket_lengths=BUCKETS, frame_budget=FRAME_BUDGET,
-                  max_frames=120, train_window=100, prefetch=2)
+  settings = dict(
+    data_dir=data_dir,
+    bucket_lengths=BUCKETS,
+    frame_budget=FRAME_BUDGET,
+    max_frames=120,
+    train_window=100,
+    prefetch=2,
+  )
   settings.update(overrides)
   return config_lib.data(builder=builder, train_split="train", **settings)
 
@@ -40,15 +47,28 @@ def open_split(cfg, split="train"):
 
 
 def train_epoch(cfg, *, seed=0, process_index=0, process_count=1, batch_multiple=2):
-  dataset = loader.train_dataset(cfg, seed=seed, process_index=process_index,
-                                 process_count=process_count, batch_multiple=batch_multiple,
-                                 num_epochs=1)
+  dataset = loader.train_dataset(
+    cfg,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    batch_multiple=batch_multiple,
+    num_epochs=1,
+  )
   return list(dataset)
 
 
 def eval_pass(cfg, *, split="test", process_index=0, process_count=1, batch_multiple=2):
-  return list(loader.eval_dataset(cfg, eval_config(), split=split, process_index=process_index,
-                                  process_count=process_count, batch_multiple=batch_multiple))
+  return list(
+    loader.eval_dataset(
+      cfg,
+      eval_config(),
+      split=split,
+      process_index=process_index,
+      process_count=process_count,
+      batch_multiple=batch_multiple,
+    )
+  )
 
 
 def assert_batches_equal(expected, actual):
@@ -63,15 +83,17 @@ def assert_batches_equal(expected, actual):
 
 
 def concat_rows(first, second):
-  return {k: concat_rows(v, second[k]) if isinstance(v, dict) else np.concatenate([v, second[k]])
-          for k, v in first.items()}
+  return {
+    k: concat_rows(v, second[k]) if isinstance(v, dict) else np.concatenate([v, second[k]])
+    for k, v in first.items()
+  }
 
 
 def window_start(example, faces):
   """Where `faces` (n frames) starts in the clip; random faces make the match unique."""
   frames = len(faces)
   for start in range(example["num_frames"] - frames + 1):
-    if np.array_equal(example["faces"][start:start + frames], faces):
+    if np.array_equal(example["faces"][start : start + frames], faces):
       return start
   raise AssertionError("batch row is no window of its clip")
 
@@ -84,16 +106,18 @@ def assert_row_is_window(batch, row, example, start):
       continue
     per_frame = field.rows_per_frame
     np.testing.assert_array_equal(
-        batch[field.name][row, :per_frame * frames],
-        example[field.name][per_frame * start:per_frame * (start + frames)], err_msg=field.name)
+      batch[field.name][row, : per_frame * frames],
+      example[field.name][per_frame * start : per_frame * (start + frames)],
+      err_msg=field.name,
+    )
     padding = schema.UNKNOWN_PHONEME if field.name == "phonemes" else 0
-    assert np.all(batch[field.name][row, per_frame * frames:] == padding), field.name
+    assert np.all(batch[field.name][row, per_frame * frames :] == padding), field.name
 
 
 def test_global_batch_size_rounds_down_to_the_multiple_but_not_below_it():
   assert loader.global_batch_size(2000, 50, 8) == 40
-  assert loader.global_batch_size(2000, 100, 8) == 16      # 20 rounded down
-  assert loader.global_batch_size(2000, 400, 8) == 8       # 5 rounded up to one multiple
+  assert loader.global_batch_size(2000, 100, 8) == 16  # 20 rounded down
+  assert loader.global_batch_size(2000, 400, 8) == 8  # 5 rounded up to one multiple
   assert loader.global_batch_size(2000, 1000, 1) == 2
   assert loader.global_batch_size(100, 1000, 1) == 1
 
@@ -109,13 +133,18 @@ def test_train_batches_follow_the_contract(corpus):
     assert length in BUCKETS
     assert rows == loader.global_batch_size(FRAME_BUDGET, length, 2)
     assert rows * length <= FRAME_BUDGET or rows == 2
-    expected = {"mfcc": ((rows, 4 * length, 13), np.float32),
-                "stft": ((rows, 4 * length, 321), np.float16),
-                "faces": ((rows, length, 112, 112), np.uint8),
-                "lips": ((rows, length, 512), np.float16),
-                "phonemes": ((rows, length), np.int32), "num_frames": ((rows,), np.int32),
-                "label": ((rows,), np.int32), "audio_label": ((rows,), np.int32),
-                "video_label": ((rows,), np.int32), "record": ((rows,), np.int64)}
+    expected = {
+      "mfcc": ((rows, 4 * length, 13), np.float32),
+      "stft": ((rows, 4 * length, 321), np.float16),
+      "faces": ((rows, length, 112, 112), np.uint8),
+      "lips": ((rows, length, 512), np.float16),
+      "phonemes": ((rows, length), np.int32),
+      "num_frames": ((rows,), np.int32),
+      "label": ((rows,), np.int32),
+      "audio_label": ((rows,), np.int32),
+      "video_label": ((rows,), np.int32),
+      "record": ((rows,), np.int64),
+    }
     assert set(batch) == set(expected) | {"augment"}
     for key, (shape, dtype) in expected.items():
       assert batch[key].shape == shape and batch[key].dtype == dtype, key
@@ -136,14 +165,20 @@ def test_train_batches_follow_the_contract(corpus):
 
 def test_train_epochs_differ_but_keep_their_step_count(corpus):
   cfg = data_config(corpus)
-  two_epochs = list(loader.train_dataset(cfg, seed=3, process_index=0, process_count=1,
-                                         batch_multiple=1, num_epochs=2))
+  two_epochs = list(
+    loader.train_dataset(
+      cfg, seed=3, process_index=0, process_count=1, batch_multiple=1, num_epochs=2
+    )
+  )
   steps = loader.steps_per_epoch(cfg, process_count=1, batch_multiple=1)
   assert len(two_epochs) == 2 * steps
   order = lambda batches: np.concatenate([b["record"] for b in batches])
   assert not np.array_equal(order(two_epochs[:steps]), order(two_epochs[steps:]))
-  again = list(loader.train_dataset(cfg, seed=3, process_index=0, process_count=1,
-                                    batch_multiple=1, num_epochs=1))
+  again = list(
+    loader.train_dataset(
+      cfg, seed=3, process_index=0, process_count=1, batch_multiple=1, num_epochs=1
+    )
+  )
   assert_batches_equal(two_epochs[:steps], again)
 
 
@@ -179,8 +214,7 @@ def test_two_processes_split_each_global_batch(corpus):
     assert len(first["record"]) == len(second["record"]) == rows // 2
     assert_batches_equal([batch], [concat_rows(first, second)])
   eval_whole = eval_pass(cfg, process_count=1, batch_multiple=2)
-  eval_halves = [eval_pass(cfg, process_index=p, process_count=2, batch_multiple=1)
-                 for p in (0, 1)]
+  eval_halves = [eval_pass(cfg, process_index=p, process_count=2, batch_multiple=1) for p in (0, 1)]
   assert len(eval_whole) == len(eval_halves[0]) == len(eval_halves[1])
   for batch, first, second in zip(eval_whole, *eval_halves):
     assert_batches_equal([batch], [concat_rows(first, second)])
@@ -194,8 +228,9 @@ def test_restoring_the_iterator_mid_epoch_reproduces_the_rest(corpus):
     next(iterator)
   state = iterator.get_state()
   rest = [next(iterator) for _ in range(8)]  # runs into the next epoch
-  restored = iter(loader.train_dataset(cfg, seed=5, process_index=0, process_count=1,
-                                       batch_multiple=2))
+  restored = iter(
+    loader.train_dataset(cfg, seed=5, process_index=0, process_count=1, batch_multiple=2)
+  )
   restored.set_state(state)
   assert_batches_equal(rest, [next(restored) for _ in range(8)])
 
@@ -203,9 +238,11 @@ def test_restoring_the_iterator_mid_epoch_reproduces_the_rest(corpus):
 def test_orbax_checkpoints_the_iterator(corpus, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   import grain  # pylint: disable=g-import-not-at-top
+
   cfg = data_config(corpus)
-  make = lambda: iter(loader.train_dataset(cfg, seed=2, process_index=0, process_count=1,
-                                           batch_multiple=2))
+  make = lambda: iter(
+    loader.train_dataset(cfg, seed=2, process_index=0, process_count=1, batch_multiple=2)
+  )
   iterator = make()
   for _ in range(3):
     next(iterator)
@@ -221,11 +258,17 @@ def test_orbax_checkpoints_the_iterator(corpus, tmp_path):
 def test_worker_processes_give_the_same_batches(corpus):
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
-  threaded = iter(loader.train_dataset(data_config(corpus, num_workers=0), seed=1,
-                                       process_index=0, process_count=1, batch_multiple=2))
+  threaded = iter(
+    loader.train_dataset(
+      data_config(corpus, num_workers=0), seed=1, process_index=0, process_count=1, batch_multiple=2
+    )
+  )
   expected = [next(threaded) for _ in range(7)]
-  workers = iter(loader.train_dataset(data_config(corpus, num_workers=2), seed=1,
-                                      process_index=0, process_count=1, batch_multiple=2))
+  workers = iter(
+    loader.train_dataset(
+      data_config(corpus, num_workers=2), seed=1, process_index=0, process_count=1, batch_multiple=2
+    )
+  )
   try:
     assert_batches_equal(expected, [next(workers) for _ in range(7)])
   finally:
@@ -240,8 +283,13 @@ def test_train_methods_keep_reals_and_the_listed_fakes(corpus):
   kept = (index.method == "real") | (index.method == "wav2lip")
   assert set(records) == set(np.flatnonzero(kept))
   with pytest.raises(ValueError, match="match no fake"):
-    loader.train_dataset(data_config(corpus, train_methods=("typo",)), seed=0, process_index=0,
-                         process_count=1, batch_multiple=1)
+    loader.train_dataset(
+      data_config(corpus, train_methods=("typo",)),
+      seed=0,
+      process_index=0,
+      process_count=1,
+      batch_multiple=1,
+    )
 
 
 def test_draws_depend_on_seed_epoch_and_record_only(corpus):
@@ -249,9 +297,13 @@ def test_draws_depend_on_seed_epoch_and_record_only(corpus):
     out = {}
     for batch in train_epoch(cfg):
       for row, record in enumerate(batch["record"]):
-        out[int(record)] = (batch["augment"]["kind"][row], batch["augment"]["angle"][row],
-                            batch["mfcc"][row, 0, 0])
+        out[int(record)] = (
+          batch["augment"]["kind"][row],
+          batch["augment"]["angle"][row],
+          batch["mfcc"][row, 0, 0],
+        )
     return out
+
   everything = draws(data_config(corpus))
   filtered = draws(data_config(corpus, train_methods=("faceswap",)))
   assert all(everything[record] == value for record, value in filtered.items())
@@ -281,7 +333,7 @@ def test_trimming_leading_silence(corpus):
   for batch in train_epoch(train_cfg):
     for row, record in enumerate(batch["record"]):
       example = train_opened.decode(train_opened.records[record])
-      start = window_start(example, batch["faces"][row, :batch["num_frames"][row]])
+      start = window_start(example, batch["faces"][row, : batch["num_frames"][row]])
       assert start >= train_index.leading_silence[record]
 
 
@@ -289,10 +341,10 @@ def test_leading_silence_threshold_is_relative_to_the_clip():
   speech = np.full((40, 13), 1.0, np.float32)
   speech[:, 0] = 12.0
   quiet_lead = speech.copy()
-  quiet_lead[:4 * 3, 0] = 12.0 - split_index.SILENCE_MARGIN - 0.1   # 3 frames 30 dB down
-  quiet_lead[4 * 3 + 1, 0] = 0.0        # a quiet audio frame inside a loud video frame
+  quiet_lead[: 4 * 3, 0] = 12.0 - split_index.SILENCE_MARGIN - 0.1  # 3 frames 30 dB down
+  quiet_lead[4 * 3 + 1, 0] = 0.0  # a quiet audio frame inside a loud video frame
   assert split_index.leading_silent_frames(quiet_lead) == 3
-  assert split_index.leading_silent_frames(quiet_lead + 20.0) == 3      # gain does not matter
+  assert split_index.leading_silent_frames(quiet_lead + 20.0) == 3  # gain does not matter
   assert split_index.leading_silent_frames(speech) == 0
   assert split_index.leading_silent_frames(np.zeros((40, 13), np.float32)) == 0
 
@@ -302,11 +354,25 @@ def test_splits_without_lip_features_have_no_lips_field(corpus):
   batches = eval_pass(cfg)
   assert batches and all("lips" not in b for b in batches)
   _, index = open_split(cfg, "test")
-  mixed = split_index.SplitIndex(**{
-      **{k: getattr(index, k) for k in ("num_frames", "label", "audio_label", "video_label",
-                                        "leading_silence", "id", "method", "dataset",
-                                        "category")},
-      "lip_rows": np.where(np.arange(len(index)) == 0, index.num_frames, 0)})
+  mixed = split_index.SplitIndex(
+    **{
+      **{
+        k: getattr(index, k)
+        for k in (
+          "num_frames",
+          "label",
+          "audio_label",
+          "video_label",
+          "leading_silence",
+          "id",
+          "method",
+          "dataset",
+          "category",
+        )
+      },
+      "lip_rows": np.where(np.arange(len(index)) == 0, index.num_frames, 0),
+    }
+  )
   with pytest.raises(schema.SchemaError, match="all or none"):
     mixed.has_lips()
 
@@ -320,8 +386,10 @@ def test_clips_longer_than_every_bucket_are_an_error(corpus):
 def test_index_is_cached_and_recomputed_when_shards_change(corpus, monkeypatch):
   cfg = data_config(corpus)
   opened, index = open_split(cfg, "test")
+
   def fail(split):
     raise AssertionError(f"index of {split.split} recomputed")
+
   with monkeypatch.context() as patch:
     patch.setattr(split_index, "_compute_index", fail)
     cached = split_index.load_index(opened)

@@ -12,8 +12,8 @@ def test_reference_metric_loss_cannot_be_satisfied_and_the_centred_one_can():
   real, fake = jnp.zeros(4, jnp.int32), jnp.ones(4, jnp.int32)
   reference_real = losses.metric_loss(distances, real, 1.0)
   reference_fake = losses.metric_loss(distances, fake, 1.0)
-  assert float(reference_real.min()) >= 0.25          # sigmoid(d) >= 1/2 for d >= 0
-  assert float(reference_fake.min()) > 0.0            # sigmoid(d) < 1 = the margin (float32: d < 17)
+  assert float(reference_real.min()) >= 0.25  # sigmoid(d) >= 1/2 for d >= 0
+  assert float(reference_fake.min()) > 0.0  # sigmoid(d) < 1 = the margin (float32: d < 17)
   centred_real = losses.metric_loss(distances, real, 0.5, "centred")
   centred_fake = losses.metric_loss(distances, fake, 0.5, "centred")
   assert float(centred_real[0]) == 0.0 and float(centred_fake[-1]) == 0.0
@@ -30,5 +30,7 @@ def test_sync_loss_targets_one_on_real_frames_and_zero_on_rolled_ones():
   assert float(losses.sync_loss(disagree, agree, labels, mask)) > 5.0
   # The fake clip's frames count for nothing, whatever they hold.
   fake_changed = agree.at[1].set(0.001)
-  np.testing.assert_allclose(losses.sync_loss(fake_changed, disagree, labels, mask),
-                             losses.sync_loss(agree, disagree, labels, mask))
+  np.testing.assert_allclose(
+    losses.sync_loss(fake_changed, disagree, labels, mask),
+    losses.sync_loss(agree, disagree, labels, mask),
+  )

@@ -35,7 +35,7 @@ from avcd.training import sharding
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MESHES = ((1, 1), (8, 1), (4, 2), (2, 4))
 NUM_STEPS = 3
-ROWS, FRAMES, FACE = 8, 16, 32   # every mesh splits the 8 rows; 32 px faces keep steps short
+ROWS, FRAMES, FACE = 8, 16, 32  # every mesh splits the 8 rows; 32 px faces keep steps short
 LOSS_RTOL = 2e-5
 PARAM_ATOL = 1e-6
 ADAM_EPS = 1.0
@@ -51,20 +51,28 @@ def test_parameter_spec_splits_the_largest_divisible_axis():
 
 
 def test_parameter_spec_replicates_small_indivisible_and_unsplit():
-  assert sharding.parameter_spec((512,), 4) == P()                      # below MIN_FSDP_SIZE
-  assert sharding.parameter_spec((1023, 1023), 4) == P()                # no axis divisible by 4
-  assert sharding.parameter_spec((1024, 1024), 1) == P()                # no fsdp axis
+  assert sharding.parameter_spec((512,), 4) == P()  # below MIN_FSDP_SIZE
+  assert sharding.parameter_spec((1023, 1023), 4) == P()  # no axis divisible by 4
+  assert sharding.parameter_spec((1024, 1024), 1) == P()  # no fsdp axis
 
 
-@pytest.mark.parametrize("data,fsdp,devices,expected", [
-    (-1, 1, 8, (8, 1)), (-1, 2, 8, (4, 2)), (2, -1, 8, (2, 4)), (1, 1, 1, (1, 1))])
+@pytest.mark.parametrize(
+  "data,fsdp,devices,expected",
+  [(-1, 1, 8, (8, 1)), (-1, 2, 8, (4, 2)), (2, -1, 8, (2, 4)), (1, 1, 1, (1, 1))],
+)
 def test_mesh_shape_fills_the_remaining_devices(data, fsdp, devices, expected):
   assert sharding.mesh_shape(ConfigDict(dict(data=data, fsdp=fsdp)), devices) == expected
 
 
-@pytest.mark.parametrize("data,fsdp,devices,message", [
-    (-1, -1, 8, "at most one"), (-1, 3, 8, "cannot be split"), (2, 2, 8, "needs 4 devices"),
-    (0, 1, 8, "positive")])
+@pytest.mark.parametrize(
+  "data,fsdp,devices,message",
+  [
+    (-1, -1, 8, "at most one"),
+    (-1, 3, 8, "cannot be split"),
+    (2, 2, 8, "needs 4 devices"),
+    (0, 1, 8, "positive"),
+  ],
+)
 def test_mesh_shape_rejects_impossible_meshes(data, fsdp, devices, message):
   with pytest.raises(ValueError, match=message):
     sharding.mesh_shape(ConfigDict(dict(data=data, fsdp=fsdp)), devices)
@@ -73,14 +81,17 @@ def test_mesh_shape_rejects_impossible_meshes(data, fsdp, devices, message):
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("meshes")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
-             XLA_FLAGS=FAST_COMPILE_FLAGS)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8", XLA_FLAGS=FAST_COMPILE_FLAGS)
   # Two workers of two meshes each: compiling is single-threaded, so they share the cores.
-  workers = [subprocess.Popen([sys.executable, "-m", "tests.test_mesh", str(out), *names],
-                              cwd=REPO, env=env) for names in (_names()[:2], _names()[2:])]
+  workers = [
+    subprocess.Popen([sys.executable, "-m", "tests.test_mesh", str(out), *names], cwd=REPO, env=env)
+    for names in (_names()[:2], _names()[2:])
+  ]
   assert [worker.wait(timeout=900) for worker in workers] == [0, 0]
-  return ({name: json.loads((out / f"run_{name}.json").read_text()) for name in _names()},
-          {name: dict(np.load(out / f"params_{name}.npz")) for name in _names()})
+  return (
+    {name: json.loads((out / f"run_{name}.json").read_text()) for name in _names()},
+    {name: dict(np.load(out / f"params_{name}.npz")) for name in _names()},
+  )
 
 
 def _names() -> list[str]:
@@ -130,7 +141,7 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
 
   # The tiny model's tensors are all below the production threshold; lowered, the fsdp meshes
   # split its larger parameters, their Adam moments and the teachers' like a full-size model's.
-  sharding.MIN_FSDP_SIZE = 2 ** 9
+  sharding.MIN_FSDP_SIZE = 2**9
   config = config_lib.load_config(REPO / "configs" / "tiny.py", {"optim.eps": ADAM_EPS})
   rng = np.random.default_rng(0)
   batches = []
@@ -151,7 +162,7 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
   for name in names:
     data, fsdp = map(int, name.split("x"))
     config.mesh.data, config.mesh.fsdp = data, fsdp
-    mesh = sharding.make_mesh(config.mesh, jax.devices()[:data * fsdp])
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[: data * fsdp])
     step = steps.make_train_step(config, mesh, steps_per_epoch=NUM_STEPS)
     state, teachers_state = step.initial_arguments()
     losses = []
@@ -161,13 +172,19 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
       losses.append(float(metrics["loss"]))
     count_split = lambda tree: sum("fsdp" in x.sharding.spec for x in jax.tree.leaves(tree))
     run = dict(
-        losses=losses,
-        split=dict(params=count_split(state.params), opt_state=count_split(state.opt_state),
-                   teachers=count_split(teachers_state)),
-        rows_per_device=[s.data.shape[0] for s in inputs["faces"].addressable_shards])
+      losses=losses,
+      split=dict(
+        params=count_split(state.params),
+        opt_state=count_split(state.opt_state),
+        teachers=count_split(teachers_state),
+      ),
+      rows_per_device=[s.data.shape[0] for s in inputs["faces"].addressable_shards],
+    )
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
-    np.savez(out / f"params_{name}.npz",
-             **{jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
+    np.savez(
+      out / f"params_{name}.npz",
+      **{jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves},
+    )
     (out / f"run_{name}.json").write_text(json.dumps(run))
 
 

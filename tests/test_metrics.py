@@ -40,11 +40,13 @@ def test_clip_metrics_equal_sklearn(seed, threshold):
   assert result["ap"] == sk_metrics.average_precision_score(labels, scores)
   assert result["acc"] == pytest.approx(sk_metrics.accuracy_score(labels, predicted), abs=1e-15)
   assert result["bacc"] == pytest.approx(
-      sk_metrics.balanced_accuracy_score(labels, predicted), abs=1e-15)
+    sk_metrics.balanced_accuracy_score(labels, predicted), abs=1e-15
+  )
   assert result["f1"] == pytest.approx(sk_metrics.f1_score(labels, predicted), abs=1e-15)
   assert result["fake_recall"] == pytest.approx(sk_metrics.recall_score(labels, predicted))
   assert result["real_recall"] == pytest.approx(
-      sk_metrics.recall_score(labels, predicted, pos_label=0))
+    sk_metrics.recall_score(labels, predicted, pos_label=0)
+  )
   false_acceptance, false_rejection = fn / (fn + tp), fp / (fp + tn)
   assert result["hter"] == pytest.approx((false_acceptance + false_rejection) / 2)
   assert result["eer"] == pytest.approx(reference_eer(labels, scores), abs=1e-12)
@@ -76,14 +78,12 @@ def test_probability_equal_to_threshold_is_fake():
   assert (result["tp"], result["fp"], result["tn"], result["fn"]) == (1, 1, 0, 0)
 
 
-@pytest.mark.parametrize("present_label, missing_recall", ((0, "fake_recall"),
-                                                           (1, "real_recall")))
+@pytest.mark.parametrize("present_label, missing_recall", ((0, "fake_recall"), (1, "real_recall")))
 def test_single_class_warns_and_gives_nan(present_label, missing_recall):
   labels = np.full(6, present_label)
   scores = np.linspace(-1, 1, 6)
   with pytest.warns(metrics.SingleClassWarning, match="test/wav2lip"):
-    result = metrics.clip_metrics(labels, scores, 1 / (1 + np.exp(-scores)),
-                                  name="test/wav2lip")
+    result = metrics.clip_metrics(labels, scores, 1 / (1 + np.exp(-scores)), name="test/wav2lip")
   for key in ("auc", "eer", "ap", "bacc", "hter", missing_recall):
     assert math.isnan(result[key]), key
   assert result["acc"] == 0.5
@@ -120,8 +120,14 @@ def test_per_method_uses_all_reals_and_that_methods_fakes():
 def test_per_category_skips_fakes_without_category():
   labels = np.array([0, 0, 1, 1, 1, 1])
   scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
-  categories = ["RealVideo-RealAudio", "RealVideo-RealAudio", "RealVideo-FakeAudio",
-                "FakeVideo-FakeAudio", "FakeVideo-FakeAudio", ""]
+  categories = [
+    "RealVideo-RealAudio",
+    "RealVideo-RealAudio",
+    "RealVideo-FakeAudio",
+    "FakeVideo-FakeAudio",
+    "FakeVideo-FakeAudio",
+    "",
+  ]
   per_category = metrics.per_category_metrics(labels, scores, scores, categories)
   assert list(per_category) == ["FakeVideo-FakeAudio", "RealVideo-FakeAudio"]
   assert per_category["FakeVideo-FakeAudio"]["auc"] == 1.0
@@ -131,8 +137,9 @@ def test_per_category_skips_fakes_without_category():
 
 def test_per_method_with_a_method_without_reals_warns():
   with pytest.warns(metrics.SingleClassWarning, match="val/lipsync"):
-    per_method = metrics.per_method_metrics([1, 1], [0.2, 0.7], [0.2, 0.7],
-                                            ["lipsync", "lipsync"], name="val")
+    per_method = metrics.per_method_metrics(
+      [1, 1], [0.2, 0.7], [0.2, 0.7], ["lipsync", "lipsync"], name="val"
+    )
   assert math.isnan(per_method["lipsync"]["auc"])
 
 
@@ -147,11 +154,14 @@ def test_resample_statistics_equal_sklearn_on_repeated_clips(seed):
   statistics = metrics._curve_statistics(fake_counts[None], real_counts[None])
   repeated_labels, repeated_scores = np.repeat(labels, counts), np.repeat(scores, counts)
   assert statistics["auc"][0] == pytest.approx(
-      sk_metrics.roc_auc_score(repeated_labels, repeated_scores), abs=1e-12)
+    sk_metrics.roc_auc_score(repeated_labels, repeated_scores), abs=1e-12
+  )
   assert statistics["ap"][0] == pytest.approx(
-      sk_metrics.average_precision_score(repeated_labels, repeated_scores), abs=1e-12)
+    sk_metrics.average_precision_score(repeated_labels, repeated_scores), abs=1e-12
+  )
   assert statistics["eer"][0] == pytest.approx(
-      reference_eer(repeated_labels, repeated_scores), abs=1e-12)
+    reference_eer(repeated_labels, repeated_scores), abs=1e-12
+  )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -195,8 +205,10 @@ def test_chosen_threshold_maximises_balanced_accuracy(seed):
   labels, _, probabilities = tied_split(seed)
   threshold = metrics.choose_threshold(labels, probabilities)
   candidates = np.unique(probabilities)
-  best = max(sk_metrics.balanced_accuracy_score(labels, probabilities >= candidate)
-             for candidate in candidates)
+  best = max(
+    sk_metrics.balanced_accuracy_score(labels, probabilities >= candidate)
+    for candidate in candidates
+  )
   at_threshold = sk_metrics.balanced_accuracy_score(labels, probabilities >= threshold)
   assert at_threshold == pytest.approx(best)
   # Strictly between two distinct validation probabilities, so it does not sit on a tie.

@@ -20,19 +20,27 @@ def _clips(seed=0):
   rng = np.random.default_rng(seed)
   clips = []
   for length in LENGTHS:
-    clips.append(dict(
+    clips.append(
+      dict(
         mfcc=rng.normal(size=(4 * length, 13)).astype(np.float32) * 5,
-        faces=rng.integers(0, 256, size=(length, tiny_models.FACE, tiny_models.FACE), dtype=np.uint8),
+        faces=rng.integers(
+          0, 256, size=(length, tiny_models.FACE, tiny_models.FACE), dtype=np.uint8
+        ),
         stft=np.abs(rng.normal(size=(4 * length, 321))).astype(np.float32),
-        label=length % 2))
+        label=length % 2,
+      )
+    )
   return clips
 
 
 def _batch(clips, length, garbage_seed=None):
   """Pads clips to `length` frames; padding holds zeros or, with a seed, random garbage."""
   rng = np.random.default_rng(garbage_seed)
-  fill = (lambda shape, dtype: rng.integers(0, 255, shape).astype(dtype)) if garbage_seed is not None \
-      else (lambda shape, dtype: np.zeros(shape, dtype))
+  fill = (
+    (lambda shape, dtype: rng.integers(0, 255, shape).astype(dtype))
+    if garbage_seed is not None
+    else (lambda shape, dtype: np.zeros(shape, dtype))
+  )
   out = {}
   for name, rows in (("mfcc", 4), ("faces", 1), ("stft", 4)):
     arrays = []
@@ -50,8 +58,11 @@ def _batch(clips, length, garbage_seed=None):
 def models():
   rngs = nnx.Rngs(0)
   teachers = tiny_models.teachers_config()
-  return (Student(tiny_models.student_config(), rngs=rngs), ASRTeacher(teachers.asr, rngs=rngs),
-          VSRTeacher(teachers.vsr, rngs=rngs))
+  return (
+    Student(tiny_models.student_config(), rngs=rngs),
+    ASRTeacher(teachers.asr, rngs=rngs),
+    VSRTeacher(teachers.vsr, rngs=rngs),
+  )
 
 
 @nnx.jit
@@ -65,8 +76,15 @@ def _outputs(models, batch):
   return dict(out, asr_probs=asr_probs, vsr_probs=vsr_probs, **parts)
 
 
-PER_FRAME = ("audio_embed", "visual_embed", "frame_logits", "asr_probs", "vsr_probs",
-             "soft_target", "scaled_cosine")
+PER_FRAME = (
+  "audio_embed",
+  "visual_embed",
+  "frame_logits",
+  "asr_probs",
+  "vsr_probs",
+  "soft_target",
+  "scaled_cosine",
+)
 PER_CLIP = ("clip_logits", "clip_loss_ce", "clip_loss_bce", "clip_loss_metric", "clip_distance")
 
 
@@ -79,11 +97,13 @@ def test_padding_and_batch_invariance(models):
       continue
     alone = _outputs(models, _batch([clip], length))
     for name in PER_FRAME:
-      np.testing.assert_allclose(batched[name][i, :length], alone[name][0], atol=1e-5, rtol=0,
-                                 err_msg=f"{name} of clip {i}")
+      np.testing.assert_allclose(
+        batched[name][i, :length], alone[name][0], atol=1e-5, rtol=0, err_msg=f"{name} of clip {i}"
+      )
     for name in PER_CLIP:
-      np.testing.assert_allclose(batched[name][i], alone[name][0], atol=1e-5, rtol=0,
-                                 err_msg=f"{name} of clip {i}")
+      np.testing.assert_allclose(
+        batched[name][i], alone[name][0], atol=1e-5, rtol=0, err_msg=f"{name} of clip {i}"
+      )
 
 
 def test_filler_rows_are_finite_and_excluded(models):
@@ -92,8 +112,9 @@ def test_filler_rows_are_finite_and_excluded(models):
   graphdef, params, rest = nnx.split(student, nnx.Param, ...)
 
   def loss_fn(params, batch):
-    out = nnx.merge(graphdef, params, rest)(batch["mfcc"], batch["faces"], batch["num_frames"],
-                                           train=False)
+    out = nnx.merge(graphdef, params, rest)(
+      batch["mfcc"], batch["faces"], batch["num_frames"], train=False
+    )
     targets = jnp.full(out["mask"].shape + (6,), 1.0 / 6)
     return losses.detector_losses(out, targets, targets, batch["label"], config_lib.losses())
 
@@ -111,8 +132,13 @@ def _batch_stats(module):
 
 @nnx.jit
 def _train_forward(student, batch, dropout_seed=0):
-  return student(batch["mfcc"], batch["faces"], batch["num_frames"], train=True,
-                 rngs=nnx.Rngs(dropout=jax.random.key(dropout_seed)))
+  return student(
+    batch["mfcc"],
+    batch["faces"],
+    batch["num_frames"],
+    train=True,
+    rngs=nnx.Rngs(dropout=jax.random.key(dropout_seed)),
+  )
 
 
 def test_train_mode_batch_statistics_use_valid_frames_only():
@@ -147,10 +173,15 @@ def test_bfloat16_stays_close_to_float32():
   fixture = parity_utils.load_fixture()
   student, _, _ = parity_utils.reference_models(str(fixture["seed"]))
   graphdef, state = nnx.split(student)
-  bf16 = nnx.eval_shape(lambda: Student(config_lib.student(compute_dtype="bfloat16"),
-                                        rngs=nnx.Rngs(0)))
+  bf16 = nnx.eval_shape(
+    lambda: Student(config_lib.student(compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  )
   nnx.update(bf16, state)
-  inputs = (jnp.asarray(fixture["mfcc"]), jnp.asarray(fixture["faces"]), jnp.array([int(fixture["T"])]))
+  inputs = (
+    jnp.asarray(fixture["mfcc"]),
+    jnp.asarray(fixture["faces"]),
+    jnp.array([int(fixture["T"])]),
+  )
   run = jax.jit(lambda m: m(*inputs, train=False))
   reference, reduced = run(student), run(bf16)
   assert reduced["audio_embed"].dtype == jnp.bfloat16

@@ -22,21 +22,45 @@ from tests import test_mesh
 
 REPO = test_mesh.REPO
 STEPS_PER_EPOCH = 2  # 8 training clips, 4 per batch
-OVERRIDES = ("--config.data.bucket_lengths=(8,)", "--config.data.max_frames=8",
-             "--config.data.train_window=8", "--config.data.frame_budget=32",
-             "--config.eval.frame_budget=32", f"--config.optim.eps={test_mesh.ADAM_EPS}")
+OVERRIDES = (
+  "--config.data.bucket_lengths=(8,)",
+  "--config.data.max_frames=8",
+  "--config.data.train_window=8",
+  "--config.data.frame_budget=32",
+  "--config.eval.frame_budget=32",
+  f"--config.optim.eps={test_mesh.ADAM_EPS}",
+)
 
 
 def _train_command(workdir: pathlib.Path, num_epochs: int) -> list[str]:
-  return [sys.executable, "-m", "avcd.cli", "train", "--config=configs/tiny.py",
-          f"--workdir={workdir}", f"--config.train.num_epochs={num_epochs}", *OVERRIDES]
+  return [
+    sys.executable,
+    "-m",
+    "avcd.cli",
+    "train",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.train.num_epochs={num_epochs}",
+    *OVERRIDES,
+  ]
 
 
 def _launch_two_processes(workdir: pathlib.Path, num_epochs: int, env: dict) -> str:
   result = subprocess.run(
-      [sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=2",
-       "--", *_train_command(workdir, num_epochs)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "launch/local.py",
+      "--num_processes=2",
+      "--cpu_devices_per_process=2",
+      "--",
+      *_train_command(workdir, num_epochs),
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
   return result.stdout
 
@@ -53,12 +77,19 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multiprocess")
   # The resumed launch compiles the same programs as the first: the cache serves them.
-  env = dict(os.environ, XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS,
-             JAX_COMPILATION_CACHE_DIR=str(root / "compilation_cache"))
+  env = dict(
+    os.environ,
+    XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS,
+    JAX_COMPILATION_CACHE_DIR=str(root / "compilation_cache"),
+  )
   one_process = subprocess.Popen(
-      _train_command(root / "one", num_epochs=2), cwd=REPO,
-      env=dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4"),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _train_command(root / "one", num_epochs=2),
+    cwd=REPO,
+    env=dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4"),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
     first = _launch_two_processes(root / "two", num_epochs=1, env=env)
     resumed = _launch_two_processes(root / "two", num_epochs=2, env=env)
@@ -73,15 +104,17 @@ def runs(tmp_path_factory):
 def test_two_processes_match_one_process(runs):
   one, two = _losses(runs["root"] / "one"), _losses(runs["root"] / "two")
   assert sorted(one) == sorted(two) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                             rtol=test_mesh.LOSS_RTOL)
+  np.testing.assert_allclose(
+    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=test_mesh.LOSS_RTOL
+  )
 
 
 def test_both_processes_join_one_mesh(runs):
   assert "mesh {'data': 4, 'fsdp': 1} over 4 devices (2 processes)" in runs["first"]
   # Process 1 logs warnings only.
-  assert not [line for line in runs["first"].splitlines()
-              if line.startswith("[1] I") and "train.py" in line]
+  assert not [
+    line for line in runs["first"].splitlines() if line.startswith("[1] I") and "train.py" in line
+  ]
 
 
 def test_second_launch_resumes_from_the_first_ones_checkpoint(runs):
@@ -114,39 +147,57 @@ def test_launcher_gives_each_process_its_rank_and_devices():
   finally:
     sys.path.pop(0)
   cpu = local.process_environment(1, 2, 1234, cpu_devices=2, gpus=None)
-  assert (cpu["JAX_COORDINATOR_ADDRESS"], cpu["JAX_NUM_PROCESSES"], cpu["JAX_PROCESS_ID"],
-          cpu["JAX_PLATFORMS"], cpu["JAX_NUM_CPU_DEVICES"]) == ("127.0.0.1:1234", "2", "1",
-                                                                "cpu", "2")
+  assert (
+    cpu["JAX_COORDINATOR_ADDRESS"],
+    cpu["JAX_NUM_PROCESSES"],
+    cpu["JAX_PROCESS_ID"],
+    cpu["JAX_PLATFORMS"],
+    cpu["JAX_NUM_CPU_DEVICES"],
+  ) == ("127.0.0.1:1234", "2", "1", "cpu", "2")
   gpu = local.process_environment(1, 2, 1234, cpu_devices=None, gpus=4)
   assert gpu["JAX_LOCAL_DEVICE_IDS"] == "4,5,6,7"
 
 
 def test_launcher_stops_the_others_when_one_process_fails():
   # Process 1 fails at once; process 0 would wait a minute for it (as at a collective).
-  script = ("import os, sys, time\n"
-            "if os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\n"
-            "time.sleep(60)\n")
+  script = (
+    "import os, sys, time\nif os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(60)\n"
+  )
   result = subprocess.run(
-      [sys.executable, "launch/local.py", "--num_processes=2", "--", sys.executable, "-c",
-       script], cwd=REPO, capture_output=True, text=True, timeout=30)
+    [sys.executable, "launch/local.py", "--num_processes=2", "--", sys.executable, "-c", script],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=30,
+  )
   assert result.returncode == 3
   assert "process 1 exited with status 3" in result.stderr
 
 
-LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-                    "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES")
+LAUNCH_VARIABLES = (
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_NUM_PROCESSES",
+  "JAX_PROCESS_ID",
+  "SLURM_STEP_NUM_TASKS",
+  "TPU_WORKER_HOSTNAMES",
+)
 
 
-@pytest.mark.parametrize("env,expected", [
+@pytest.mark.parametrize(
+  "env,expected",
+  [
     ({}, None),
-    ({"JAX_COORDINATOR_ADDRESS": "host:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
-     dict(num_processes=2, process_id=1)),
+    (
+      {"JAX_COORDINATOR_ADDRESS": "host:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+      dict(num_processes=2, process_id=1),
+    ),
     ({"JAX_COORDINATOR_ADDRESS": "host:8476"}, dict(num_processes=None, process_id=None)),
     ({"SLURM_STEP_NUM_TASKS": "1"}, None),
     ({"SLURM_STEP_NUM_TASKS": "16"}, dict(num_processes=None, process_id=None)),
     ({"TPU_WORKER_HOSTNAMES": "worker-0"}, None),
     ({"TPU_WORKER_HOSTNAMES": "worker-0,worker-1"}, dict(num_processes=None, process_id=None)),
-])
+  ],
+)
 def test_initialize_distributed_starts_jax_only_for_several_processes(monkeypatch, env, expected):
   for name in LAUNCH_VARIABLES:
     monkeypatch.delenv(name, raising=False)

@@ -24,8 +24,13 @@ def reference():
 
 def _forward(student, asr, vsr, fixture, intermediates):
   num_frames = jnp.array([int(fixture["T"])])
-  out = student(jnp.asarray(fixture["mfcc"]), jnp.asarray(fixture["faces"]), num_frames,
-                train=False, intermediates=intermediates)
+  out = student(
+    jnp.asarray(fixture["mfcc"]),
+    jnp.asarray(fixture["faces"]),
+    num_frames,
+    train=False,
+    intermediates=intermediates,
+  )
   asr_probs = jax.nn.softmax(asr(jnp.asarray(fixture["stft"]), out["mask"]), axis=-1)
   vsr_probs = jax.nn.softmax(vsr(jnp.asarray(fixture["lip"]), out["mask"]), axis=-1)
   labels = jnp.array([int(fixture["label"])])
@@ -60,9 +65,12 @@ def _assert_close(name, ours, ref, tolerance=TOLERANCE):
 def test_parity_frontends_and_attention(reference, computed):
   fixture = reference[0]
   (out, _, _, _), intermediates, _ = computed
-  _assert_close("visual_resnet_out", intermediates["visual_resnet_out"], fixture["visual_resnet_out"])
-  _assert_close("visual_tcn_out", np.swapaxes(intermediates["visual_tcn_out"], 1, 2),
-                fixture["visual_tcn_out"])
+  _assert_close(
+    "visual_resnet_out", intermediates["visual_resnet_out"], fixture["visual_resnet_out"]
+  )
+  _assert_close(
+    "visual_tcn_out", np.swapaxes(intermediates["visual_tcn_out"], 1, 2), fixture["visual_tcn_out"]
+  )
   for name in ("visual_embed_frontend", "audio_embed_frontend", "av_backend"):
     _assert_close(name, intermediates[name], fixture[name])
   _assert_close("audio_embed_cross", out["audio_embed"], fixture["audio_embed_cross"])
@@ -95,10 +103,17 @@ def test_parity_teachers_and_losses(reference, computed):
   _assert_close("cos_sim", 2.0 * parts["scaled_cosine"] - 1.0, fixture["cos_sim"])
   _assert_close("cos_sim_scaled", parts["scaled_cosine"], fixture["cos_sim_scaled"])
   _assert_close("metric_distance", parts["clip_distance"], fixture["metric_distance"])
-  _assert_close("metric_distance_sigmoid", jax.nn.sigmoid(parts["clip_distance"]),
-                fixture["metric_distance_sigmoid"])
-  for ours, ref in (("loss_bce", "loss_bce"), ("loss_metric", "loss_metric"),
-                    ("loss_ce", "loss_ce"), ("loss", "loss_total")):
+  _assert_close(
+    "metric_distance_sigmoid",
+    jax.nn.sigmoid(parts["clip_distance"]),
+    fixture["metric_distance_sigmoid"],
+  )
+  for ours, ref in (
+    ("loss_bce", "loss_bce"),
+    ("loss_metric", "loss_metric"),
+    ("loss_ce", "loss_ce"),
+    ("loss", "loss_total"),
+  ):
     _assert_close(ref, parts[ours], fixture[ref])
 
 
@@ -123,23 +138,32 @@ def test_parity_gradients(reference, computed):
   by_key = _torch_layout_gradients(student, grads)
   conv = lambda g: np.transpose(g, (g.ndim - 1, g.ndim - 2, *range(g.ndim - 2)))
   expected = {
-      "lossAV.FC.weight": by_key["lossAV.FC.weight"][0].T,
-      "lossAV.FC.bias": by_key["lossAV.FC.bias"][0],
-      "model.visualFrontend.frontend3D.0.weight": np.transpose(
-          by_key["model.visualFrontend.frontend3D.0.weight"][0], (3, 2, 0, 1))[:, None],
-      "model.audioEncoder.conv1.weight": conv(by_key["model.audioEncoder.conv1.weight"][0]),
-      "model.crossA2V.self_attn.in_proj_weight": np.concatenate(
-          [g.T for g in by_key["model.crossA2V.self_attn.in_proj_weight"]], axis=0),
+    "lossAV.FC.weight": by_key["lossAV.FC.weight"][0].T,
+    "lossAV.FC.bias": by_key["lossAV.FC.bias"][0],
+    "model.visualFrontend.frontend3D.0.weight": np.transpose(
+      by_key["model.visualFrontend.frontend3D.0.weight"][0], (3, 2, 0, 1)
+    )[:, None],
+    "model.audioEncoder.conv1.weight": conv(by_key["model.audioEncoder.conv1.weight"][0]),
+    "model.crossA2V.self_attn.in_proj_weight": np.concatenate(
+      [g.T for g in by_key["model.crossA2V.self_attn.in_proj_weight"]], axis=0
+    ),
   }
   for key, ours in expected.items():
-    tolerance = (FIRST_CONV_GRAD_TOLERANCE if key == "model.visualFrontend.frontend3D.0.weight"
-                 else TOLERANCE)
+    tolerance = (
+      FIRST_CONV_GRAD_TOLERANCE if key == "model.visualFrontend.frontend3D.0.weight" else TOLERANCE
+    )
     _assert_close(f"grad.{key}", ours, fixture[f"grad.{key}"], tolerance)
 
   def norm(prefix=""):
-    return np.sqrt(sum(np.sum(np.square(g.astype(np.float64)))
-                       for key, parts in by_key.items() if key.startswith(prefix) for g in parts))
+    return np.sqrt(
+      sum(
+        np.sum(np.square(g.astype(np.float64)))
+        for key, parts in by_key.items()
+        if key.startswith(prefix)
+        for g in parts
+      )
+    )
 
   _assert_close("grad_norm_student", norm(), fixture["grad_norm_student"])
   for name in [k for k in fixture if k.startswith("grad_norm.")]:
-    _assert_close(name, norm(name[len("grad_norm."):]), fixture[name])
+    _assert_close(name, norm(name[len("grad_norm.") :]), fixture[name])

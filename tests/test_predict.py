@@ -20,13 +20,18 @@ pytest.importorskip("tensorflow")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FRAME_HEIGHT, FRAME_WIDTH = 240, 320
-FACE_SIDE = 168            # the synthetic 112 px face image, enlarged
+FACE_SIDE = 168  # the synthetic 112 px face image, enlarged
 FACE_TOP, FACE_LEFT = 36, 60
 WINDOW_FLAGS = ("--window=20", "--stride=10")
 # What each unscorable video's one line says.
-REASONS = dict(no_audio="no audio track", no_face="no face found",
-               short="too short: 10 frames (0.40 s at 25 fps), at least 25 needed",
-               broken="unreadable file", audio_only="no video track", missing="file not found")
+REASONS = dict(
+  no_audio="no audio track",
+  no_face="no face found",
+  short="too short: 10 frames (0.40 s at 25 fps), at least 25 needed",
+  broken="unreadable file",
+  audio_only="no video track",
+  missing="file not found",
+)
 pytestmark = pytest.mark.slow
 
 
@@ -45,7 +50,7 @@ def face_in_scene(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   for t, face in enumerate(faces):
     face = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
     left = FACE_LEFT + t
-    frames[t, FACE_TOP:FACE_TOP + FACE_SIDE, left:left + FACE_SIDE] = face[..., None]
+    frames[t, FACE_TOP : FACE_TOP + FACE_SIDE, left : left + FACE_SIDE] = face[..., None]
     centres.append((left + FACE_SIDE / 2, FACE_TOP + FACE_SIDE / 2))
   return frames, np.array(centres)
 
@@ -62,15 +67,16 @@ def media(tmp_path_factory):
   scene, centres = face_in_scene(faces)
   flat = media_utils.flat_frames(np.full(60, 128, np.uint8), FRAME_HEIGHT, FRAME_WIDTH)
   paths = dict(
-      face=media_utils.write_video(folder / "face.mp4", scene, audio=speech(60)),
-      cropped=media_utils.write_video(folder / "cropped.mp4", np.repeat(faces[..., None], 3, -1),
-                                      audio=speech(60)),
-      no_audio=media_utils.write_video(folder / "no_audio.mp4", scene[:40]),
-      no_face=media_utils.write_video(folder / "no_face.mp4", flat, audio=speech(60)),
-      short=media_utils.write_video(folder / "short.mp4", scene[:10], audio=speech(10)),
-      audio_only=media_utils.write_wav(folder / "audio_only.wav", speech(40)),
-      broken=folder / "broken.mp4",
-      missing=folder / "missing.mp4",
+    face=media_utils.write_video(folder / "face.mp4", scene, audio=speech(60)),
+    cropped=media_utils.write_video(
+      folder / "cropped.mp4", np.repeat(faces[..., None], 3, -1), audio=speech(60)
+    ),
+    no_audio=media_utils.write_video(folder / "no_audio.mp4", scene[:40]),
+    no_face=media_utils.write_video(folder / "no_face.mp4", flat, audio=speech(60)),
+    short=media_utils.write_video(folder / "short.mp4", scene[:10], audio=speech(10)),
+    audio_only=media_utils.write_wav(folder / "audio_only.wav", speech(40)),
+    broken=folder / "broken.mp4",
+    missing=folder / "missing.mp4",
   )
   paths["broken"].write_bytes(np.random.default_rng(0).bytes(4096))
   return dict(paths=paths, centres=centres)
@@ -82,32 +88,48 @@ def model(tmp_path_factory):
   folder = tmp_path_factory.mktemp("model")
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
   _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
-  checkpoints.save_model(folder / "checkpoint", config=config,
-                         student_state=dict(params=params, batch_stats=batch_stats))
-  export.export_saved_model(ts.restore_student(folder / "checkpoint"),
-                            folder / "saved_model", platforms=("cpu",))
+  checkpoints.save_model(
+    folder / "checkpoint", config=config, student_state=dict(params=params, batch_stats=batch_stats)
+  )
+  export.export_saved_model(
+    ts.restore_student(folder / "checkpoint"), folder / "saved_model", platforms=("cpu",)
+  )
   return dict(checkpoint=folder / "checkpoint", saved_model=folder / "saved_model")
 
 
 def run_predict(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "avcd.cli", "predict", *map(str, args)],
-                        capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "avcd.cli", "predict", *map(str, args)],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    check=False,
+  )
 
 
 @pytest.fixture(scope="module")
 def predicted(model, media, tmp_path_factory):
   """`avcd predict` of every test video with the SavedModel: the process and its JSON report."""
   output = tmp_path_factory.mktemp("predictions")
-  result = run_predict(*media["paths"].values(), f"--saved-model={model['saved_model']}",
-                       f"--output={output}", *WINDOW_FLAGS)
+  result = run_predict(
+    *media["paths"].values(),
+    f"--saved-model={model['saved_model']}",
+    f"--output={output}",
+    *WINDOW_FLAGS,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((output / predict.JSON_FILE).read_text())
-  return dict(result=result, output=output,
-              records={pathlib.Path(r["path"]).stem: r for r in report["videos"]},
-              model=report["model"])
+  return dict(
+    result=result,
+    output=output,
+    records={pathlib.Path(r["path"]).stem: r for r in report["videos"]},
+    model=report["model"],
+  )
 
 
 # --- face detection and crop ------------------------------------------------------------------
+
 
 def test_haar_cascade_finds_and_follows_the_face(media):
   faces = face_crop.read_video_faces(media["paths"]["face"])
@@ -138,17 +160,21 @@ def test_crops_past_the_frame_edge_repeat_the_edge():
   np.testing.assert_array_equal(crop[:, 10:], grey[5:25, :10])
 
 
-@pytest.mark.parametrize("num_frames, window, stride, starts", [
+@pytest.mark.parametrize(
+  "num_frames, window, stride, starts",
+  [
     (60, 20, 10, [0, 10, 20, 30, 40]),
     (60, 50, 25, [0, 10]),
     (100, 50, 30, [0, 30, 50]),
     (30, 50, 25, [0]),
-])
+  ],
+)
 def test_windows_cover_the_clip_to_its_end(num_frames, window, stride, starts):
   assert predict.window_starts(num_frames, window, stride) == starts
 
 
 # --- avcd predict -----------------------------------------------------------------------------
+
 
 def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media):
   face = predicted["records"]["face"]
@@ -158,7 +184,8 @@ def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media)
   # The clip score is the mean of the frames' fake-class logits.
   np.testing.assert_allclose(face["score"], np.mean(face["frame_scores"]), atol=1e-5)
   assert [(w["start_frame"], w["end_frame"]) for w in face["windows"]] == [
-      (s, s + 20) for s in (0, 10, 20, 30, 40)]
+    (s, s + 20) for s in (0, 10, 20, 30, 40)
+  ]
   assert (predicted["output"] / face["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert predicted["model"]["kind"] == "saved_model"
   table = predicted["result"].stdout.splitlines()
@@ -170,8 +197,11 @@ def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media)
 
 @pytest.mark.parametrize("name", sorted(REASONS))
 def test_predict_gives_one_line_reason_per_unscorable_video(predicted, media, name):
-  lines = [line for line in predicted["result"].stderr.splitlines()
-           if line.startswith(f"cannot score {media['paths'][name]}: ")]
+  lines = [
+    line
+    for line in predicted["result"].stderr.splitlines()
+    if line.startswith(f"cannot score {media['paths'][name]}: ")
+  ]
   assert len(lines) == 1 and REASONS[name] in lines[0], predicted["result"].stderr[-2000:]
   record = predicted["records"][name]
   assert record["status"] == "skipped" and REASONS[name] in record["reason"]
@@ -196,25 +226,37 @@ def test_without_detection_every_video_has_its_whole_frames_as_faces(media):
 
 def test_predict_exits_non_zero_when_no_video_can_be_scored(model, media, tmp_path):
   paths = media["paths"]
-  result = run_predict(paths["no_audio"], paths["broken"], "--no-detect",
-                       f"--workdir={model['checkpoint']}", f"--output={tmp_path}")
+  result = run_predict(
+    paths["no_audio"],
+    paths["broken"],
+    "--no-detect",
+    f"--workdir={model['checkpoint']}",
+    f"--output={tmp_path}",
+  )
   assert result.returncode == 1
   assert "0 of 2 videos scored" in result.stdout, result.stderr[-3000:]
   assert f"cannot score {paths['no_audio']}: no audio track" in result.stderr
   assert f"cannot score {paths['broken']}: unreadable file" in result.stderr
 
 
-def test_predict_warns_of_audio_unlike_training_clips_and_names_directories(model, media,
-                                                                            tmp_path):
+def test_predict_warns_of_audio_unlike_training_clips_and_names_directories(model, media, tmp_path):
   faces = np.repeat(synthetic_faces()[..., None], 3, -1)
-  silent = media_utils.write_video(tmp_path / "silent.mp4", faces,
-                                   audio=np.zeros_like(speech(60)))
+  silent = media_utils.write_video(tmp_path / "silent.mp4", faces, audio=np.zeros_like(speech(60)))
   short = media_utils.write_video(tmp_path / "short_audio.mp4", faces, audio=speech(10))
-  result = run_predict(silent, short, tmp_path, "--no-detect", f"--workdir={model['checkpoint']}",
-                       f"--output={tmp_path / 'out'}", *WINDOW_FLAGS)
+  result = run_predict(
+    silent,
+    short,
+    tmp_path,
+    "--no-detect",
+    f"--workdir={model['checkpoint']}",
+    f"--output={tmp_path / 'out'}",
+    *WINDOW_FLAGS,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  records = {pathlib.Path(r["path"]).name: r
-             for r in json.loads((tmp_path / "out" / predict.JSON_FILE).read_text())["videos"]}
+  records = {
+    pathlib.Path(r["path"]).name: r
+    for r in json.loads((tmp_path / "out" / predict.JSON_FILE).read_text())["videos"]
+  }
   assert records["silent.mp4"]["status"] == "scored"
   assert records["silent.mp4"]["warnings"] == ["audio is silent"]
   assert records["short_audio.mp4"]["warnings"][0].startswith("audio lasts 0.4")
@@ -226,12 +268,14 @@ def test_predict_mistakes_are_one_line_before_any_video_is_read(model, media, tm
   (tmp_path / "a_file").write_text("")
   video = media["paths"]["face"]
   cases = [
-      ([f"--workdir={tmp_path / 'nothing'}"], "--workdir=" + str(tmp_path / "nothing")),
-      ([f"--workdir={model['checkpoint']}", f"--output={tmp_path / 'a_file'}"],
-       "is a file, not a directory"),
-      ([f"--saved-model={model['checkpoint']}"], "is not an `avcd export` output"),
-      ([f"--workdir={model['checkpoint']}", "--checkpoint=5"], "no checkpoint for step 5"),
-      ([f"--workdir={model['checkpoint']}", "--window=0"], "window"),
+    ([f"--workdir={tmp_path / 'nothing'}"], "--workdir=" + str(tmp_path / "nothing")),
+    (
+      [f"--workdir={model['checkpoint']}", f"--output={tmp_path / 'a_file'}"],
+      "is a file, not a directory",
+    ),
+    ([f"--saved-model={model['checkpoint']}"], "is not an `avcd export` output"),
+    ([f"--workdir={model['checkpoint']}", "--checkpoint=5"], "no checkpoint for step 5"),
+    ([f"--workdir={model['checkpoint']}", "--window=0"], "window"),
   ]
   for args, message in cases:
     if not any(a.startswith("--output") for a in args):

@@ -24,26 +24,47 @@ NUM_FRAMES = 25
 AUTHORS_ROOT = "/data2/someone/corpus"
 
 
-def _write_clip(media_dir: pathlib.Path, name: str, *, seconds: float = 1.0, tone_hz: float = 300,
-                wav: bool = False, lips: bool = False, audio_track: bool = True) -> dict:
+def _write_clip(
+  media_dir: pathlib.Path,
+  name: str,
+  *,
+  seconds: float = 1.0,
+  tone_hz: float = 300,
+  wav: bool = False,
+  lips: bool = False,
+  audio_track: bool = True,
+) -> dict:
   """Writes <name>.mp4 (grey frames, AAC tone) and optionally <name>.wav / <name>.npy.
 
   Returns the clip's manifest row (a real clip) with paths under AUTHORS_ROOT.
   """
   frames = round(seconds * schema.FPS)
   media_dir.mkdir(parents=True, exist_ok=True)
-  media_utils.write_video(media_dir / f"{name}.mp4",
-                          media_utils.flat_frames(media_utils.grey_levels(frames)),
-                          audio=media_utils.tone(seconds, 16_000, tone_hz) if audio_track else None)
+  media_utils.write_video(
+    media_dir / f"{name}.mp4",
+    media_utils.flat_frames(media_utils.grey_levels(frames)),
+    audio=media_utils.tone(seconds, 16_000, tone_hz) if audio_track else None,
+  )
   if wav:
-    media_utils.write_wav(media_dir / f"{name}.wav",
-                          media_utils.tone(seconds, 16_000, tone_hz + 50))
+    media_utils.write_wav(
+      media_dir / f"{name}.wav", media_utils.tone(seconds, 16_000, tone_hz + 50)
+    )
   if lips:
     media_utils.write_npy(media_dir / f"{name}.npy", media_utils.lip_features(frames, seed=frames))
-  return {"ID_Name": name, "Audio_Path": f"{AUTHORS_ROOT}/{name}.wav" if wav else "",
-          "Video_Path": f"{AUTHORS_ROOT}/{name}.mp4", "ENtire_Label": 0, "Audio_Label": 0,
-          "Video_Label": 0, "Identi_Label": 1, "Sync_Label": 1, "Frame_Len": frames,
-          "Audio_Len": round(seconds * 16_000), "FPS": 25.0, "AudioSamRate": 16_000}
+  return {
+    "ID_Name": name,
+    "Audio_Path": f"{AUTHORS_ROOT}/{name}.wav" if wav else "",
+    "Video_Path": f"{AUTHORS_ROOT}/{name}.mp4",
+    "ENtire_Label": 0,
+    "Audio_Label": 0,
+    "Video_Label": 0,
+    "Identi_Label": 1,
+    "Sync_Label": 1,
+    "Frame_Len": frames,
+    "Audio_Len": round(seconds * 16_000),
+    "FPS": 25.0,
+    "AudioSamRate": 16_000,
+  }
 
 
 def _fake(row: dict) -> dict:
@@ -55,9 +76,13 @@ def _prefix(tmp_path) -> str:
 
 
 def _build(tmp_path, manifest_specs, **kwargs) -> prepare.Summary:
-  builder = prepare.make_builder(tmp_path / "out", manifests=manifest_specs,
-                                 path_prefix=[_prefix(tmp_path)], num_workers=2,
-                                 progress_interval_s=0.0)
+  builder = prepare.make_builder(
+    tmp_path / "out",
+    manifests=manifest_specs,
+    path_prefix=[_prefix(tmp_path)],
+    num_workers=2,
+    progress_interval_s=0.0,
+  )
   return prepare.prepare(builder, **kwargs)
 
 
@@ -79,25 +104,36 @@ def _assert_same_example(stored: dict, expected: dict) -> None:
 
 
 def _run_cli(*args, **popen_kwargs):
-  return subprocess.Popen([sys.executable, "-m", "avcd.commands.prepare", *args], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          **popen_kwargs)
+  return subprocess.Popen(
+    [sys.executable, "-m", "avcd.commands.prepare", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    **popen_kwargs,
+  )
 
 
 def test_prepared_splits_hold_what_extract_clip_gives_in_manifest_order(tmp_path):
   media = tmp_path / "media"
-  train = [_write_clip(media, "track_only", tone_hz=200),
-           _fake(_write_clip(media, "with_wav", wav=True, tone_hz=300)),
-           _write_clip(media, "with_lips", wav=True, lips=True, seconds=1.4, tone_hz=400)]
-  test = [_fake(_write_clip(media, "test_a", seconds=0.8, tone_hz=500)),
-          _write_clip(media, "test_b", lips=True, tone_hz=600)]
+  train = [
+    _write_clip(media, "track_only", tone_hz=200),
+    _fake(_write_clip(media, "with_wav", wav=True, tone_hz=300)),
+    _write_clip(media, "with_lips", wav=True, lips=True, seconds=1.4, tone_hz=400),
+  ]
+  test = [
+    _fake(_write_clip(media, "test_a", seconds=0.8, tone_hz=500)),
+    _write_clip(media, "test_b", lips=True, tone_hz=600),
+  ]
   train_csv = media_utils.write_manifest(tmp_path / "train_list.csv", train)
   test_csv = media_utils.write_manifest(tmp_path / "test_list.csv", test)
 
   summary = _build(tmp_path, [f"train={train_csv}", str(test_csv)])
 
-  assert summary.splits == {"test_list": prepare.SplitCounts(written=2, rejected=0),
-                            "train": prepare.SplitCounts(written=3, rejected=0)}
+  assert summary.splits == {
+    "test_list": prepare.SplitCounts(written=2, rejected=0),
+    "train": prepare.SplitCounts(written=3, rejected=0),
+  }
   assert "train" in str(summary) and "total" in str(summary)
   for split, csv_path in (("train", train_csv), ("test_list", test_csv)):
     rows = manifests.read_manifest(csv_path, path_prefix=[_prefix(tmp_path)])
@@ -127,13 +163,13 @@ def _short_lips(media, name):
 
 
 BAD_CLIPS = {
-    "missing_video": (None, {"Video_Path": f"{AUTHORS_ROOT}/absent.mp4"}, "video file not found"),
-    "garbage_video": (_garbage_video, {}, "cannot decode video"),
-    "too_few_frames": (None, {"Frame_Len": 40}, "has 25 decodable frames, 40 asked"),
-    "missing_wav": (None, {"Audio_Path": f"{AUTHORS_ROOT}/absent.wav"}, "audio file not found"),
-    "silent": (_silent_wav, {}, "audio is silent"),
-    "length_mismatch": (_long_wav, {}, "audio lasts 3.00 s"),
-    "bad_lips": (_short_lips, {}, "24 rows of lip features"),
+  "missing_video": (None, {"Video_Path": f"{AUTHORS_ROOT}/absent.mp4"}, "video file not found"),
+  "garbage_video": (_garbage_video, {}, "cannot decode video"),
+  "too_few_frames": (None, {"Frame_Len": 40}, "has 25 decodable frames, 40 asked"),
+  "missing_wav": (None, {"Audio_Path": f"{AUTHORS_ROOT}/absent.wav"}, "audio file not found"),
+  "silent": (_silent_wav, {}, "audio is silent"),
+  "length_mismatch": (_long_wav, {}, "audio lasts 3.00 s"),
+  "bad_lips": (_short_lips, {}, "24 rows of lip features"),
 }
 
 
@@ -159,11 +195,16 @@ def test_every_bad_clip_is_listed_with_its_reason_and_every_good_clip_is_kept(tm
 
   assert summary.splits == {"test": prepare.SplitCounts(written=3, rejected=len(bad))}
   assert [e["id"].decode() for e in _read_split(summary.dataset_dir, "test")] == [
-      "good_0", "good_1", "good_2"]
+    "good_0",
+    "good_1",
+    "good_2",
+  ]
   lines = pathlib.Path(summary.rejects_path).read_text().splitlines()
   rejects = [json.loads(line) for line in lines]
-  reasons = {**{name: reason for name, (_, _, reason) in BAD_CLIPS.items()},
-             "no_audio": "no audio stream"}
+  reasons = {
+    **{name: reason for name, (_, _, reason) in BAD_CLIPS.items()},
+    "no_audio": "no audio stream",
+  }
   assert [r["id"] for r in rejects] == [row["ID_Name"] for row in bad]
   for record in rejects:
     assert reasons[record["id"]] in record["reason"]
@@ -184,20 +225,24 @@ def test_exit_status_is_1_only_when_nothing_is_usable_or_the_inputs_are_wrong(tm
   assert nothing.returncode == 1 and "no usable clip, all 2 rejected" in stderr
   assert len((out / "rejects.jsonl").read_text().splitlines()) == 2
 
-  mixed = _run_cli(f"--manifest={bad_csv}", f"--manifest=bad={good_csv}", *common,
-                   "--overwrite")
+  mixed = _run_cli(f"--manifest={bad_csv}", f"--manifest=bad={good_csv}", *common, "--overwrite")
   stdout, _ = mixed.communicate(timeout=120)
   assert mixed.returncode == 0, stdout
   assert re.search(r"^ +bad +1 +2$", stdout, re.M), stdout
 
   fresh = tmp_path / "fresh"
   for wrong, message in (
-      ([f"--manifest={good_csv}", "--path_prefix=no_equals_sign", f"--output={fresh}"],
-       "not of the form OLD=NEW"),
-      (["--corpus=cmdfd", f"--output={fresh}"], "cmdfd needs manifest_dir"),
-      ([f"--manifest={tmp_path / 'absent.csv'}", f"--output={fresh}"], "absent.csv"),
-      ([f"--manifest={good_csv}", f"--path_prefix={_prefix(tmp_path)}", f"--output={out}"],
-       "from other inputs (manifests")):
+    (
+      [f"--manifest={good_csv}", "--path_prefix=no_equals_sign", f"--output={fresh}"],
+      "not of the form OLD=NEW",
+    ),
+    (["--corpus=cmdfd", f"--output={fresh}"], "cmdfd needs manifest_dir"),
+    ([f"--manifest={tmp_path / 'absent.csv'}", f"--output={fresh}"], "absent.csv"),
+    (
+      [f"--manifest={good_csv}", f"--path_prefix={_prefix(tmp_path)}", f"--output={out}"],
+      "from other inputs (manifests",
+    ),
+  ):
     process = _run_cli(*wrong)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and message in stderr, (wrong, stderr)
@@ -205,8 +250,9 @@ def test_exit_status_is_1_only_when_nothing_is_usable_or_the_inputs_are_wrong(tm
 
 def test_a_second_run_of_the_same_corpus_is_refused_while_one_holds_it(tmp_path):
   csv_path = media_utils.write_manifest(tmp_path / "m.csv", [_write_clip(tmp_path / "media", "a")])
-  builder = prepare.make_builder(tmp_path / "out", manifests=[str(csv_path)],
-                                 path_prefix=[_prefix(tmp_path)])
+  builder = prepare.make_builder(
+    tmp_path / "out", manifests=[str(csv_path)], path_prefix=[_prefix(tmp_path)]
+  )
   builder.work_dir.mkdir(parents=True)
   with open(builder.work_dir / "lock", "a") as held:
     fcntl.flock(held, fcntl.LOCK_EX)
@@ -263,13 +309,18 @@ def _interrupt_after(process, out: pathlib.Path, finished: int, sig: int) -> Non
 
 def test_an_interrupted_build_resumes_without_redoing_or_losing_clips(tmp_path):
   media = tmp_path / "media"
-  rows = [_write_clip(media, f"clip_{i:02d}", seconds=3.0, tone_hz=200 + 20 * i)
-          for i in range(14)]
+  rows = [_write_clip(media, f"clip_{i:02d}", seconds=3.0, tone_hz=200 + 20 * i) for i in range(14)]
   rows.append(_write_clip(media, "unusable", seconds=3.0, audio_track=False))
   csv_path = media_utils.write_manifest(tmp_path / "test.csv", rows)
   out = tmp_path / "out"
-  args = [f"--manifest=test={csv_path}", f"--path_prefix={_prefix(tmp_path)}", f"--output={out}",
-          "--num_workers=1", "--keep_extracted", "--progress_interval_s=0"]
+  args = [
+    f"--manifest=test={csv_path}",
+    f"--path_prefix={_prefix(tmp_path)}",
+    f"--output={out}",
+    "--num_workers=1",
+    "--keep_extracted",
+    "--progress_interval_s=0",
+  ]
 
   ctrl_c = _run_cli_slowly(*args)
   _interrupt_after(ctrl_c, out, finished=2, sig=signal.SIGINT)
@@ -294,7 +345,8 @@ def test_an_interrupted_build_resumes_without_redoing_or_losing_clips(tmp_path):
   stored = _read_split(str(out / "av_manifest" / "1.0.0"), "test")
   assert [e["id"].decode() for e in stored] == [row["ID_Name"] for row in rows[:-1]]
   (row,) = manifests.read_manifest(
-      media_utils.write_manifest(tmp_path / "one.csv", [rows[7]]), path_prefix=[_prefix(tmp_path)])
+    media_utils.write_manifest(tmp_path / "one.csv", [rows[7]]), path_prefix=[_prefix(tmp_path)]
+  )
   _assert_same_example(stored[7], clips.extract_clip(row))
 
 
@@ -305,8 +357,9 @@ def _square_unless_7(x: int) -> int:
 
 
 def test_a_worker_that_dies_fails_only_its_own_item():
-  results = dict(process_pool.imap_unordered(_square_unless_7, [(i,) for i in range(4, 10)],
-                                             num_workers=1))
+  results = dict(
+    process_pool.imap_unordered(_square_unless_7, [(i,) for i in range(4, 10)], num_workers=1)
+  )
   assert results.pop((7,)) == process_pool.WorkerDied()
   assert results == {(i,): i * i for i in range(4, 10) if i != 7}
 
@@ -316,6 +369,7 @@ def test_workers_that_cannot_start_are_an_error_not_a_rejected_item(tmp_path, mo
   module.write_text("def square(x):\n  return x * x\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   import vanishing_module  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   module.unlink()  # new worker processes cannot import it any more
   with pytest.raises(process_pool.WorkerStartError, match="vanishing_module.square"):
     list(process_pool.imap_unordered(vanishing_module.square, [(2,)], num_workers=1))

@@ -9,9 +9,13 @@ from matplotlib import image
 
 from avcd.evaluation import metrics, reports
 
-CATEGORY_OF_METHOD = {"real": "RealVideo-RealAudio", "faceswap": "FakeVideo-RealAudio",
-                      "fsgan": "FakeVideo-RealAudio", "wav2lip": "FakeVideo-FakeAudio",
-                      "rtvc": "RealVideo-FakeAudio"}
+CATEGORY_OF_METHOD = {
+  "real": "RealVideo-RealAudio",
+  "faceswap": "FakeVideo-RealAudio",
+  "fsgan": "FakeVideo-RealAudio",
+  "wav2lip": "FakeVideo-FakeAudio",
+  "rtvc": "RealVideo-FakeAudio",
+}
 REPORT_FILES = ("metrics.json", "scores.csv", "metrics.md", "roc.png", "score_histograms.png")
 NUM_RESAMPLES = 200
 
@@ -25,17 +29,24 @@ def make_records(num_clips=600, seed=0, with_categories=True):
     method = methods[rng.integers(len(methods))]
     label = int(method != "real")
     score = round(float(rng.normal() + 0.4 * methods.index(method)), 2)  # ties, like logits in bf16
-    records.append(dict(
-        id=f"id{index:04d}, take \"{index % 3}\"",  # commas and quotes survive the CSV
-        dataset="fakeavceleb", method=method,
+    records.append(
+      dict(
+        id=f'id{index:04d}, take "{index % 3}"',  # commas and quotes survive the CSV
+        dataset="fakeavceleb",
+        method=method,
         category=CATEGORY_OF_METHOD[method] if with_categories else "",
-        label=label, score=score, probability=1 / (1 + math.exp(-score))))
+        label=label,
+        score=score,
+        probability=1 / (1 + math.exp(-score)),
+      )
+    )
   return records
 
 
 def strict_json(path):
   def reject(constant):
     raise ValueError(f"not strict JSON: {constant}")
+
   with open(path, encoding="utf-8") as file:
     return json.load(file, parse_constant=reject)
 
@@ -44,11 +55,18 @@ def strict_json(path):
 def report(tmp_path_factory):
   records = make_records()
   validation = make_records(seed=1)
-  threshold = metrics.choose_threshold([record["label"] for record in validation],
-                                       [record["probability"] for record in validation])
+  threshold = metrics.choose_threshold(
+    [record["label"] for record in validation], [record["probability"] for record in validation]
+  )
   out_dir = tmp_path_factory.mktemp("eval") / "test"
-  result = reports.write_report(records, out_dir, split="test", chosen_threshold=threshold,
-                                threshold_split="val", num_resamples=NUM_RESAMPLES)
+  result = reports.write_report(
+    records,
+    out_dir,
+    split="test",
+    chosen_threshold=threshold,
+    threshold_split="val",
+    num_resamples=NUM_RESAMPLES,
+  )
   return records, out_dir, result, threshold
 
 
@@ -118,8 +136,9 @@ def test_markdown_table_is_laid_out_like_the_paper(report):
   faceswap_auc = 100 * result["per_method"]["faceswap"]["auc"]
   assert lines[2].startswith(f"| AUC [95% CI] | {faceswap_auc:.2f} [")
   assert any(line.startswith("| ACC @ 0.5 |") for line in lines)
-  assert any(line.startswith("| ACC @ ") and line.split("|")[1].strip().endswith(", val")
-             for line in lines)
+  assert any(
+    line.startswith("| ACC @ ") and line.split("|")[1].strip().endswith(", val") for line in lines
+  )
   assert all(line.count("|") == 7 for line in lines)
   # The table reads the same from the JSON file (nulls for NaN) as from memory.
   assert reports.markdown_table(strict_json(out_dir / "metrics.json")) == table
@@ -129,8 +148,9 @@ def test_markdown_table_is_laid_out_like_the_paper(report):
 
 
 def test_report_without_categories_or_threshold(tmp_path):
-  result = reports.write_report(make_records(200, with_categories=False), tmp_path, split="val",
-                                num_resamples=50)
+  result = reports.write_report(
+    make_records(200, with_categories=False), tmp_path, split="val", num_resamples=50
+  )
   loaded = strict_json(tmp_path / "metrics.json")
   assert "per_category" not in loaded and "per_category" not in loaded["intervals"]
   assert "at_chosen_threshold" not in loaded

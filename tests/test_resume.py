@@ -36,8 +36,17 @@ TINY = REPO / "configs" / "tiny.py"
 TOTAL_STEPS = 8  # configs/tiny.py: 2 epochs of 4 steps, a checkpoint every 2 steps
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 # What a step's metrics.jsonl record must repeat exactly (throughput and time may differ).
-EXACT_METRICS = ("loss", "loss_ce", "loss_bce", "loss_metric", "soft_target", "grad_norm",
-                 "learning_rate", "skipped_steps", "epoch")
+EXACT_METRICS = (
+  "loss",
+  "loss_ce",
+  "loss_bce",
+  "loss_metric",
+  "soft_target",
+  "grad_norm",
+  "learning_rate",
+  "skipped_steps",
+  "epoch",
+)
 RUN_TIMEOUT_S = 600
 
 
@@ -52,23 +61,38 @@ class Run:
     return [int(m) for m in re.findall(pattern, self.output)]
 
 
-def _avcd(root: pathlib.Path, args: list[str], *, stop_at: int | None = None,
-          stop_signal: int = signal.SIGTERM, delay: float = 0.0) -> Run:
+def _avcd(
+  root: pathlib.Path,
+  args: list[str],
+  *,
+  stop_at: int | None = None,
+  stop_signal: int = signal.SIGTERM,
+  delay: float = 0.0,
+) -> Run:
   """Runs `avcd ARGS`; with stop_at, sends stop_signal `delay` s after step stop_at's log line."""
   flags = " ".join(f"--{k}={v}" for k, v in FAST_COMPILE.items())
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip())
-  process = subprocess.Popen([sys.executable, "-m", "avcd.cli", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(),
+  )
+  process = subprocess.Popen(
+    [sys.executable, "-m", "avcd.cli", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=env,
+    cwd=REPO,
+  )
   watchdog = threading.Timer(RUN_TIMEOUT_S, process.kill)
   watchdog.start()
   lines, signalled = [], False
   try:
     for line in process.stdout:
       lines.append(line)
-      if (stop_at is not None and not signalled
-          and re.search(rf"\bstep {stop_at}/\d+ loss", line)):
+      if stop_at is not None and not signalled and re.search(rf"\bstep {stop_at}/\d+ loss", line):
         time.sleep(delay)
         process.send_signal(stop_signal)
         signalled = True
@@ -79,8 +103,17 @@ def _avcd(root: pathlib.Path, args: list[str], *, stop_at: int | None = None,
 
 
 def _train(root: pathlib.Path, workdir: str, *overrides: str, **stop) -> Run:
-  return _avcd(root, ["train", f"--config={TINY}", f"--workdir={root / workdir}",
-                      f"--config.data.data_dir={root / 'data'}", *overrides], **stop)
+  return _avcd(
+    root,
+    [
+      "train",
+      f"--config={TINY}",
+      f"--workdir={root / workdir}",
+      f"--config.data.data_dir={root / 'data'}",
+      *overrides,
+    ],
+    **stop,
+  )
 
 
 def _resumed_from(run: Run) -> int:
@@ -95,7 +128,7 @@ def runs(tmp_path_factory):
   reference = _train(root, "reference")
   assert reference.returncode == 0, reference.output[-5000:]
 
-  seed = random.randrange(2 ** 32)
+  seed = random.randrange(2**32)
   rng = random.Random(seed)
   term_at = rng.randint(1, 4)
   preempted = _train(root, "chain", stop_at=term_at, stop_signal=signal.SIGTERM)
@@ -106,10 +139,15 @@ def runs(tmp_path_factory):
   kill_at, delay = rng.randint(saved[0] + 1, TOTAL_STEPS - 1), rng.uniform(0.0, 1.5)
   killed = _train(root, "chain", stop_at=kill_at, stop_signal=signal.SIGKILL, delay=delay)
   finished = _train(root, "chain")
-  return dict(root=root, reference=reference, preempted=preempted, saved=saved[0],
-              killed=killed, finished=finished,
-              plan=f"seed {seed}: SIGTERM after step {term_at}, SIGKILL {delay:.2f} s after "
-                   f"step {kill_at}")
+  return dict(
+    root=root,
+    reference=reference,
+    preempted=preempted,
+    saved=saved[0],
+    killed=killed,
+    finished=finished,
+    plan=f"seed {seed}: SIGTERM after step {term_at}, SIGKILL {delay:.2f} s after step {kill_at}",
+  )
 
 
 def _final_state(workdir: pathlib.Path):
@@ -117,8 +155,9 @@ def _final_state(workdir: pathlib.Path):
   mesh = sharding.make_mesh(config.mesh)
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)  # shapes the target only
   _, abstract, shardings, _ = ts.abstract_train_state(config, optimizer, mesh)
-  checkpointer = checkpoints.TrainCheckpointer(workdir / "checkpoints", keep_latest=3,
-                                               keep_best=2, best_metric="auc")
+  checkpointer = checkpoints.TrainCheckpointer(
+    workdir / "checkpoints", keep_latest=3, keep_best=2, best_metric="auc"
+  )
   state = checkpointer.restore(TOTAL_STEPS, checkpoints.abstract_like(abstract, shardings))
   checkpointer.close()
   return state
@@ -158,35 +197,51 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
   assert int(resumed.step) == TOTAL_STEPS
   paths_and_leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
   for (path, want), got in zip(paths_and_leaves, jax.tree.leaves(resumed)):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
-                                  err_msg=f"{jax.tree_util.keystr(path)} ({plan})")
+    np.testing.assert_array_equal(
+      np.asarray(got), np.asarray(want), err_msg=f"{jax.tree_util.keystr(path)} ({plan})"
+    )
 
   by_step = {r["step"]: r for r in _logged_metrics(root / "reference")}
   chain = _logged_metrics(root / "chain")
   assert {r["step"] for r in chain} >= set(range(1, runs["saved"] + 1)) | set(
-      range(_resumed_from(runs["finished"]) + 1, TOTAL_STEPS + 1)), plan
+    range(_resumed_from(runs["finished"]) + 1, TOTAL_STEPS + 1)
+  ), plan
   for record in chain:
     assert {k: record[k] for k in EXACT_METRICS} == {
-        k: by_step[record["step"]][k] for k in EXACT_METRICS}, f"step {record['step']} ({plan})"
-  assert (json.loads((root / "chain" / "eval" / "test" / "metrics.json").read_text())
-          == json.loads((root / "reference" / "eval" / "test" / "metrics.json").read_text()))
+      k: by_step[record["step"]][k] for k in EXACT_METRICS
+    }, f"step {record['step']} ({plan})"
+  assert json.loads((root / "chain" / "eval" / "test" / "metrics.json").read_text()) == json.loads(
+    (root / "reference" / "eval" / "test" / "metrics.json").read_text()
+  )
 
 
 def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
   root, saved = runs["root"], runs["saved"]
   config = config_lib.load_config(str(TINY))
   _, params, batch_stats = ts.split_model(
-      nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
-  poisoned = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype),
-                          dict(params=params, batch_stats=batch_stats))
-  checkpoints.save_model(root / "nan_teachers", teachers_state=poisoned,
-                         config=ml_collections.ConfigDict(dict(teachers=config.teachers)))
-  run = _train(root, "nonfinite", "--config.teachers.source=checkpoint",
-               f"--config.teachers.checkpoint={root / 'nan_teachers'}")
+    nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
+  )
+  poisoned = jax.tree.map(
+    lambda x: np.full(x.shape, np.nan, x.dtype), dict(params=params, batch_stats=batch_stats)
+  )
+  checkpoints.save_model(
+    root / "nan_teachers",
+    teachers_state=poisoned,
+    config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
+  )
+  run = _train(
+    root,
+    "nonfinite",
+    "--config.teachers.source=checkpoint",
+    f"--config.teachers.checkpoint={root / 'nan_teachers'}",
+  )
   assert run.returncode != 0
-  match = re.search(r"NonFiniteLossError: non-finite loss nan at step (\d+); clips of split "
-                    r"'train' in this process's batch: \[('[^']+'(, )?)+\]; last good checkpoint: "
-                    r"(\S+)", run.output)
+  match = re.search(
+    r"NonFiniteLossError: non-finite loss nan at step (\d+); clips of split "
+    r"'train' in this process's batch: \[('[^']+'(, )?)+\]; last good checkpoint: "
+    r"(\S+)",
+    run.output,
+  )
   assert match, run.output[-5000:]
   assert int(match.group(1)) == saved + 1
   assert pathlib.Path(match.group(4)) == root / "nonfinite" / "checkpoints" / str(saved)
@@ -195,32 +250,58 @@ def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs)
 def test_eval_accepts_a_model_checkpoint_path(runs):
   root = runs["root"]
   state = _final_state(root / "reference")
-  checkpoints.save_model(root / "model", student_state=dict(params=state.params,
-                                                            batch_stats=state.batch_stats))
-  run = _avcd(root, ["eval", f"--config={TINY}", f"--workdir={root / 'eval_model'}",
-                     f"--config.data.data_dir={root / 'data'}", f"--checkpoint={root / 'model'}"])
+  checkpoints.save_model(
+    root / "model", student_state=dict(params=state.params, batch_stats=state.batch_stats)
+  )
+  run = _avcd(
+    root,
+    [
+      "eval",
+      f"--config={TINY}",
+      f"--workdir={root / 'eval_model'}",
+      f"--config.data.data_dir={root / 'data'}",
+      f"--checkpoint={root / 'model'}",
+    ],
+  )
   assert run.returncode == 0, run.output[-5000:]
   assert f"checkpoint {root / 'model' / '0'}" in run.output
-  assert (json.loads((root / "eval_model" / "eval" / "test" / "metrics.json").read_text())
-          == json.loads((root / "reference" / "eval" / "test" / "metrics.json").read_text()))
+  assert json.loads(
+    (root / "eval_model" / "eval" / "test" / "metrics.json").read_text()
+  ) == json.loads((root / "reference" / "eval" / "test" / "metrics.json").read_text())
 
 
 def test_skip_policy_leaves_the_state_unchanged_and_counts_the_step():
-  cfg = ml_collections.ConfigDict(dict(
-      model=tiny_models.student_config(), teachers=tiny_models.teachers_config(),
-      loss=config_lib.losses(), data=dict(augment=False), train=dict(on_nonfinite="skip"),
-      optim=dict(learning_rate=1e-3, decay_per_epoch=1.0, b1=0.9, b2=0.999, eps=1e-8,
-                 clip_grad_norm=0.0, grad_accum_steps=1)))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      model=tiny_models.student_config(),
+      teachers=tiny_models.teachers_config(),
+      loss=config_lib.losses(),
+      data=dict(augment=False),
+      train=dict(on_nonfinite="skip"),
+      optim=dict(
+        learning_rate=1e-3,
+        decay_per_epoch=1.0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        clip_grad_norm=0.0,
+        grad_accum_steps=1,
+      ),
+    )
+  )
   optimizer = ts.make_optimizer(cfg.optim, steps_per_epoch=10)
   student = ts.build_student(cfg.model, 0)
   state = ts.init_train_state(student, optimizer, 0)
   teachers_graphdef, *teachers_state = ts.split_model(ts.build_teachers(cfg.teachers))
   rng = np.random.default_rng(0)
   frames, size = 8, tiny_models.FACE
-  batch = dict(mfcc=rng.normal(size=(2, 4 * frames, 13)).astype(np.float32),
-               faces=rng.integers(0, 256, (2, frames, size, size)).astype(np.uint8),
-               stft=np.abs(rng.normal(size=(2, 4 * frames, 321))).astype(np.float32),
-               num_frames=np.array([frames, 5], np.int32), label=np.array([0, 1], np.int32))
+  batch = dict(
+    mfcc=rng.normal(size=(2, 4 * frames, 13)).astype(np.float32),
+    faces=rng.integers(0, 256, (2, frames, size, size)).astype(np.uint8),
+    stft=np.abs(rng.normal(size=(2, 4 * frames, 321))).astype(np.float32),
+    num_frames=np.array([frames, 5], np.int32),
+    label=np.array([0, 1], np.int32),
+  )
   poisoned = dict(batch, mfcc=batch["mfcc"].copy())
   poisoned["mfcc"][0, 0, 0] = np.nan
   update = steps.make_update_fn(nnx.graphdef(student), teachers_graphdef, optimizer, cfg)
@@ -232,11 +313,14 @@ def test_skip_policy_leaves_the_state_unchanged_and_counts_the_step():
   assert not bool(metrics["finite"]) and not np.isfinite(float(metrics["loss"]))
   assert int(skipped.step) == 2 and int(skipped.skipped_steps) == 1
   for name in ("params", "batch_stats", "opt_state", "rng"):
-    for want, got in zip(jax.tree.leaves(getattr(trained, name)),
-                         jax.tree.leaves(getattr(skipped, name))):
+    for want, got in zip(
+      jax.tree.leaves(getattr(trained, name)), jax.tree.leaves(getattr(skipped, name))
+    ):
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
   resumed, metrics = update(skipped, batch, teachers_state)
   assert bool(metrics["finite"]) and int(resumed.skipped_steps) == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(resumed.params))
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(skipped.params),
-                                                       jax.tree.leaves(resumed.params)))
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(skipped.params), jax.tree.leaves(resumed.params))
+  )

@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 from data_pipelines import schema
 from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers
 
-TINY = generator.SyntheticSpec(seed=3, train_clips=8, validation_clips=3, test_clips=4,
-                               min_frames=20, max_frames=30)
+TINY = generator.SyntheticSpec(
+  seed=3, train_clips=8, validation_clips=3, test_clips=4, min_frames=20, max_frames=30
+)
 # Many clips to pick each method from; only the clips a test asks for are generated.
 RULES = generator.SyntheticSpec(seed=1, train_clips=400, min_frames=60, max_frames=75)
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -24,8 +25,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @functools.cache
 def clips_of(method: str, count: int) -> tuple[generator.SyntheticClip, ...]:
-  indices = [i for i in range(RULES.train_clips)
-             if generator.method_of(RULES, "train", i) == method][:count]
+  indices = [
+    i for i in range(RULES.train_clips) if generator.method_of(RULES, "train", i) == method
+  ][:count]
   return tuple(generator.synthesize_clip(RULES, "train", i) for i in indices)
 
 
@@ -85,10 +87,15 @@ def test_labels_follow_the_method():
       example = generator.synthesize_clip(TINY, split, index).example
       video, audio, identity, sync = generator.LABELS[example["method"]]
       assert example["label"] == int(example["method"] != generator.REAL)
-      assert (example["video_label"], example["audio_label"], example["identity_label"],
-              example["sync_label"]) == (video, audio, identity, sync)
-      assert example["category"] == (f"{'Fake' if video else 'Real'}Video-"
-                                     f"{'Fake' if audio else 'Real'}Audio")
+      assert (
+        example["video_label"],
+        example["audio_label"],
+        example["identity_label"],
+        example["sync_label"],
+      ) == (video, audio, identity, sync)
+      assert example["category"] == (
+        f"{'Fake' if video else 'Real'}Video-{'Fake' if audio else 'Real'}Audio"
+      )
 
 
 def test_methods_are_spread_evenly_over_indices():
@@ -102,10 +109,15 @@ def test_methods_are_spread_evenly_over_indices():
 
 
 def test_speakers_are_disjoint_between_splits():
-  cast = {split: set(speakers.split_speakers(TINY.num_speakers, split).tolist())
-          for split in generator.SPLITS}
-  assert not (cast["train"] & cast["validation"] or cast["train"] & cast["test"]
-              or cast["validation"] & cast["test"])
+  cast = {
+    split: set(speakers.split_speakers(TINY.num_speakers, split).tolist())
+    for split in generator.SPLITS
+  }
+  assert not (
+    cast["train"] & cast["validation"]
+    or cast["train"] & cast["test"]
+    or cast["validation"] & cast["test"]
+  )
   for split in generator.SPLITS:
     for index in range(TINY.num_clips(split)):
       clip = generator.synthesize_clip(TINY, split, index)
@@ -187,8 +199,9 @@ def test_the_mouth_never_leaves_the_teachers_mouth_box():
       assert half_width.max() < mouth.MIDLINE - cols.start
       assert (half_opening + np.maximum(upper_lip, lower_lip)).max() < face.mouth_y - rows.start
       # ...and every frame's head pose keeps the whole patch inside the box.
-      corners = np.array([[x, y, 1.0] for x in (cols.start, cols.stop)
-                          for y in (rows.start, rows.stop)])
+      corners = np.array(
+        [[x, y, 1.0] for x in (cols.start, cols.stop) for y in (rows.start, rows.stop)]
+      )
       moved = np.einsum("tij,cj->tci", clip.head_poses, corners)
       assert moved[..., 0].min() >= left and moved[..., 0].max() <= right
       assert moved[..., 1].min() >= top and moved[..., 1].max() <= bottom
@@ -206,15 +219,21 @@ def test_visemes_of_a_group_share_opening_and_loudness_but_not_shape():
 
 
 def test_config_names_differ_for_every_field():
-  variants = [generator.SyntheticSpec(), generator.SyntheticSpec(seed=1),
-              generator.SyntheticSpec(train_clips=1), generator.SyntheticSpec(validation_clips=1),
-              generator.SyntheticSpec(test_clips=1), generator.SyntheticSpec(min_frames=51),
-              generator.SyntheticSpec(max_frames=76), generator.SyntheticSpec(fake_fraction=0.25),
-              generator.SyntheticSpec(methods=("lipsync",)),
-              generator.SyntheticSpec(num_speakers=13),
-              generator.SyntheticSpec(desync_frames=(3, 9)),
-              generator.SyntheticSpec(version=2, methods=("ls_a", "desync")),
-              generator.SyntheticSpec(held_out=("lipsync",))]
+  variants = [
+    generator.SyntheticSpec(),
+    generator.SyntheticSpec(seed=1),
+    generator.SyntheticSpec(train_clips=1),
+    generator.SyntheticSpec(validation_clips=1),
+    generator.SyntheticSpec(test_clips=1),
+    generator.SyntheticSpec(min_frames=51),
+    generator.SyntheticSpec(max_frames=76),
+    generator.SyntheticSpec(fake_fraction=0.25),
+    generator.SyntheticSpec(methods=("lipsync",)),
+    generator.SyntheticSpec(num_speakers=13),
+    generator.SyntheticSpec(desync_frames=(3, 9)),
+    generator.SyntheticSpec(version=2, methods=("ls_a", "desync")),
+    generator.SyntheticSpec(held_out=("lipsync",)),
+  ]
   assert len(variants) == len(dataclasses.fields(generator.SyntheticSpec)) + 1
   assert len({builder.config_name(spec) for spec in variants}) == len(variants)
   # Fields added later are named only when set, so earlier corpora keep their names.
@@ -250,15 +269,27 @@ assert source[1]["num_frames"] == 8
 print(sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.")))
 """
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          check=False, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_spec_rejects_what_it_cannot_make():
-  for bad in (dict(methods=("faceswap",)), dict(fake_fraction=1.5), dict(min_frames=0),
-              dict(min_frames=9, max_frames=8), dict(num_speakers=5), dict(desync_frames=(0, 3))):
+  for bad in (
+    dict(methods=("faceswap",)),
+    dict(fake_fraction=1.5),
+    dict(min_frames=0),
+    dict(min_frames=9, max_frames=8),
+    dict(num_speakers=5),
+    dict(desync_frames=(0, 3)),
+  ):
     with pytest.raises(ValueError):
       generator.SyntheticSpec(**bad)
   with pytest.raises(IndexError):

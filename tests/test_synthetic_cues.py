@@ -14,9 +14,17 @@ from data_pipelines.features import audio
 from data_pipelines.synthetic import cues, generator, phonemes, speakers, voice
 
 CLIPS = 200
-SPEC = generator.SyntheticSpec(seed=0, version=2, methods=generator.METHODS_V2, num_speakers=100,
-                               train_clips=10, validation_clips=10, test_clips=CLIPS * 16,
-                               min_frames=40, max_frames=50)
+SPEC = generator.SyntheticSpec(
+  seed=0,
+  version=2,
+  methods=generator.METHODS_V2,
+  num_speakers=100,
+  train_clips=10,
+  validation_clips=10,
+  test_clips=CLIPS * 16,
+  min_frames=40,
+  max_frames=50,
+)
 ENERGY_CUES = ("energy_vs_opening", "energy_vs_width", "energy_vs_area")
 TRACES = {"ls_a": "seam", "ls_b": "flicker", "ls_c": "sharpness"}
 
@@ -24,10 +32,12 @@ TRACES = {"ls_a": "seam", "ls_b": "flicker", "ls_c": "sharpness"}
 def steady_c0(phoneme_id: int, voice_params: speakers.Voice, equal: bool) -> float:
   """Mean MFCC c0 of one phoneme held for two seconds (edges dropped)."""
   frames = 50
-  utterance = phonemes.Utterance(np.full(frames, phoneme_id, np.int32),
-                                 np.zeros(frames, np.int64), np.ones(frames, np.float32))
-  samples = voice.render_speech(np.random.default_rng(0), utterance, voice_params,
-                                vocoded=False, equal_mfcc_energy=equal)
+  utterance = phonemes.Utterance(
+    np.full(frames, phoneme_id, np.int32), np.zeros(frames, np.int64), np.ones(frames, np.float32)
+  )
+  samples = voice.render_speech(
+    np.random.default_rng(0), utterance, voice_params, vocoded=False, equal_mfcc_energy=equal
+  )
   return float(audio.mfcc(samples, 16_000)[20:-20, 0].mean())
 
 
@@ -92,8 +102,14 @@ def test_lipsync_family_keeps_the_audio_and_the_opening():
 
 
 def test_held_out_methods_appear_in_the_test_split_only():
-  spec = generator.SyntheticSpec(seed=0, version=2, methods=generator.METHODS_V2,
-                                 held_out=("ls_b", "ls_c"), train_clips=400, test_clips=400)
+  spec = generator.SyntheticSpec(
+    seed=0,
+    version=2,
+    methods=generator.METHODS_V2,
+    held_out=("ls_b", "ls_c"),
+    train_clips=400,
+    test_clips=400,
+  )
   train = {generator.method_of(spec, "train", i) for i in range(400)}
   test = {generator.method_of(spec, "test", i) for i in range(400)}
   assert train == {"real", "ls_a", "ls_a_clean", "desync", "talking_head", "voice_swap"}

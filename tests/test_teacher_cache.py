@@ -19,8 +19,12 @@ from data_pipelines import corpus_setup, loader, posterior_store as cache_store
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Whole-clip windows (train_window = max_frames = 40) in one bucket of two rows.
-WHOLE_CLIPS = {"data.train_window": 40, "data.bucket_lengths": (40,), "data.frame_budget": 80,
-               "teachers.cache": True}
+WHOLE_CLIPS = {
+  "data.train_window": 40,
+  "data.bucket_lengths": (40,),
+  "data.frame_budget": 80,
+  "teachers.cache": True,
+}
 STEP_METRICS = ("loss", "loss_ce", "loss_bce", "loss_metric", "soft_target", "grad_norm")
 # Cached and online posteriors come from the same function on the same padded shapes (measured:
 # identical bits). The step that runs the teachers is another XLA program, whose float32 sums of
@@ -30,8 +34,7 @@ STEP_TOLERANCE = 1e-5
 
 
 def tiny_config(workdir: pathlib.Path, **overrides):
-  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"),
-                                      {**WHOLE_CLIPS, **overrides})
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"), {**WHOLE_CLIPS, **overrides})
   config = corpus_setup.prepare_corpus(config, workdir)
   return config
 
@@ -48,14 +51,26 @@ def run(tmp_path_factory):
 
 
 def one_epoch(config, cache=None) -> list[dict]:
-  return list(loader.train_dataset(config.data, seed=3, process_index=0, process_count=1,
-                                   batch_multiple=1, num_epochs=1, teacher_posteriors=cache))
+  return list(
+    loader.train_dataset(
+      config.data,
+      seed=3,
+      process_index=0,
+      process_count=1,
+      batch_multiple=1,
+      num_epochs=1,
+      teacher_posteriors=cache,
+    )
+  )
 
 
 def test_cached_posteriors_are_the_online_ones_windowed_like_the_clip(run):
   config, (graphdef, state) = run["config"], run["teachers"]
-  online_posteriors = jax.jit(lambda s, b: steps.teacher_posteriors(
-      graphdef, s, b, frame_mask(b["num_frames"], b["faces"].shape[1]), dropout=False, rng=None))
+  online_posteriors = jax.jit(
+    lambda s, b: steps.teacher_posteriors(
+      graphdef, s, b, frame_mask(b["num_frames"], b["faces"].shape[1]), dropout=False, rng=None
+    )
+  )
   num_classes = config.teachers.asr.num_classes
   for plain, cached in zip(one_epoch(config), one_epoch(config, run["cache"]), strict=True):
     assert set(cached) == set(plain) | {"asr_probs", "vsr_probs"}
@@ -67,8 +82,9 @@ def test_cached_posteriors_are_the_online_ones_windowed_like_the_clip(run):
     for name, want in zip(("asr_probs", "vsr_probs"), online):
       got = cached[name]
       assert got.shape == (*plain["faces"].shape[:2], num_classes) and got.dtype == np.float32
-      np.testing.assert_allclose(got[valid], np.asarray(want)[valid], rtol=0,
-                                 atol=POSTERIOR_TOLERANCE)
+      np.testing.assert_allclose(
+        got[valid], np.asarray(want)[valid], rtol=0, atol=POSTERIOR_TOLERANCE
+      )
       np.testing.assert_array_equal(got[~valid], np.float32(1 / num_classes))
 
 
@@ -79,42 +95,48 @@ def test_a_train_step_with_the_cache_has_the_losses_of_one_running_the_teachers(
   graphdef, _, shardings, init_fn = ts.abstract_train_state(config, optimizer, mesh)
   update_fn = steps.make_update_fn(graphdef, graphdef_teachers, optimizer, config)
   online_step = sharding.jit_update(
-      update_fn, shardings, mesh, jax.tree.map(lambda x: x.sharding, teachers_state))
+    update_fn, shardings, mesh, jax.tree.map(lambda x: x.sharding, teachers_state)
+  )
   cached_step = sharding.jit_update(update_fn, shardings, mesh, None)  # no teachers at all
   state = jax.jit(init_fn, out_shardings=shardings)()
 
   def inputs(batch):
-    return sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS},
-                                 mesh)
+    return sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, mesh)
 
   # Both steps start from the same state at every step of an epoch. Two runs are not compared
   # instead: Adam divides by sqrt(v) + 1e-8, so float noise in gradients that are nearly zero
   # flips the sign of their updates and the runs' parameters drift apart by ~lr per step.
   for step, (plain, cached) in enumerate(zip(online_batches, cached_batches, strict=True)):
-    _, cached_metrics = cached_step(jax.tree.map(lambda x: x.copy(), state), inputs(cached),
-                                    None)  # the step donates its state
+    _, cached_metrics = cached_step(
+      jax.tree.map(lambda x: x.copy(), state), inputs(cached), None
+    )  # the step donates its state
     state, online_metrics = online_step(state, inputs(plain), teachers_state)
     for name in STEP_METRICS:
-      np.testing.assert_allclose(float(cached_metrics[name]), float(online_metrics[name]),
-                                 rtol=STEP_TOLERANCE, err_msg=f"step {step} {name}")
+      np.testing.assert_allclose(
+        float(cached_metrics[name]),
+        float(online_metrics[name]),
+        rtol=STEP_TOLERANCE,
+        err_msg=f"step {step} {name}",
+      )
 
 
 def _save_teachers(path: pathlib.Path, config, seed: int) -> None:
   """A model checkpoint of randomly initialised teachers (replacing any at `path`)."""
   shutil.rmtree(path, ignore_errors=True)
   _, params, batch_stats = ts.split_model(ts.build_teachers(config.teachers, seed))
-  checkpoints.save_model(path, teachers_state=dict(params=params, batch_stats=batch_stats),
-                         config=config)
+  checkpoints.save_model(
+    path, teachers_state=dict(params=params, batch_stats=batch_stats), config=config
+  )
 
 
 def test_a_cache_is_reused_until_the_teacher_checkpoint_changes(run, monkeypatch):
   workdir, mesh = run["workdir"], run["mesh"]
-  config = tiny_config(workdir, **{"teachers.source": "checkpoint",
-                                   "teachers.checkpoint": str(workdir / "teachers")})
+  config = tiny_config(
+    workdir, **{"teachers.source": "checkpoint", "teachers.checkpoint": str(workdir / "teachers")}
+  )
 
   def cache_of_checkpoint():
-    return teacher_cache.build_or_reuse(
-        config, workdir, mesh, *frozen.load(config, workdir, mesh))
+    return teacher_cache.build_or_reuse(config, workdir, mesh, *frozen.load(config, workdir, mesh))
 
   _save_teachers(workdir / "teachers", config, seed=0)
   first = cache_of_checkpoint()
@@ -137,8 +159,7 @@ def test_stochastic_teachers_cannot_be_cached(run):
 
 
 def test_windows_shorter_than_their_clips_refuse_the_cache(run):
-  config = tiny_config(run["workdir"], **{"data.train_window": 32,
-                                          "data.bucket_lengths": (32, 40)})
+  config = tiny_config(run["workdir"], **{"data.train_window": 32, "data.bucket_lengths": (32, 40)})
   with pytest.raises(ValueError, match="longer than data.train_window=32"):
     one_epoch(config, run["cache"])
 

@@ -26,9 +26,12 @@ with workdir_lock.WorkdirLock(sys.argv[1]):
 @pytest.fixture
 def holder(tmp_path):
   """A process holding tmp_path's lock until it is killed."""
-  process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
-                             stdout=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+  process = subprocess.Popen(
+    [sys.executable, "-c", _HOLDER, str(tmp_path)],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+  )
   assert process.stdout.readline().strip() == "held"
   yield process
   process.kill()
@@ -48,9 +51,18 @@ def test_a_live_holder_refuses_and_a_killed_one_does_not_block(tmp_path, holder)
 
 def _written_by_another_host(path: pathlib.Path, heartbeat_age: float) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(dict(what="avcd train", host=f"not-{socket.gethostname()}",
-                                  pid=1234, started="yesterday", token="abc",
-                                  heartbeat=time.time() - heartbeat_age)))
+  path.write_text(
+    json.dumps(
+      dict(
+        what="avcd train",
+        host=f"not-{socket.gethostname()}",
+        pid=1234,
+        started="yesterday",
+        token="abc",
+        heartbeat=time.time() - heartbeat_age,
+      )
+    )
+  )
 
 
 def test_another_hosts_fresh_heartbeat_refuses_where_flock_does_not_reach(tmp_path):
@@ -60,17 +72,29 @@ def test_another_hosts_fresh_heartbeat_refuses_where_flock_does_not_reach(tmp_pa
     with workdir_lock.WorkdirLock(tmp_path):
       pass
   assert "not-" in (tmp_path / workdir_lock.LOCK_FILE).read_text()  # left as it was
-  _written_by_another_host(tmp_path / workdir_lock.LOCK_FILE,
-                           heartbeat_age=workdir_lock.STALE_S + 1)
+  _written_by_another_host(
+    tmp_path / workdir_lock.LOCK_FILE, heartbeat_age=workdir_lock.STALE_S + 1
+  )
   with workdir_lock.WorkdirLock(tmp_path):  # a job that died without unlocking: taken over
     pass
 
 
 def test_avcd_train_refuses_a_workdir_in_use_before_any_work(tmp_path, holder):
   result = subprocess.run(
-      [sys.executable, "-m", "avcd.cli", "train", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=str(REPO)))
+    [
+      sys.executable,
+      "-m",
+      "avcd.cli",
+      "train",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+  )
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert f"{tmp_path} is in use by another avcd train" in result.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lock.LOCK_FILE]

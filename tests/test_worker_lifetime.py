@@ -58,9 +58,12 @@ def test_workers_die_when_their_parent_is_killed(mode, tmp_path):
   script.write_text(_PARENT)
   reports = tmp_path / "pids"
   reports.mkdir()
-  parent = subprocess.Popen([sys.executable, str(script), mode, str(reports)],
-                            stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+  parent = subprocess.Popen(
+    [sys.executable, str(script), mode, str(reports)],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+  )
   try:
     parent.stdout.readline()
     expected = 2 if mode == "pool" else 1  # workers that have started and reported themselves

@@ -51,8 +51,11 @@ _MAX_SECONDS = flags.DEFINE_float("max_seconds", 6.0, "Longest clip.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs of each measurement (median shown).")
 _BATCHES = flags.DEFINE_integer("batches", 40, "Timed batches per Grain run.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the media and shards here (default: a "
-                               "temporary directory, deleted afterwards).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Keep the media and shards here (default: a temporary directory, deleted afterwards).",
+)
 
 VIDEO_SIZE = 224
 AUGMENT_LENGTH = 200  # the bucket the 3-6 s clips fall in at the default bucket lengths
@@ -92,6 +95,7 @@ class _CpuClock:
 @dataclasses.dataclass(frozen=True)
 class _Run:
   """One timed run: clips and frames produced, wall and CPU seconds, start-up seconds."""
+
   clips: int
   frames: int
   wall: float
@@ -99,12 +103,16 @@ class _Run:
   startup: float = 0.0
 
 
-def _write_clip(directory: pathlib.Path, name: str, seconds: float, label: int,
-                rng: np.random.Generator) -> dict:
+def _write_clip(
+  directory: pathlib.Path, name: str, seconds: float, label: int, rng: np.random.Generator
+) -> dict:
   """Writes <name>.mp4 (H.264, default quality) and <name>.wav; returns the manifest row."""
   num_frames = round(seconds * schema.FPS)
-  base = cv2.resize(rng.uniform(0, 255, (8, 8, 3)).astype(np.float32), (2 * VIDEO_SIZE,) * 2,
-                    interpolation=cv2.INTER_CUBIC)
+  base = cv2.resize(
+    rng.uniform(0, 255, (8, 8, 3)).astype(np.float32),
+    (2 * VIDEO_SIZE,) * 2,
+    interpolation=cv2.INTER_CUBIC,
+  )
   with av.open(str(directory / f"{name}.mp4"), mode="w") as container:
     stream = container.add_stream("libx264", rate=fractions.Fraction(int(schema.FPS)))
     stream.width = stream.height = VIDEO_SIZE
@@ -112,7 +120,7 @@ def _write_clip(directory: pathlib.Path, name: str, seconds: float, label: int,
     for t in range(num_frames):
       # A slowly panning texture with sensor-like noise: frames differ, as a face video's do.
       offset = int(VIDEO_SIZE / 2 * (1 + np.sin(t / 20)))
-      view = base[offset:offset + VIDEO_SIZE, offset // 2:offset // 2 + VIDEO_SIZE]
+      view = base[offset : offset + VIDEO_SIZE, offset // 2 : offset // 2 + VIDEO_SIZE]
       frame = np.clip(view + rng.normal(0, 4, view.shape), 0, 255).astype(np.uint8)
       container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
     container.mux(stream.encode(None))
@@ -121,13 +129,23 @@ def _write_clip(directory: pathlib.Path, name: str, seconds: float, label: int,
   voice = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(100, 3000, 5))
   envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + rng.uniform(0, 2 * np.pi)))
   audio = 0.1 * envelope * voice + 0.01 * rng.standard_normal(samples)
-  scipy.io.wavfile.write(directory / f"{name}.wav", schema.SAMPLE_RATE,
-                         (np.clip(audio, -1, 1) * 32767).astype(np.int16))
-  return {"ID_Name": name, "Audio_Path": str(directory / f"{name}.wav"),
-          "Video_Path": str(directory / f"{name}.mp4"), "ENtire_Label": label,
-          "Audio_Label": 0, "Video_Label": label, "Identi_Label": 1 - label, "Sync_Label": 1,
-          "Frame_Len": num_frames, "Audio_Len": samples, "FPS": schema.FPS,
-          "AudioSamRate": schema.SAMPLE_RATE}
+  scipy.io.wavfile.write(
+    directory / f"{name}.wav", schema.SAMPLE_RATE, (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+  )
+  return {
+    "ID_Name": name,
+    "Audio_Path": str(directory / f"{name}.wav"),
+    "Video_Path": str(directory / f"{name}.mp4"),
+    "ENtire_Label": label,
+    "Audio_Label": 0,
+    "Video_Label": label,
+    "Identi_Label": 1 - label,
+    "Sync_Label": 1,
+    "Frame_Len": num_frames,
+    "Audio_Len": samples,
+    "FPS": schema.FPS,
+    "AudioSamRate": schema.SAMPLE_RATE,
+  }
 
 
 def _prepare_corpus(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -135,15 +153,20 @@ def _prepare_corpus(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
   media = workdir / "media"
   media.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
-  rows = [_write_clip(media, f"clip_{i:03d}", rng.uniform(_MIN_SECONDS.value, _MAX_SECONDS.value),
-                      i % 2, rng) for i in range(_CLIPS.value)]
+  rows = [
+    _write_clip(
+      media, f"clip_{i:03d}", rng.uniform(_MIN_SECONDS.value, _MAX_SECONDS.value), i % 2, rng
+    )
+    for i in range(_CLIPS.value)
+  ]
   manifest = workdir / "train.csv"
   with manifest.open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(manifests.COLUMNS.values()))
     writer.writeheader()
     writer.writerows(rows)
-  builder = prepare.make_builder(workdir / "data", manifests=[f"train={manifest}"],
-                                 progress_interval_s=3600.0)
+  builder = prepare.make_builder(
+    workdir / "data", manifests=[f"train={manifest}"], progress_interval_s=3600.0
+  )
   prepare.prepare(builder)
   return manifest, builder.name
 
@@ -158,8 +181,9 @@ def _grain_run(data_cfg, workers: int) -> _Run:
   """Times the batches after WARMUP_BATCHES, once the prefetch buffers have been drained."""
   cfg = config_lib.data(**{**data_cfg.to_dict(), "num_workers": workers})
   start = time.perf_counter()
-  iterator = iter(loader.train_dataset(cfg, seed=0, process_index=0, process_count=1,
-                                       batch_multiple=1))
+  iterator = iter(
+    loader.train_dataset(cfg, seed=0, process_index=0, process_count=1, batch_multiple=1)
+  )
   next(iterator)
   startup = time.perf_counter() - start
   for _ in range(WARMUP_BATCHES - 1):
@@ -179,8 +203,9 @@ def _grain_run(data_cfg, workers: int) -> _Run:
 def _augment_run(frame_budget: int, calls: int = 20) -> _Run:
   rows = loader.global_batch_size(frame_budget, AUGMENT_LENGTH, 1)
   rng = np.random.default_rng(0)
-  faces = rng.integers(0, 256, (rows, AUGMENT_LENGTH, schema.FACE_SIZE, schema.FACE_SIZE),
-                       dtype=np.uint8)
+  faces = rng.integers(
+    0, 256, (rows, AUGMENT_LENGTH, schema.FACE_SIZE, schema.FACE_SIZE), dtype=np.uint8
+  )
   params = augment.sample_params(rng, rows)
   warp = jax.jit(augment.apply)
   faces, params = jax.device_put((faces, params))
@@ -188,8 +213,9 @@ def _augment_run(frame_budget: int, calls: int = 20) -> _Run:
   cpu, start = _CpuClock(), time.perf_counter()
   for _ in range(calls):
     warp(faces, params).block_until_ready()
-  return _Run(rows * calls, rows * AUGMENT_LENGTH * calls, time.perf_counter() - start,
-              cpu.seconds())
+  return _Run(
+    rows * calls, rows * AUGMENT_LENGTH * calls, time.perf_counter() - start, cpu.seconds()
+  )
 
 
 def _breakdown(data_cfg) -> dict[str, float]:
@@ -211,21 +237,29 @@ def _breakdown(data_cfg) -> dict[str, float]:
 
 def _rates(runs: list[_Run]) -> dict[str, float]:
   """Medians over runs of clips/s, frames/s, frames per CPU-second and start-up seconds."""
-  return {"clips/s": statistics.median(r.clips / r.wall for r in runs),
-          "frames/s": statistics.median(r.frames / r.wall for r in runs),
-          "per core": statistics.median(r.frames / r.cpu for r in runs),
-          "start s": statistics.median(r.startup for r in runs)}
+  return {
+    "clips/s": statistics.median(r.clips / r.wall for r in runs),
+    "frames/s": statistics.median(r.frames / r.wall for r in runs),
+    "per core": statistics.median(r.frames / r.cpu for r in runs),
+    "start s": statistics.median(r.startup for r in runs),
+  }
 
 
 def _table(results: dict[str, dict[str, float]], reference_per_core: float) -> str:
   """A markdown table; a rate a row does not have stays empty."""
-  lines = ["| pipeline | clips/s | frames/s | frames/s per core | x ref. (per core) | start s |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| pipeline | clips/s | frames/s | frames/s per core | x ref. (per core) | start s |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
   cell = lambda rate, key, fmt: format(rate[key], fmt) if key in rate else ""
   for name, rate in results.items():
-    cells = [cell(rate, "clips/s", ",.1f"), cell(rate, "frames/s", ",.0f"),
-             cell(rate, "per core", ",.0f"), f"{rate['per core'] / reference_per_core:.1f}",
-             cell(rate, "start s", ".1f")]
+    cells = [
+      cell(rate, "clips/s", ",.1f"),
+      cell(rate, "frames/s", ",.0f"),
+      cell(rate, "per core", ",.0f"),
+      f"{rate['per core'] / reference_per_core:.1f}",
+      cell(rate, "start s", ".1f"),
+    ]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -246,7 +280,8 @@ def run_benchmark(workdir: pathlib.Path) -> str:
   results = {}
   reference = [_reference_run(rows) for _ in range(_REPEATS.value)]
   results["reference: extract_clip per clip"] = {
-      k: v for k, v in _rates(reference).items() if k != "start s"}
+    k: v for k, v in _rates(reference).items() if k != "start s"
+  }
   grain = {}
   for workers in map(int, _WORKERS.value):
     grain[workers] = _rates([_grain_run(data_cfg, workers) for _ in range(_REPEATS.value)])
@@ -262,19 +297,26 @@ def run_benchmark(workdir: pathlib.Path) -> str:
   frames = sum(row.num_frames for row in rows)
   total_us = 1e6 / grain[0]["per core"] if 0 in grain else None
   parts = {k: statistics.median(b[k] for b in breakdown) for k in ("read", "decode")}
-  lines = [f"{len(rows)} clips, {frames} frames ({frames / len(rows):.0f} per clip), "
-           f"{VIDEO_SIZE}x{VIDEO_SIZE} H.264 + 16 kHz wav; prepared in {prepared:.0f} s "
-           f"(untimed); {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
-           f"{os.getloadavg()[0]:.1f} after; medians of {_REPEATS.value} runs, "
-           f"{_BATCHES.value} timed batches per Grain run", "",
-           _table(results, reference_per_core), "",
-           "| CPU per frame (grain, 0 workers) | us/frame |", "|---|---:|",
-           f"| read shards (ArrayRecord, zstd) | {parts['read']:.1f} |",
-           f"| deserialise examples (TFDS) | {parts['decode']:.1f} |"]
+  lines = [
+    f"{len(rows)} clips, {frames} frames ({frames / len(rows):.0f} per clip), "
+    f"{VIDEO_SIZE}x{VIDEO_SIZE} H.264 + 16 kHz wav; prepared in {prepared:.0f} s "
+    f"(untimed); {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
+    f"{os.getloadavg()[0]:.1f} after; medians of {_REPEATS.value} runs, "
+    f"{_BATCHES.value} timed batches per Grain run",
+    "",
+    _table(results, reference_per_core),
+    "",
+    "| CPU per frame (grain, 0 workers) | us/frame |",
+    "|---|---:|",
+    f"| read shards (ArrayRecord, zstd) | {parts['read']:.1f} |",
+    f"| deserialise examples (TFDS) | {parts['decode']:.1f} |",
+  ]
   if total_us is not None:
     rest = total_us - parts["read"] - parts["decode"]
-    lines += [f"| the rest: window, pad, batch, Grain | {rest:.1f} |",
-              f"| total (grain, 0 workers) | {total_us:.1f} |"]
+    lines += [
+      f"| the rest: window, pad, batch, Grain | {rest:.1f} |",
+      f"| total (grain, 0 workers) | {total_us:.1f} |",
+    ]
   return "\n".join(lines)
 
 

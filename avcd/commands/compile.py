@@ -15,14 +15,21 @@ from ml_collections import config_flags
 
 from avcd import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_MESH = flags.DEFINE_string("mesh", None, "Target mesh DATAxFSDP, e.g. 8x1, 4x2 or -1x2 "
-                            "(default: the config's mesh).")
-_DEVICES = flags.DEFINE_integer("devices", None, "Compile for this many CPU devices instead of "
-                                "this machine's devices.", lower_bound=1)
-_LENGTHS = flags.DEFINE_multi_integer("lengths", None, "Bucket lengths to compile (default: "
-                                      "every data.bucket_lengths).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py).", lock_config=True
+)
+_MESH = flags.DEFINE_string(
+  "mesh", None, "Target mesh DATAxFSDP, e.g. 8x1, 4x2 or -1x2 (default: the config's mesh)."
+)
+_DEVICES = flags.DEFINE_integer(
+  "devices",
+  None,
+  "Compile for this many CPU devices instead of this machine's devices.",
+  lower_bound=1,
+)
+_LENGTHS = flags.DEFINE_multi_integer(
+  "lengths", None, "Bucket lengths to compile (default: every data.bucket_lengths)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -30,6 +37,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
+
   if _DEVICES.value:  # before anything starts a backend
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)

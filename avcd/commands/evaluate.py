@@ -7,12 +7,16 @@ from ml_collections import config_flags
 
 from avcd import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A step of WORKDIR/checkpoints (default: the latest), or the path of an "
-    "avcd checkpoint, e.g. one written by `avcd convert`.")
+  "checkpoint",
+  None,
+  "A step of WORKDIR/checkpoints (default: the latest), or the path of an "
+  "avcd checkpoint, e.g. one written by `avcd convert`.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +31,7 @@ def main(argv):
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
   from avcd.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from avcd.training import sharding  # pylint: disable=g-import-not-at-top
+
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
   try:

@@ -16,12 +16,15 @@ from avcd import cli
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax2tf lowers for
 
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A training run's directory, or a model checkpoint directory.")
+  "workdir", None, "A training run's directory, or a model checkpoint directory."
+)
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step to export (default: the latest).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the SavedModel to.")
 _PLATFORMS = flags.DEFINE_list(
-    "platforms", ["cpu", "cuda"], "XLA platforms (cpu, cuda, rocm, tpu) to lower the model for; the "
-    "SavedModel runs on these only.")
+  "platforms",
+  ["cpu", "cuda"],
+  "XLA platforms (cpu, cuda, rocm, tpu) to lower the model for; the SavedModel runs on these only.",
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty --output.")
 flags.mark_flags_as_required(["workdir", "output"])
 
@@ -33,13 +36,16 @@ def main(argv):
   cli.require_tensorflow("avcd export")
   unknown = sorted(set(_PLATFORMS.value) - set(PLATFORMS))
   if unknown or not _PLATFORMS.value:
-    raise app.UsageError(f"--platforms={','.join(_PLATFORMS.value)}: choose from "
-                         f"{', '.join(PLATFORMS)}")
+    raise app.UsageError(
+      f"--platforms={','.join(_PLATFORMS.value)}: choose from {', '.join(PLATFORMS)}"
+    )
   cli.existing_directory("workdir", _WORKDIR.value)
   output = pathlib.Path(_OUTPUT.value)
   if output.is_dir() and any(output.iterdir()) and not _OVERWRITE.value:
-    raise app.UsageError(f"--output={_OUTPUT.value}: not empty (choose a new directory, or pass "
-                         "--overwrite to write into it)")
+    raise app.UsageError(
+      f"--output={_OUTPUT.value}: not empty (choose a new directory, or pass "
+      "--overwrite to write into it)"
+    )
   cli.writable_directory("output", _OUTPUT.value)
   import time  # pylint: disable=g-import-not-at-top
 
@@ -51,11 +57,14 @@ def main(argv):
     student = ts.restore_student(_WORKDIR.value, _CHECKPOINT.value)
   except FileNotFoundError as e:
     raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
-  metadata = export.export_saved_model(student, _OUTPUT.value, platforms=tuple(_PLATFORMS.value),
-                                       overwrite=_OVERWRITE.value)
+  metadata = export.export_saved_model(
+    student, _OUTPUT.value, platforms=tuple(_PLATFORMS.value), overwrite=_OVERWRITE.value
+  )
   source = metadata["source"]
-  print(f"exported {source['checkpoint_dir']} step {source['step']} ({source['item']}) to "
-        f"{_OUTPUT.value} in {time.perf_counter() - start:.1f} s for {','.join(_PLATFORMS.value)}")
+  print(
+    f"exported {source['checkpoint_dir']} step {source['step']} ({source['item']}) to "
+    f"{_OUTPUT.value} in {time.perf_counter() - start:.1f} s for {','.join(_PLATFORMS.value)}"
+  )
   print(export.describe_signature(metadata["signature"]))
 
 

@@ -17,36 +17,56 @@ from avcd.serving import predict
 
 _DEFAULTS = predict.PredictOptions()
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A training run's directory, or a model checkpoint directory (run by JAX).")
+  "workdir", None, "A training run's directory, or a model checkpoint directory (run by JAX)."
+)
 _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step of --workdir (default: the latest).")
-_SAVED_MODEL = flags.DEFINE_string("saved_model", None,
-                                   "A SavedModel from `avcd export` (run by TensorFlow).")
+_SAVED_MODEL = flags.DEFINE_string(
+  "saved_model", None, "A SavedModel from `avcd export` (run by TensorFlow)."
+)
 _NO_DETECT = flags.DEFINE_bool(
-    "no_detect", False, "Take the whole frame as the face (already face-cropped corpora such as "
-    "FakeAVCeleb and CMDFD) instead of detecting it.")
+  "no_detect",
+  False,
+  "Take the whole frame as the face (already face-cropped corpora such as "
+  "FakeAVCeleb and CMDFD) instead of detecting it.",
+)
 flags.DEFINE_alias("saved-model", "saved_model")
 flags.DEFINE_alias("no-detect", "no_detect")
-_OUTPUT = flags.DEFINE_string("output", "avcd_predictions",
-                              "Directory for predictions.json and the plots.")
-_WINDOW = flags.DEFINE_integer("window", _DEFAULTS.window, "Frames per sliding window (25 fps).",
-                               lower_bound=1)
-_STRIDE = flags.DEFINE_integer("stride", _DEFAULTS.stride, "Frames between window starts.",
-                               lower_bound=1)
-_MIN_FRAMES = flags.DEFINE_integer("min_frames", _DEFAULTS.min_frames,
-                                   "Shorter videos (frames at 25 fps) are not scored.",
-                                   lower_bound=1)
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", _DEFAULTS.max_frames,
-                                   "Score at most this many frames from the start; 0: all.",
-                                   lower_bound=0)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Windows per model call.",
-                                   lower_bound=1)
-_THRESHOLD = flags.DEFINE_float("threshold", _DEFAULTS.threshold,
-                                "P(fake) from which a video is called fake.")
-_CROP_SCALE = flags.DEFINE_float("crop_scale", _DEFAULTS.crop_scale,
-                                 "Face crop side / detected face side.")
+_OUTPUT = flags.DEFINE_string(
+  "output", "avcd_predictions", "Directory for predictions.json and the plots."
+)
+_WINDOW = flags.DEFINE_integer(
+  "window", _DEFAULTS.window, "Frames per sliding window (25 fps).", lower_bound=1
+)
+_STRIDE = flags.DEFINE_integer(
+  "stride", _DEFAULTS.stride, "Frames between window starts.", lower_bound=1
+)
+_MIN_FRAMES = flags.DEFINE_integer(
+  "min_frames",
+  _DEFAULTS.min_frames,
+  "Shorter videos (frames at 25 fps) are not scored.",
+  lower_bound=1,
+)
+_MAX_FRAMES = flags.DEFINE_integer(
+  "max_frames",
+  _DEFAULTS.max_frames,
+  "Score at most this many frames from the start; 0: all.",
+  lower_bound=0,
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", _DEFAULTS.batch_size, "Windows per model call.", lower_bound=1
+)
+_THRESHOLD = flags.DEFINE_float(
+  "threshold", _DEFAULTS.threshold, "P(fake) from which a video is called fake."
+)
+_CROP_SCALE = flags.DEFINE_float(
+  "crop_scale", _DEFAULTS.crop_scale, "Face crop side / detected face side."
+)
 _LUMA = flags.DEFINE_enum(
-    "luma", _DEFAULTS.luma, ["bt601", "reference_bgr"],
-    "Grey conversion of faces; reference_bgr reproduces the authors' (to run their checkpoints).")
+  "luma",
+  _DEFAULTS.luma,
+  ["bt601", "reference_bgr"],
+  "Grey conversion of faces; reference_bgr reproduces the authors' (to run their checkpoints).",
+)
 
 
 def main(argv):
@@ -57,9 +77,16 @@ def main(argv):
     raise app.UsageError("give exactly one of --workdir and --saved-model")
   try:
     options = predict.PredictOptions(
-        detect=not _NO_DETECT.value, luma=_LUMA.value, crop_scale=_CROP_SCALE.value,
-        window=_WINDOW.value, stride=_STRIDE.value, min_frames=_MIN_FRAMES.value,
-        max_frames=_MAX_FRAMES.value, batch_size=_BATCH_SIZE.value, threshold=_THRESHOLD.value)
+      detect=not _NO_DETECT.value,
+      luma=_LUMA.value,
+      crop_scale=_CROP_SCALE.value,
+      window=_WINDOW.value,
+      stride=_STRIDE.value,
+      min_frames=_MIN_FRAMES.value,
+      max_frames=_MAX_FRAMES.value,
+      batch_size=_BATCH_SIZE.value,
+      threshold=_THRESHOLD.value,
+    )
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   # Everything the flags name is checked before a model is loaded or a video read.

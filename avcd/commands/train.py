@@ -3,12 +3,16 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 _START_OVER = flags.DEFINE_bool(
-    "start_over", False, "Train from step 0 although every checkpoint in WORKDIR/checkpoints was "
-    "found corrupt and moved aside (STEP.corrupt-*); without it such a workdir is refused.")
+  "start_over",
+  False,
+  "Train from step 0 although every checkpoint in WORKDIR/checkpoints was "
+  "found corrupt and moved aside (STEP.corrupt-*); without it such a workdir is refused.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -17,6 +21,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from avcd import train  # pylint: disable=g-import-not-at-top
   from avcd.training import sharding  # pylint: disable=g-import-not-at-top
+
   sharding.initialize_distributed()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
 

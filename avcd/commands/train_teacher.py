@@ -7,8 +7,9 @@ run at it with --config.teachers.checkpoint=DIR.
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for the teachers.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -19,6 +20,7 @@ def main(argv):
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
   from avcd.teachers import training as teacher_training  # pylint: disable=g-import-not-at-top
   from avcd.training import sharding  # pylint: disable=g-import-not-at-top
+
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
   teacher_training.train_teachers(_CONFIG.value, _WORKDIR.value)

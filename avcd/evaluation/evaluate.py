@@ -33,8 +33,16 @@ def report_name(spec: str) -> str:
 LEADING_SILENCE = {"keep": "", "trim": "-silence_trimmed"}
 
 
-def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict, split: str,
-                mesh, *, trim_leading_silence: bool = False) -> list[dict]:
+def score_split(
+  predict_fn,
+  params,
+  batch_stats,
+  cfg: ml_collections.ConfigDict,
+  split: str,
+  mesh,
+  *,
+  trim_leading_silence: bool = False,
+) -> list[dict]:
   """Per-clip records (id, dataset, method, category, label, score, probability) of `split`.
 
   With trim_leading_silence, each clip is scored from its first non-silent frame on.
@@ -42,34 +50,57 @@ def score_split(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict,
   data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
   data_cfg.trim_leading_silence = trim_leading_silence
   data_cfg.builder, split = split_source(cfg, split)
-  dataset = loader.eval_dataset(data_cfg, cfg.eval, split=split,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                batch_multiple=sharding.local_batch_multiple(mesh))
+  dataset = loader.eval_dataset(
+    data_cfg,
+    cfg.eval,
+    split=split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    batch_multiple=sharding.local_batch_multiple(mesh),
+  )
   scores, probabilities, records = [], [], []
   for batch in dataset:
     inputs = sharding.global_batch({k: batch[k] for k in steps.MODEL_INPUTS}, mesh)
     out = predict_fn(params, batch_stats, inputs)
     scores.append(np.asarray(multihost_utils.process_allgather(out["score"], tiled=True)))
-    probabilities.append(np.asarray(multihost_utils.process_allgather(out["probability"],
-                                                                      tiled=True)))
+    probabilities.append(
+      np.asarray(multihost_utils.process_allgather(out["probability"], tiled=True))
+    )
     records.append(np.asarray(multihost_utils.process_allgather(batch["record"], tiled=True)))
   records = np.concatenate(records)
   keep = records >= 0
   index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
   clips = index.clips(records[keep])
   if len(np.unique(records[keep])) != len(index):
-    raise RuntimeError(f"{split}: scored {keep.sum()} rows for {len(index)} clips; every clip "
-                       "must be scored exactly once")
+    raise RuntimeError(
+      f"{split}: scored {keep.sum()} rows for {len(index)} clips; every clip "
+      "must be scored exactly once"
+    )
   score, probability = np.concatenate(scores)[keep], np.concatenate(probabilities)[keep]
-  return [dict(id=str(clips["id"][i]), dataset=str(clips["dataset"][i]),
-               method=str(clips["method"][i]), category=str(clips["category"][i]),
-               label=int(clips["label"][i]), score=float(score[i]),
-               probability=float(probability[i])) for i in range(len(score))]
+  return [
+    dict(
+      id=str(clips["id"][i]),
+      dataset=str(clips["dataset"][i]),
+      method=str(clips["method"][i]),
+      category=str(clips["category"][i]),
+      label=int(clips["label"][i]),
+      score=float(score[i]),
+      probability=float(probability[i]),
+    )
+    for i in range(len(score))
+  ]
 
 
-def evaluate_splits(predict_fn, params, batch_stats, cfg: ml_collections.ConfigDict, mesh,
-                    workdir: str | pathlib.Path, *, write: bool = True) -> dict[str, dict]:
+def evaluate_splits(
+  predict_fn,
+  params,
+  batch_stats,
+  cfg: ml_collections.ConfigDict,
+  mesh,
+  workdir: str | pathlib.Path,
+  *,
+  write: bool = True,
+) -> dict[str, dict]:
   """Scores every split in `eval.splits` and returns {report name: metrics}.
 
   Each split is scored once per `eval.leading_silence` variant: 'keep' reports as SPLIT, 'trim'
@@ -82,17 +113,28 @@ def evaluate_splits(predict_fn, params, batch_stats, cfg: ml_collections.ConfigD
     trim = variant == "trim"
     chosen_threshold = None
     if cfg.eval.threshold_split:
-      records = score_split(predict_fn, params, batch_stats, cfg, cfg.eval.threshold_split, mesh,
-                            trim_leading_silence=trim)
+      records = score_split(
+        predict_fn,
+        params,
+        batch_stats,
+        cfg,
+        cfg.eval.threshold_split,
+        mesh,
+        trim_leading_silence=trim,
+      )
       chosen_threshold = metrics.choose_threshold(
-          np.array([r["label"] for r in records]), np.array([r["probability"] for r in records]),
-          name=cfg.eval.threshold_split)
+        np.array([r["label"] for r in records]),
+        np.array([r["probability"] for r in records]),
+        name=cfg.eval.threshold_split,
+      )
     for split in cfg.eval.splits:
       name = report_name(split) + LEADING_SILENCE[variant]
-      records = score_split(predict_fn, params, batch_stats, cfg, split, mesh,
-                            trim_leading_silence=trim)
-      kwargs = dict(split=name, chosen_threshold=chosen_threshold,
-                    threshold_split=cfg.eval.threshold_split)
+      records = score_split(
+        predict_fn, params, batch_stats, cfg, split, mesh, trim_leading_silence=trim
+      )
+      kwargs = dict(
+        split=name, chosen_threshold=chosen_threshold, threshold_split=cfg.eval.threshold_split
+      )
       if write and jax.process_index() == 0:
         out_dir = pathlib.Path(workdir) / "eval" / name
         results[name] = reports.write_report(records, out_dir, **kwargs)
@@ -102,8 +144,9 @@ def evaluate_splits(predict_fn, params, batch_stats, cfg: ml_collections.ConfigD
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        checkpoint: str | None = None) -> dict[str, dict]:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None
+) -> dict[str, dict]:
   """`avcd eval`: restores a student, scores the config's splits, prints the tables.
 
   `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any

@@ -27,12 +27,24 @@ from sklearn import metrics as sk_metrics
 DEFAULT_THRESHOLD = 0.5
 RANKING_METRICS = ("auc", "ap", "eer")  # threshold-free, from the scores; bootstrapped
 METRIC_KEYS = (
-    "auc", "eer", "acc", "bacc", "f1", "ap", "hter", "real_recall", "fake_recall", "num_clips",
-    "tp", "tn", "fp", "fn", "threshold",
+  "auc",
+  "eer",
+  "acc",
+  "bacc",
+  "f1",
+  "ap",
+  "hter",
+  "real_recall",
+  "fake_recall",
+  "num_clips",
+  "tp",
+  "tn",
+  "fp",
+  "fn",
+  "threshold",
 )
 # The metrics a checkpoint can be ranked by (`train.best_metric`), and those where lower is better.
-CHECKPOINT_METRICS = ("auc", "eer", "acc", "bacc", "f1", "ap", "hter", "real_recall",
-                      "fake_recall")
+CHECKPOINT_METRICS = ("auc", "eer", "acc", "bacc", "f1", "ap", "hter", "real_recall", "fake_recall")
 LOWER_IS_BETTER = ("eer", "hter")
 
 # Bootstrap resamples are processed in blocks of about this many (resample, distinct score) cells,
@@ -70,10 +82,14 @@ def _warn_if_single_class(num_real: int, num_fake: int, name: str, undefined: st
   """Warns (and returns True) when the split has no reals or no fakes."""
   if num_real and num_fake:
     return False
-  missing = "clips" if not (num_real or num_fake) else ("real clips" if not num_real else
-                                                        "fake clips")
-  warnings.warn(f"{name}: no {missing} ({num_real} real, {num_fake} fake); {undefined} are NaN",
-                SingleClassWarning, stacklevel=3)
+  missing = (
+    "clips" if not (num_real or num_fake) else ("real clips" if not num_real else "fake clips")
+  )
+  warnings.warn(
+    f"{name}: no {missing} ({num_real} real, {num_fake} fake); {undefined} are NaN",
+    SingleClassWarning,
+    stacklevel=3,
+  )
   return True
 
 
@@ -99,8 +115,14 @@ def _crossing(false_positive_rate: np.ndarray, true_positive_rate: np.ndarray) -
   return fpr_before + fraction * (fpr_after - fpr_before)
 
 
-def clip_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: ArrayLike, *,
-                 threshold: float = DEFAULT_THRESHOLD, name: str = "split") -> dict:
+def clip_metrics(
+  labels: ArrayLike,
+  scores: ArrayLike,
+  probabilities: ArrayLike,
+  *,
+  threshold: float = DEFAULT_THRESHOLD,
+  name: str = "split",
+) -> dict:
   """Detection metrics of one set of clips, as plain Python numbers keyed by METRIC_KEYS.
 
   Args:
@@ -129,7 +151,8 @@ def clip_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: ArrayLike,
   nan = float("nan")
   auc = ap = eer = nan
   single_class = _warn_if_single_class(
-      num_real, num_fake, name, "auc, eer, ap, bacc, hter and the missing class's recall")
+    num_real, num_fake, name, "auc, eer, ap, bacc, hter and the missing class's recall"
+  )
   if not single_class:
     auc = float(sk_metrics.roc_auc_score(labels, scores))
     ap = float(sk_metrics.average_precision_score(labels, scores))
@@ -138,21 +161,21 @@ def clip_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: ArrayLike,
   fake_recall = _ratio(tp, num_fake)
   balanced_accuracy = (real_recall + fake_recall) / 2  # NaN when either recall is
   return dict(
-      auc=auc,
-      eer=eer,
-      acc=_ratio(tp + tn, labels.size),
-      bacc=balanced_accuracy,
-      f1=_ratio(2 * tp, 2 * tp + fp + fn),
-      ap=ap,
-      hter=1.0 - balanced_accuracy,
-      real_recall=real_recall,
-      fake_recall=fake_recall,
-      num_clips=int(labels.size),
-      tp=tp,
-      tn=tn,
-      fp=fp,
-      fn=fn,
-      threshold=float(threshold),
+    auc=auc,
+    eer=eer,
+    acc=_ratio(tp + tn, labels.size),
+    bacc=balanced_accuracy,
+    f1=_ratio(2 * tp, 2 * tp + fp + fn),
+    ap=ap,
+    hter=1.0 - balanced_accuracy,
+    real_recall=real_recall,
+    fake_recall=fake_recall,
+    num_clips=int(labels.size),
+    tp=tp,
+    tn=tn,
+    fp=fp,
+    fn=fn,
+    threshold=float(threshold),
   )
 
 
@@ -168,9 +191,15 @@ def fake_groups(labels: ArrayLike, groups: Sequence[str]) -> dict[str, np.ndarra
   return {group: is_real | ((groups == group) & ~is_real) for group in names}
 
 
-def per_method_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: ArrayLike,
-                       methods: Sequence[str], *, threshold: float = DEFAULT_THRESHOLD,
-                       name: str = "split") -> dict[str, dict]:
+def per_method_metrics(
+  labels: ArrayLike,
+  scores: ArrayLike,
+  probabilities: ArrayLike,
+  methods: Sequence[str],
+  *,
+  threshold: float = DEFAULT_THRESHOLD,
+  name: str = "split",
+) -> dict[str, dict]:
   """Method -> clip_metrics on ALL real clips of the split plus the fake clips of that method.
 
   Reals are shared by every method (as in corpora whose reals are not paired with one method),
@@ -178,20 +207,36 @@ def per_method_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: Arra
   of the fake clips, sorted; the reals' own method name (e.g. 'real') gets no entry.
   """
   labels, scores, probabilities = _validated(labels, scores, probabilities, name=name)
-  return {method: clip_metrics(labels[mask], scores[mask], probabilities[mask],
-                               threshold=threshold, name=f"{name}/{method}")
-          for method, mask in fake_groups(labels, methods).items()}
+  return {
+    method: clip_metrics(
+      labels[mask], scores[mask], probabilities[mask], threshold=threshold, name=f"{name}/{method}"
+    )
+    for method, mask in fake_groups(labels, methods).items()
+  }
 
 
-def per_category_metrics(labels: ArrayLike, scores: ArrayLike, probabilities: ArrayLike,
-                         categories: Sequence[str], *, threshold: float = DEFAULT_THRESHOLD,
-                         name: str = "split") -> dict[str, dict]:
+def per_category_metrics(
+  labels: ArrayLike,
+  scores: ArrayLike,
+  probabilities: ArrayLike,
+  categories: Sequence[str],
+  *,
+  threshold: float = DEFAULT_THRESHOLD,
+  name: str = "split",
+) -> dict[str, dict]:
   """Category -> clip_metrics on all reals plus the fakes of that category (e.g. FakeAVCeleb's
   RealVideo-FakeAudio); fakes with an empty category are left out; {} when no fake has one."""
   labels, scores, probabilities = _validated(labels, scores, probabilities, name=name)
-  return {category: clip_metrics(labels[mask], scores[mask], probabilities[mask],
-                                 threshold=threshold, name=f"{name}/{category}")
-          for category, mask in fake_groups(labels, categories).items()}
+  return {
+    category: clip_metrics(
+      labels[mask],
+      scores[mask],
+      probabilities[mask],
+      threshold=threshold,
+      name=f"{name}/{category}",
+    )
+    for category, mask in fake_groups(labels, categories).items()
+  }
 
 
 def _curve_statistics(fake_counts: np.ndarray, real_counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -220,8 +265,9 @@ def _curve_statistics(fake_counts: np.ndarray, real_counts: np.ndarray) -> dict[
   return dict(auc=auc, ap=ap, eer=eer)
 
 
-def bootstrap_replicates(labels: ArrayLike, scores: ArrayLike, *, num_resamples: int = 1000,
-                         seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap_replicates(
+  labels: ArrayLike, scores: ArrayLike, *, num_resamples: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
   """AUC, AP and EER of `num_resamples` stratified bootstrap resamples, each (num_resamples,).
 
   Each resample draws as many reals (and fakes) as the split has, with replacement, from its
@@ -252,9 +298,15 @@ def bootstrap_replicates(labels: ArrayLike, scores: ArrayLike, *, num_resamples:
   return {key: np.concatenate(values) for key, values in replicates.items()}
 
 
-def bootstrap_intervals(labels: ArrayLike, scores: ArrayLike, *, num_resamples: int = 1000,
-                        confidence: float = 0.95, seed: int = 0,
-                        name: str = "split") -> dict[str, dict[str, float]]:
+def bootstrap_intervals(
+  labels: ArrayLike,
+  scores: ArrayLike,
+  *,
+  num_resamples: int = 1000,
+  confidence: float = 0.95,
+  seed: int = 0,
+  name: str = "split",
+) -> dict[str, dict[str, float]]:
   """Percentile bootstrap intervals of AUC, AP and EER over clips, stratified by label.
 
   Returns {'auc' | 'ap' | 'eer': {'low': ..., 'high': ...}}: the (1 - confidence) / 2 and
@@ -274,8 +326,9 @@ def bootstrap_intervals(labels: ArrayLike, scores: ArrayLike, *, num_resamples: 
   return intervals
 
 
-def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, *,
-                     name: str = "validation") -> float:
+def choose_threshold(
+  labels: ArrayLike, probabilities: ArrayLike, *, name: str = "validation"
+) -> float:
   """Decision threshold that maximises balanced accuracy (Youden's J = TPR - FPR) on this split.
 
   Ties go to the highest threshold (fewest clips called fake). The threshold returned is the
@@ -289,12 +342,14 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, *,
   if _warn_if_single_class(labels.size - num_fake, num_fake, name, "no threshold; 0.5 is used"):
     return DEFAULT_THRESHOLD
   false_positive_rate, true_positive_rate, thresholds = sk_metrics.roc_curve(
-      labels, probabilities, drop_intermediate=False)
+    labels, probabilities, drop_intermediate=False
+  )
   youden = true_positive_rate - false_positive_rate
   best = int(np.argmax(youden))  # the first maximum: thresholds decrease along the curve
   if youden[best] <= 0:
-    warnings.warn(f"{name}: no threshold separates fakes better than chance; using 0.5",
-                  stacklevel=2)
+    warnings.warn(
+      f"{name}: no threshold separates fakes better than chance; using 0.5", stacklevel=2
+    )
     return DEFAULT_THRESHOLD
   lowest_fake = thresholds[best]
   if best + 1 == thresholds.size:
@@ -303,4 +358,3 @@ def choose_threshold(labels: ArrayLike, probabilities: ArrayLike, *,
   midpoint = 0.5 * (lowest_fake + highest_real)
   # Adjacent floats can round the midpoint down onto highest_real, which would flip its clips.
   return float(midpoint if midpoint > highest_real else lowest_fake)
-

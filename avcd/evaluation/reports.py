@@ -3,7 +3,8 @@
 A record is a mapping with the keys of RECORD_FIELDS: id, dataset, method, category ('' when the
 corpus has none), label (0 real, 1 fake), score (ranking score, e.g. the mean fake logit) and
 probability (fake probability). write_report writes, under its output directory:
-  * metrics.json: the overall metrics at threshold 0.5 as top-level keys (avcd.evaluation.metrics.METRIC_KEYS),
+  * metrics.json: the overall metrics at threshold 0.5 as top-level keys
+    (avcd.evaluation.metrics.METRIC_KEYS),
     'per_method' and (when categories are present) 'per_category' at 0.5, 'intervals' (bootstrap
     CIs of auc / ap / eer overall, per method and per category), and, when a threshold chosen on
     another split is given, 'at_chosen_threshold' with the same metrics at that threshold. NaN is
@@ -37,50 +38,64 @@ OVERALL = "All"  # column of the whole split in the Markdown tables
 
 # Rows of the Markdown tables: (label, metric key); ranking metrics carry their bootstrap CI.
 _RANKING_ROWS = (("AUC", "auc"), ("AP", "ap"), ("EER", "eer"))
-_THRESHOLD_ROWS = (("ACC", "acc"), ("BACC", "bacc"), ("F1", "f1"), ("HTER", "hter"),
-                   ("Real recall", "real_recall"), ("Fake recall", "fake_recall"))
+_THRESHOLD_ROWS = (
+  ("ACC", "acc"),
+  ("BACC", "bacc"),
+  ("F1", "f1"),
+  ("HTER", "hter"),
+  ("Real recall", "real_recall"),
+  ("Fake recall", "fake_recall"),
+)
 
 
 def _normalised(record: Mapping) -> dict:
   """A record with exactly RECORD_FIELDS, typed (a missing or None category becomes '')."""
   return dict(
-      id=str(record["id"]),
-      dataset=str(record["dataset"]),
-      method=str(record["method"]),
-      category=str(record.get("category") or ""),
-      label=int(record["label"]),
-      score=float(record["score"]),
-      probability=float(record["probability"]),
+    id=str(record["id"]),
+    dataset=str(record["dataset"]),
+    method=str(record["method"]),
+    category=str(record.get("category") or ""),
+    label=int(record["label"]),
+    score=float(record["score"]),
+    probability=float(record["probability"]),
   )
 
 
 def _columns(records: Sequence[Mapping]) -> dict[str, np.ndarray]:
   """Field -> (N,) array; labels int64, score / probability float64, text fields object."""
   return dict(
-      method=np.asarray([record["method"] for record in records], dtype=object),
-      category=np.asarray([record["category"] for record in records], dtype=object),
-      label=np.asarray([record["label"] for record in records], dtype=np.int64),
-      score=np.asarray([record["score"] for record in records], dtype=np.float64),
-      probability=np.asarray([record["probability"] for record in records], dtype=np.float64),
+    method=np.asarray([record["method"] for record in records], dtype=object),
+    category=np.asarray([record["category"] for record in records], dtype=object),
+    label=np.asarray([record["label"] for record in records], dtype=np.int64),
+    score=np.asarray([record["score"] for record in records], dtype=np.float64),
+    probability=np.asarray([record["probability"] for record in records], dtype=np.float64),
   )
 
 
-def _breakdowns(columns: Mapping[str, np.ndarray], threshold: float,
-                split: str) -> dict[str, dict]:
+def _breakdowns(columns: Mapping[str, np.ndarray], threshold: float, split: str) -> dict[str, dict]:
   """Overall metrics at `threshold` as top-level keys, plus per_method and per_category."""
   arrays = (columns["label"], columns["score"], columns["probability"])
   result = metrics.clip_metrics(*arrays, threshold=threshold, name=split)
-  result["per_method"] = metrics.per_method_metrics(*arrays, columns["method"],
-                                                    threshold=threshold, name=split)
+  result["per_method"] = metrics.per_method_metrics(
+    *arrays, columns["method"], threshold=threshold, name=split
+  )
   if any(columns["category"]):
-    result["per_category"] = metrics.per_category_metrics(*arrays, columns["category"],
-                                                          threshold=threshold, name=split)
+    result["per_category"] = metrics.per_category_metrics(
+      *arrays, columns["category"], threshold=threshold, name=split
+    )
   return result
 
 
-def split_metrics(records: Sequence[Mapping], *, split: str,
-                  chosen_threshold: float | None = None, threshold_split: str = "",
-                  num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+def split_metrics(
+  records: Sequence[Mapping],
+  *,
+  split: str,
+  chosen_threshold: float | None = None,
+  threshold_split: str = "",
+  num_resamples: int = 1000,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> dict:
   """The metrics.json content (see the module docstring) of one split's records, NaN kept."""
   records = [_normalised(record) for record in records]
   columns = _columns(records)
@@ -88,21 +103,31 @@ def split_metrics(records: Sequence[Mapping], *, split: str,
   result.update(_breakdowns(columns, metrics.DEFAULT_THRESHOLD, split))
 
   def intervals(mask, name):
-    return metrics.bootstrap_intervals(columns["label"][mask], columns["score"][mask],
-                                       num_resamples=num_resamples, confidence=confidence,
-                                       seed=seed, name=name)
+    return metrics.bootstrap_intervals(
+      columns["label"][mask],
+      columns["score"][mask],
+      num_resamples=num_resamples,
+      confidence=confidence,
+      seed=seed,
+      name=name,
+    )
 
   everything = np.ones(len(records), dtype=bool)
   result["intervals"] = dict(
-      confidence=confidence, num_resamples=num_resamples, seed=seed,
-      overall=intervals(everything, split),
-      per_method={method: intervals(mask, f"{split}/{method}") for method, mask in
-                  metrics.fake_groups(columns["label"], columns["method"]).items()},
+    confidence=confidence,
+    num_resamples=num_resamples,
+    seed=seed,
+    overall=intervals(everything, split),
+    per_method={
+      method: intervals(mask, f"{split}/{method}")
+      for method, mask in metrics.fake_groups(columns["label"], columns["method"]).items()
+    },
   )
   if "per_category" in result:
     result["intervals"]["per_category"] = {
-        category: intervals(mask, f"{split}/{category}") for category, mask in
-        metrics.fake_groups(columns["label"], columns["category"]).items()}
+      category: intervals(mask, f"{split}/{category}")
+      for category, mask in metrics.fake_groups(columns["label"], columns["category"]).items()
+    }
   if chosen_threshold is not None:
     at_chosen = _breakdowns(columns, chosen_threshold, split)
     at_chosen["threshold_split"] = threshold_split
@@ -130,17 +155,23 @@ def markdown_table(split_result: Mapping, *, breakdown: str = "per_method") -> s
   intervals[OVERALL] = split_result["intervals"]["overall"]
   confidence = round(100 * split_result["intervals"]["confidence"])
   column_names = list(groups)
-  lines = ["| Metric (%) | " + " | ".join(column_names) + " |",
-           "|---|" + "---:|" * len(column_names)]
+  lines = [
+    "| Metric (%) | " + " | ".join(column_names) + " |",
+    "|---|" + "---:|" * len(column_names),
+  ]
 
   def row(label, cell):
     lines.append(f"| {label} | " + " | ".join(cell(name) for name in column_names) + " |")
 
   for label, key in _RANKING_ROWS:
-    row(f"{label} [{confidence}% CI]",
-        lambda name, key=key: (f"{_percent(groups[name][key])} "
-                               f"[{_percent(intervals[name][key]['low'])}, "
-                               f"{_percent(intervals[name][key]['high'])}]"))
+    row(
+      f"{label} [{confidence}% CI]",
+      lambda name, key=key: (
+        f"{_percent(groups[name][key])} "
+        f"[{_percent(intervals[name][key]['low'])}, "
+        f"{_percent(intervals[name][key]['high'])}]"
+      ),
+    )
   at_chosen = split_result.get("at_chosen_threshold")
   settings = [(groups, metrics.DEFAULT_THRESHOLD, "")]
   if at_chosen is not None:
@@ -150,19 +181,30 @@ def markdown_table(split_result: Mapping, *, breakdown: str = "per_method") -> s
     settings.append((chosen_groups, at_chosen["threshold"], source))
   for results, threshold, source in settings:
     for label, key in _THRESHOLD_ROWS:
-      row(f"{label} @ {threshold:.4g}{source}",
-          lambda name, results=results, key=key: _percent(results[name][key]))
-  row("Clips (real + fake)", lambda name: (f"{groups[name]['tn'] + groups[name]['fp']} + "
-                                           f"{groups[name]['tp'] + groups[name]['fn']}"))
+      row(
+        f"{label} @ {threshold:.4g}{source}",
+        lambda name, results=results, key=key: _percent(results[name][key]),
+      )
+  row(
+    "Clips (real + fake)",
+    lambda name: (
+      f"{groups[name]['tn'] + groups[name]['fp']} + {groups[name]['tp'] + groups[name]['fn']}"
+    ),
+  )
   return "\n".join(lines)
 
 
 def _markdown_document(split_result: Mapping) -> str:
   """metrics.md: a heading, the per-method table and, when present, the per-category one."""
-  parts = [f"# Evaluation of split `{split_result['split']}`", "",
-           "Per method (or category): all real clips of the split against that method's fakes. "
-           "AUC, AP and EER rank clips by score; the other metrics call a clip fake when its "
-           "probability reaches the threshold.", "", markdown_table(split_result)]
+  parts = [
+    f"# Evaluation of split `{split_result['split']}`",
+    "",
+    "Per method (or category): all real clips of the split against that method's fakes. "
+    "AUC, AP and EER rank clips by score; the other metrics call a clip fake when its "
+    "probability reaches the threshold.",
+    "",
+    markdown_table(split_result),
+  ]
   if split_result.get("per_category"):
     parts += ["", "## Per category", "", markdown_table(split_result, breakdown="per_category")]
   return "\n".join(parts) + "\n"
@@ -185,8 +227,11 @@ def _write_atomically(path: Path, write: Callable[[io.IOBase], None], *, binary:
   """Calls write(file) on a temporary file next to `path`, then renames it over `path`."""
   descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with (os.fdopen(descriptor, "wb") if binary else
-          os.fdopen(descriptor, "w", encoding="utf-8", newline="")) as file:
+    with (
+      os.fdopen(descriptor, "wb")
+      if binary
+      else os.fdopen(descriptor, "w", encoding="utf-8", newline="")
+    ) as file:
       write(file)
       file.flush()
       os.fsync(file.fileno())
@@ -236,11 +281,21 @@ def _plot_roc(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None
     false_positive_rate, true_positive_rate, _ = sk_metrics.roc_curve(labels, scores)
     auc = sk_metrics.auc(false_positive_rate, true_positive_rate)
     is_overall = name == OVERALL
-    axes.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUC {auc:.3f})",
-              color="black" if is_overall else colours(index % colours.N),
-              linestyle="--" if is_overall else "-", linewidth=1.5)
-  axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (reals called fake)",
-           ylabel="true positive rate (fakes caught)", title=f"ROC, split {split}")
+    axes.plot(
+      false_positive_rate,
+      true_positive_rate,
+      label=f"{name} (AUC {auc:.3f})",
+      color="black" if is_overall else colours(index % colours.N),
+      linestyle="--" if is_overall else "-",
+      linewidth=1.5,
+    )
+  axes.set(
+    xlim=(0, 1),
+    ylim=(0, 1.01),
+    xlabel="false positive rate (reals called fake)",
+    ylabel="true positive rate (fakes caught)",
+    title=f"ROC, split {split}",
+  )
   axes.set_aspect("equal")
   axes.grid(alpha=0.3)
   axes.legend(loc="lower right", fontsize="small")
@@ -264,28 +319,45 @@ def _plot_score_histograms(columns: Mapping[str, np.ndarray], path: Path, split:
     real_scores, fake_scores = scores[is_real], scores[is_method_fake]
     # Shared bins, and densities, because reals often outnumber a method's fakes many times.
     bins = np.histogram_bin_edges(np.concatenate([real_scores, fake_scores]), bins=40)
-    for values, colour, label in ((real_scores, "tab:blue", "real"),
-                                  (fake_scores, "tab:red", name)):
+    for values, colour, label in (
+      (real_scores, "tab:blue", "real"),
+      (fake_scores, "tab:red", name),
+    ):
       if values.size:
-        axes.hist(values, bins=bins, density=True, alpha=0.55, color=colour,
-                  label=f"{label} ({values.size})")
+        axes.hist(
+          values,
+          bins=bins,
+          density=True,
+          alpha=0.55,
+          color=colour,
+          label=f"{label} ({values.size})",
+        )
     axes.set(title=name, xlabel="score", ylabel="density")
     axes.legend(fontsize="small")
-  for axes in grid.flat[len(panels):]:
+  for axes in grid.flat[len(panels) :]:
     axes.set_axis_off()
   _save_figure(figure, path)
 
 
-def write_report(records: Sequence[Mapping], out_dir: str | os.PathLike, *, split: str,
-                 chosen_threshold: float | None = None, threshold_split: str = "",
-                 num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+def write_report(
+  records: Sequence[Mapping],
+  out_dir: str | os.PathLike,
+  *,
+  split: str,
+  chosen_threshold: float | None = None,
+  threshold_split: str = "",
+  num_resamples: int = 1000,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> dict:
   """Writes metrics.json, scores.csv, metrics.md, roc.png and score_histograms.png of one split.
 
   Args:
     records: the split's per-clip records (RECORD_FIELDS).
     out_dir: created if missing, e.g. WORKDIR/eval/SPLIT.
     split: the split's name, used in titles and warnings.
-    chosen_threshold: a threshold from avcd.evaluation.metrics.choose_threshold on `threshold_split`; the
+    chosen_threshold: a threshold from avcd.evaluation.metrics.choose_threshold on
+      `threshold_split`; the
       threshold metrics are then reported at it as well as at 0.5.
     threshold_split: the split the chosen threshold comes from.
     num_resamples, confidence, seed: of the bootstrap intervals.
@@ -296,16 +368,24 @@ def write_report(records: Sequence[Mapping], out_dir: str | os.PathLike, *, spli
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   records = [_normalised(record) for record in records]
-  result = split_metrics(records, split=split, chosen_threshold=chosen_threshold,
-                         threshold_split=threshold_split, num_resamples=num_resamples,
-                         confidence=confidence, seed=seed)
+  result = split_metrics(
+    records,
+    split=split,
+    chosen_threshold=chosen_threshold,
+    threshold_split=threshold_split,
+    num_resamples=num_resamples,
+    confidence=confidence,
+    seed=seed,
+  )
   _write_atomically(
-      out_dir / "metrics.json",
-      lambda file: file.write(json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n"),
-      binary=False)
+    out_dir / "metrics.json",
+    lambda file: file.write(json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n"),
+    binary=False,
+  )
   write_scores_csv(records, out_dir / "scores.csv")
-  _write_atomically(out_dir / "metrics.md",
-                    lambda file: file.write(_markdown_document(result)), binary=False)
+  _write_atomically(
+    out_dir / "metrics.md", lambda file: file.write(_markdown_document(result)), binary=False
+  )
   columns = _columns(records)
   _plot_roc(columns, out_dir / "roc.png", split)
   _plot_score_histograms(columns, out_dir / "score_histograms.png", split)

@@ -15,8 +15,9 @@ import numpy as np
 import scipy.stats
 
 
-def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
-                 ) -> np.ndarray | float:
+def weighted_auc(
+  scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray | float:
   """ROC-AUC of `scores` (fakes, label 1, positive), ties counting one half, with clip weights.
 
   weights: None, (N,) or (B, N) for B weightings at once (the result is then (B,)). Equal to
@@ -26,8 +27,9 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | N
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels).astype(bool)
   single = weights is None or np.ndim(weights) == 1
-  weights = np.ones((1, scores.size)) if weights is None else np.atleast_2d(
-      np.asarray(weights, np.float64))
+  weights = (
+    np.ones((1, scores.size)) if weights is None else np.atleast_2d(np.asarray(weights, np.float64))
+  )
   order = np.argsort(scores, kind="stable")
   scores, labels, weights = scores[order], labels[order], weights[:, order]
   # Within a group of tied scores, a fake beats the real clips below the group and ties with the
@@ -45,16 +47,21 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | N
 @dataclasses.dataclass(frozen=True)
 class TestSet:
   """One corpus's test clips: labels, generation methods and the speaker groups to resample."""
-  labels: np.ndarray     # (N,) 0 real, 1 fake
-  methods: np.ndarray    # (N,) str
-  speakers: np.ndarray   # (N,) speaker ids (the resampling unit)
 
-  def method_auc(self, scores: np.ndarray, method: str,
-                 weights: np.ndarray | None = None) -> np.ndarray | float:
+  labels: np.ndarray  # (N,) 0 real, 1 fake
+  methods: np.ndarray  # (N,) str
+  speakers: np.ndarray  # (N,) speaker ids (the resampling unit)
+
+  def method_auc(
+    self, scores: np.ndarray, method: str, weights: np.ndarray | None = None
+  ) -> np.ndarray | float:
     """AUC of every real clip against `method`'s fakes (per weighting, as weighted_auc)."""
     keep = (self.labels == 0) | (self.methods == method)
-    return weighted_auc(np.asarray(scores)[keep], self.labels[keep],
-                        None if weights is None else np.asarray(weights)[..., keep])
+    return weighted_auc(
+      np.asarray(scores)[keep],
+      self.labels[keep],
+      None if weights is None else np.asarray(weights)[..., keep],
+    )
 
   def speaker_weights(self, rng: np.random.Generator, num_resamples: int) -> np.ndarray:
     """(num_resamples, N) clip multiplicities of speaker resamples with replacement."""
@@ -70,16 +77,18 @@ Endpoint = Callable[[TestSet, np.ndarray, np.ndarray | None], np.ndarray | float
 
 def mean_method_auc(methods: Sequence[str]) -> Endpoint:
   """The endpoint 'mean AUC over these methods'."""
+
   def endpoint(test: TestSet, scores: np.ndarray, weights: np.ndarray | None = None):
     values = [test.method_auc(scores, m, weights) for m in methods]
     return float(np.mean(values)) if weights is None else np.mean(values, axis=0)
+
   return endpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   mean: float
-  low: float    # 95% bootstrap interval
+  low: float  # 95% bootstrap interval
   high: float
   runs: int
 
@@ -87,13 +96,14 @@ class Estimate:
 @dataclasses.dataclass(frozen=True)
 class Contrast:
   """A paired difference `treatment - control` of an endpoint over runs."""
+
   mean: float
-  low: float             # 95% hierarchical bootstrap interval
+  low: float  # 95% hierarchical bootstrap interval
   high: float
   t: float
-  p: float               # two-sided one-sample t-test of the pairs' differences
+  p: float  # two-sided one-sample t-test of the pairs' differences
   pairs: int
-  per_corpus: dict       # {corpus: mean difference}
+  per_corpus: dict  # {corpus: mean difference}
 
 
 def _interval(replicates: np.ndarray) -> tuple[float, float]:
@@ -108,8 +118,14 @@ def _resampled_mean(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return values[chosen, np.arange(replicates)[:, None]].mean(axis=1)
 
 
-def estimate(test_sets: Mapping[int, TestSet], runs: Mapping[int, Sequence[np.ndarray]],
-             endpoint: Endpoint, *, num_resamples: int = 2000, seed: int = 0) -> Estimate:
+def estimate(
+  test_sets: Mapping[int, TestSet],
+  runs: Mapping[int, Sequence[np.ndarray]],
+  endpoint: Endpoint,
+  *,
+  num_resamples: int = 2000,
+  seed: int = 0,
+) -> Estimate:
   """Mean of `endpoint` over runs (corpora weighing equally) and its hierarchical bootstrap 95%
   interval: runs resampled within each corpus, test speakers within each corpus.
 
@@ -123,13 +139,21 @@ def estimate(test_sets: Mapping[int, TestSet], runs: Mapping[int, Sequence[np.nd
     points.append(np.mean([endpoint(test, s) for s in runs[corpus]]))
     per_run = np.stack([endpoint(test, s, weights) for s in runs[corpus]])
     replicates.append(_resampled_mean(per_run, rng))
-  return Estimate(float(np.mean(points)), *_interval(np.mean(replicates, axis=0)),
-                  sum(len(r) for r in runs.values()))
+  return Estimate(
+    float(np.mean(points)),
+    *_interval(np.mean(replicates, axis=0)),
+    sum(len(r) for r in runs.values()),
+  )
 
 
-def paired_contrast(test_sets: Mapping[int, TestSet],
-                    pairs: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]],
-                    endpoint: Endpoint, *, num_resamples: int = 2000, seed: int = 0) -> Contrast:
+def paired_contrast(
+  test_sets: Mapping[int, TestSet],
+  pairs: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]],
+  endpoint: Endpoint,
+  *,
+  num_resamples: int = 2000,
+  seed: int = 0,
+) -> Contrast:
   """treatment - control of `endpoint` over pairs (control scores, treatment scores) that share
   corpus and seed. The t-test takes each pair's difference on the whole test set as one
   observation; the bootstrap resamples pairs within each corpus and speakers within each corpus
@@ -143,15 +167,24 @@ def paired_contrast(test_sets: Mapping[int, TestSet],
     point = np.array([endpoint(test, t) - endpoint(test, c) for c, t in pairs[corpus]])
     differences.append(point)
     per_corpus[corpus] = float(point.mean())
-    per_pair = np.stack([endpoint(test, t, weights) - endpoint(test, c, weights)
-                         for c, t in pairs[corpus]])
+    per_pair = np.stack(
+      [endpoint(test, t, weights) - endpoint(test, c, weights) for c, t in pairs[corpus]]
+    )
     replicates.append(_resampled_mean(per_pair, rng))
   pooled = np.concatenate(differences)
-  t, p = (scipy.stats.ttest_1samp(pooled, 0.0) if len(pooled) > 1 and np.ptp(pooled) > 0
-          else (float("nan"), float("nan")))
-  return Contrast(float(np.mean(list(per_corpus.values()))),
-                  *_interval(np.mean(replicates, axis=0)), float(t), float(p), len(pooled),
-                  per_corpus)
+  t, p = (
+    scipy.stats.ttest_1samp(pooled, 0.0)
+    if len(pooled) > 1 and np.ptp(pooled) > 0
+    else (float("nan"), float("nan"))
+  )
+  return Contrast(
+    float(np.mean(list(per_corpus.values()))),
+    *_interval(np.mean(replicates, axis=0)),
+    float(t),
+    float(p),
+    len(pooled),
+    per_corpus,
+  )
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -165,8 +198,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
   return adjusted.tolist()
 
 
-def pairs_needed(sd_of_differences: float, effect: float, *, factor: float = 2.8,
-                 extra: int = 2, most: int = 20) -> int:
+def pairs_needed(
+  sd_of_differences: float, effect: float, *, factor: float = 2.8, extra: int = 2, most: int = 20
+) -> int:
   """n = ceil((factor * SD / effect)^2) + extra, at most `most`: 80% power at two-sided 5% for a
   paired difference of `effect` (factor 2.8 ~ z_0.975 + z_0.8), plus a margin for the t-test."""
   return int(min(most, np.ceil((factor * sd_of_differences / effect) ** 2) + extra))

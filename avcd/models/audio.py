@@ -16,8 +16,16 @@ AUDIO_BN = dict(epsilon=1e-5, momentum=0.1)
 
 def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
   pad = kernel // 2
-  return nnx.Conv(in_ch, out_ch, (kernel, kernel), stride, padding=((pad, pad), (pad, pad)),
-                  use_bias=False, dtype=dtype, rngs=rngs)
+  return nnx.Conv(
+    in_ch,
+    out_ch,
+    (kernel, kernel),
+    stride,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 class SqueezeExcite(nnx.Module):
@@ -37,8 +45,9 @@ class SEBlock(nnx.Module):
   """h = BN1(ReLU(conv1(x))) (ReLU before BN, as the reference); h = SE(BN2(conv2(h)));
   out = ReLU(h + shortcut(x)) with a strided 1x1 conv + BN shortcut where the shape changes."""
 
-  def __init__(self, in_ch: int, out_ch: int, stride: int, reduction: int, *, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, in_ch: int, out_ch: int, stride: int, reduction: int, *, dtype, rngs: nnx.Rngs
+  ):
     self.stride = stride
     self.conv1 = _conv(in_ch, out_ch, 3, stride, dtype=dtype, rngs=rngs)
     self.bn1 = layers.MaskedBatchNorm(out_ch, **AUDIO_BN, rngs=rngs)
@@ -46,15 +55,16 @@ class SEBlock(nnx.Module):
     self.bn2 = layers.MaskedBatchNorm(out_ch, **AUDIO_BN, rngs=rngs)
     self.se = SqueezeExcite(out_ch, reduction, dtype=dtype, rngs=rngs)
     if stride != 1 or in_ch != out_ch:
-      self.downsample_conv = nnx.Conv(in_ch, out_ch, (1, 1), stride, padding="VALID",
-                                      use_bias=False, dtype=dtype, rngs=rngs)
+      self.downsample_conv = nnx.Conv(
+        in_ch, out_ch, (1, 1), stride, padding="VALID", use_bias=False, dtype=dtype, rngs=rngs
+      )
       self.downsample_bn = layers.MaskedBatchNorm(out_ch, **AUDIO_BN, rngs=rngs)
     else:
       self.downsample_conv = self.downsample_bn = None
 
   def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool):
     """x: (B, F, Ta, C); mask: (B, 1, Ta). Returns the output and its (possibly strided) mask."""
-    out_mask = mask[:, :, ::self.stride]
+    out_mask = mask[:, :, :: self.stride]
     h = self.conv1(layers.zero_invalid(x, mask))
     h = self.bn1(jax.nn.relu(h), out_mask, train=train)
     h = self.bn2(self.conv2(layers.zero_invalid(h, out_mask)), out_mask, train=train)
@@ -69,15 +79,24 @@ class AudioEncoder(nnx.Module):
   """conv 7x7 (stride 2 in frequency) + BN + ReLU, SE-ResNet stages, mean over frequency."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(1, cfg.stem_channels, (7, 7), (2, 1), padding=((3, 3), (3, 3)),
-                          use_bias=False, dtype=dtype, rngs=rngs)
+    self.conv1 = nnx.Conv(
+      1,
+      cfg.stem_channels,
+      (7, 7),
+      (2, 1),
+      padding=((3, 3), (3, 3)),
+      use_bias=False,
+      dtype=dtype,
+      rngs=rngs,
+    )
     self.bn1 = layers.MaskedBatchNorm(cfg.stem_channels, **AUDIO_BN, rngs=rngs)
     blocks = []
     in_ch = cfg.stem_channels
     for depth, out_ch, stride in zip(cfg.stage_blocks, cfg.stage_channels, cfg.stage_strides):
       for i in range(depth):
-        blocks.append(SEBlock(in_ch, out_ch, stride if i == 0 else 1, cfg.se_reduction,
-                              dtype=dtype, rngs=rngs))
+        blocks.append(
+          SEBlock(in_ch, out_ch, stride if i == 0 else 1, cfg.se_reduction, dtype=dtype, rngs=rngs)
+        )
         in_ch = out_ch
     self.blocks = nnx.List(blocks)
     self.stage_blocks = tuple(cfg.stage_blocks)

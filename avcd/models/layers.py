@@ -24,7 +24,8 @@ def zero_invalid(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
-  """Mean of x over `axis`, counting only positions where `mask` (broadcast without channels) holds."""
+  """Mean of x over `axis`, counting only positions where `mask` (broadcast without channels)
+  holds."""
   weights = jnp.broadcast_to(mask[..., None], x.shape).astype(STATS_DTYPE)
   total = jnp.sum(x.astype(STATS_DTYPE) * weights, axis=axis)
   count = jnp.sum(weights, axis=axis)
@@ -34,7 +35,8 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis) -> jax.Array:
 class MaskedBatchNorm(nnx.Module):
   """BatchNorm over the channel (last) axis whose batch statistics use valid positions only.
 
-  `momentum` is PyTorch's (the weight of the new batch): running = (1 - m) running + m batch, and the
+  `momentum` is PyTorch's (the weight of the new batch): running = (1 - m) running + m batch, and
+  the
   running variance takes the unbiased batch variance, as torch.nn.BatchNorm does.
   """
 
@@ -126,8 +128,15 @@ class MultiHeadAttention(nnx.Module):
     linear = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
     self.query, self.key, self.value, self.out = linear(), linear(), linear(), linear()
 
-  def __call__(self, query: jax.Array, key_value: jax.Array, key_mask: jax.Array, *,
-               train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+  def __call__(
+    self,
+    query: jax.Array,
+    key_value: jax.Array,
+    key_mask: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None,
+  ) -> jax.Array:
     """query: (B, Tq, D); key_value: (B, Tk, D); key_mask: (B, Tk)."""
     split = lambda x: x.reshape(*x.shape[:-1], self.num_heads, -1)
     q, k, v = split(self.query(query)), split(self.key(key_value)), split(self.value(key_value))
@@ -143,14 +152,16 @@ class MultiHeadAttention(nnx.Module):
 
 
 class AttentionLayer(nnx.Module):
-  """Post-norm transformer layer: queries from `target`, keys, values and the residual from `source`.
+  """Post-norm transformer layer: queries from `target`, keys, values and the residual from
+  `source`.
 
   With source = target this is torch.nn.TransformerEncoderLayer (the teachers); with different
   inputs it is TalkNet's cross-attention layer.
   """
 
-  def __init__(self, dim: int, num_heads: int, ffn_dim: int, *, dropout: float, dtype,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, dim: int, num_heads: int, ffn_dim: int, *, dropout: float, dtype, rngs: nnx.Rngs
+  ):
     self.dropout_rate = dropout
     self.self_attn = MultiHeadAttention(dim, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
     self.linear1 = nnx.Linear(dim, ffn_dim, dtype=dtype, rngs=rngs)
@@ -164,8 +175,15 @@ class AttentionLayer(nnx.Module):
     keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, x.shape)
     return jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros((), x.dtype))
 
-  def __call__(self, source: jax.Array, target: jax.Array, mask: jax.Array, *, train: bool,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self,
+    source: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
     attended = self.self_attn(target, source, mask, train=train, rngs=rngs)
     x = self.norm1(source + self._dropout(attended, train, rngs))
     hidden = self._dropout(jax.nn.relu(self.linear1(x)), train, rngs)

@@ -28,20 +28,30 @@ class Student(nnx.Module):
     dtype = jnp.dtype(cfg.compute_dtype)
     width = cfg.embed_dim
     if cfg.audio.stage_channels[-1] != width:
-      raise ValueError(f"model.audio.stage_channels[-1]={cfg.audio.stage_channels[-1]} must equal "
-                       f"model.embed_dim={width}")
+      raise ValueError(
+        f"model.audio.stage_channels[-1]={cfg.audio.stage_channels[-1]} must equal "
+        f"model.embed_dim={width}"
+      )
     self.audio_encoder = AudioEncoder(cfg.audio, dtype=dtype, rngs=rngs)
     self.visual_encoder = VisualEncoder(cfg.visual, dtype=dtype, rngs=rngs)
     attention = lambda dim: layers.AttentionLayer(
-        dim, cfg.num_heads, cfg.ffn_multiplier * dim, dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+      dim, cfg.num_heads, cfg.ffn_multiplier * dim, dropout=cfg.dropout, dtype=dtype, rngs=rngs
+    )
     self.cross_a2v = attention(width)
     self.cross_v2a = attention(width)
     self.self_av = attention(2 * width)
     self.classifier = nnx.Linear(2 * width, 2, dtype=dtype, rngs=rngs)
     self.audio_frames_per_frame = cfg.audio_frames_per_frame
 
-  def encode(self, mfcc: jax.Array, faces: jax.Array, num_frames: jax.Array, *, train: bool,
-             intermediates: dict | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def encode(
+    self,
+    mfcc: jax.Array,
+    faces: jax.Array,
+    num_frames: jax.Array,
+    *,
+    train: bool,
+    intermediates: dict | None = None,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The audio and visual frontends: (audio (B, T, D), visual (B, T, D), mask (B, T))."""
     mask = frame_mask(num_frames, faces.shape[1])
     audio_mask = jnp.repeat(mask, self.audio_frames_per_frame, axis=1)
@@ -51,15 +61,32 @@ class Student(nnx.Module):
       intermediates.update(audio_embed_frontend=audio, visual_embed_frontend=visual)
     return audio, visual, mask
 
-  def cross_attend(self, audio: jax.Array, visual: jax.Array, mask: jax.Array, *, train: bool,
-                   rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
-    """Audio attending to video and video to audio: the embeddings the correlation losses compare."""
-    return (self.cross_a2v(audio, visual, mask, train=train, rngs=rngs),
-            self.cross_v2a(visual, audio, mask, train=train, rngs=rngs))
+  def cross_attend(
+    self,
+    audio: jax.Array,
+    visual: jax.Array,
+    mask: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None = None,
+  ) -> tuple[jax.Array, jax.Array]:
+    """Audio attending to video and video to audio: the embeddings the correlation losses
+    compare."""
+    return (
+      self.cross_a2v(audio, visual, mask, train=train, rngs=rngs),
+      self.cross_v2a(visual, audio, mask, train=train, rngs=rngs),
+    )
 
-  def classify(self, audio_cross: jax.Array, visual_cross: jax.Array, mask: jax.Array, *,
-               train: bool, rngs: nnx.Rngs | None = None,
-               intermediates: dict | None = None) -> jax.Array:
+  def classify(
+    self,
+    audio_cross: jax.Array,
+    visual_cross: jax.Array,
+    mask: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None = None,
+    intermediates: dict | None = None,
+  ) -> jax.Array:
     """Self attention over both streams and the per-frame classifier: (B, T, 2) float32 logits."""
     joint = jnp.concatenate([audio_cross, visual_cross], axis=-1)
     joint = self.self_av(joint, joint, mask, train=train, rngs=rngs)
@@ -67,19 +94,35 @@ class Student(nnx.Module):
       intermediates["av_backend"] = joint
     return self.classifier(joint).astype(jnp.float32)
 
-  def __call__(self, mfcc: jax.Array, faces: jax.Array, num_frames: jax.Array, *, train: bool,
-               rngs: nnx.Rngs | None = None, intermediates: dict | None = None) -> dict:
+  def __call__(
+    self,
+    mfcc: jax.Array,
+    faces: jax.Array,
+    num_frames: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None = None,
+    intermediates: dict | None = None,
+  ) -> dict:
     """mfcc (B, 4T, 13), faces (B, T, H, W), num_frames (B,) -> dict of (B, T, ...) outputs.
 
     Returns the frontends' `audio_frontend` and `visual_frontend`, `audio_embed` and
     `visual_embed` (after cross attention, what the correlation losses compare), `frame_logits`
     (float32) and `clip_logits` (masked mean over frames).
     """
-    audio, visual, mask = self.encode(mfcc, faces, num_frames, train=train,
-                                      intermediates=intermediates)
+    audio, visual, mask = self.encode(
+      mfcc, faces, num_frames, train=train, intermediates=intermediates
+    )
     audio_cross, visual_cross = self.cross_attend(audio, visual, mask, train=train, rngs=rngs)
-    logits = self.classify(audio_cross, visual_cross, mask, train=train, rngs=rngs,
-                           intermediates=intermediates)
-    return dict(audio_frontend=audio, visual_frontend=visual, audio_embed=audio_cross,
-                visual_embed=visual_cross, frame_logits=logits,
-                clip_logits=clip_logits(logits, mask), mask=mask)
+    logits = self.classify(
+      audio_cross, visual_cross, mask, train=train, rngs=rngs, intermediates=intermediates
+    )
+    return dict(
+      audio_frontend=audio,
+      visual_frontend=visual,
+      audio_embed=audio_cross,
+      visual_embed=visual_cross,
+      frame_logits=logits,
+      clip_logits=clip_logits(logits, mask),
+      mask=mask,
+    )

@@ -30,7 +30,7 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
 
 
 def crop_mouths(faces: jax.Array, box: tuple[float, float, float, float], size: int) -> jax.Array:
-  """Crops the mouth box (top, bottom, left, right as fractions of the face) and resizes it to size².
+  """Crops the mouth box (top, bottom, left, right as fractions of the face), resized to size².
 
   faces: (B, T, H, W) -> (B, T, size, size) float32 in [0, 255].
   """
@@ -44,8 +44,9 @@ class TransformerTeacher(nnx.Module):
   """Positions + encoder and decoder stacks + output conv; the body shared by both teachers."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
-    layer = lambda: layers.AttentionLayer(cfg.width, cfg.num_heads, cfg.ffn_dim,
-                                          dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+    layer = lambda: layers.AttentionLayer(
+      cfg.width, cfg.num_heads, cfg.ffn_dim, dropout=cfg.dropout, dtype=dtype, rngs=rngs
+    )
     self.encoder = nnx.List([layer() for _ in range(cfg.encoder_layers)])
     self.decoder = nnx.List([layer() for _ in range(cfg.decoder_layers)])
     self.output = nnx.Linear(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
@@ -68,8 +69,9 @@ class ASRTeacher(TransformerTeacher):
     dtype = jnp.dtype(cfg.compute_dtype)
     super().__init__(cfg, dtype=dtype, rngs=rngs)
     k = cfg.audio_frames_per_frame
-    self.audio_conv = nnx.Conv(cfg.input_bins, cfg.width, (k,), (k,), padding="VALID",
-                               dtype=dtype, rngs=rngs)
+    self.audio_conv = nnx.Conv(
+      cfg.input_bins, cfg.width, (k,), (k,), padding="VALID", dtype=dtype, rngs=rngs
+    )
     self.dtype = dtype
 
   def __call__(self, stft: jax.Array, mask: jax.Array, *, train: bool = False, rngs=None):
@@ -83,10 +85,14 @@ class VSRTeacher(TransformerTeacher):
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.compute_dtype)
     super().__init__(cfg, dtype=dtype, rngs=rngs)
-    self.frontend = VisualFrontend(cfg.frontend, dtype=dtype, rngs=rngs) if cfg.use_frontend else None
+    self.frontend = (
+      VisualFrontend(cfg.frontend, dtype=dtype, rngs=rngs) if cfg.use_frontend else None
+    )
     if self.frontend is not None and self.frontend.out_features != cfg.width:
-      raise ValueError(f"VSR frontend gives {self.frontend.out_features} features, the teacher "
-                       f"width is {cfg.width}")
+      raise ValueError(
+        f"VSR frontend gives {self.frontend.out_features} features, the teacher "
+        f"width is {cfg.width}"
+      )
     self.mouth_box = tuple(cfg.mouth_box)
     self.mouth_size = cfg.mouth_size
     self.dtype = dtype
@@ -94,8 +100,10 @@ class VSRTeacher(TransformerTeacher):
   def lip_features(self, faces: jax.Array, mask: jax.Array, *, train: bool = False) -> jax.Array:
     """Face frames (B, T, H, W) -> lip features (B, T, D) from the configured mouth box."""
     if self.frontend is None:
-      raise ValueError("this VSR teacher has no visual frontend (teachers.vsr.use_frontend=False); "
-                       "it needs precomputed lip features")
+      raise ValueError(
+        "this VSR teacher has no visual frontend (teachers.vsr.use_frontend=False); "
+        "it needs precomputed lip features"
+      )
     mouths = crop_mouths(faces, self.mouth_box, self.mouth_size)
     return self.frontend(mouths, mask, train=train)
 
@@ -110,8 +118,16 @@ class Teachers(nnx.Module):
     self.asr = ASRTeacher(cfg.asr, rngs=rngs)
     self.vsr = VSRTeacher(cfg.vsr, rngs=rngs)
 
-  def posteriors(self, stft: jax.Array, faces: jax.Array, lips: jax.Array | None,
-                 mask: jax.Array, *, train: bool = False, rngs=None):
+  def posteriors(
+    self,
+    stft: jax.Array,
+    faces: jax.Array,
+    lips: jax.Array | None,
+    mask: jax.Array,
+    *,
+    train: bool = False,
+    rngs=None,
+  ):
     """(B, T, K) ASR and VSR probabilities; lips are computed from the faces when None.
 
     `train` switches dropout only (the reference's frozen teachers keep it on); the VSR frontend's

@@ -26,8 +26,17 @@ def _conv(in_ch, out_ch, kernel, stride=1, padding=None, *, bias=False, groups=1
   kernel = (kernel,) if isinstance(kernel, int) else tuple(kernel)
   stride = (stride,) * len(kernel) if isinstance(stride, int) else tuple(stride)
   padding = tuple((k // 2, k // 2) for k in kernel) if padding is None else padding
-  return nnx.Conv(in_ch, out_ch, kernel, stride, padding=padding, use_bias=bias,
-                  feature_group_count=groups, dtype=dtype, rngs=rngs)
+  return nnx.Conv(
+    in_ch,
+    out_ch,
+    kernel,
+    stride,
+    padding=padding,
+    use_bias=bias,
+    feature_group_count=groups,
+    dtype=dtype,
+    rngs=rngs,
+  )
 
 
 class ResNetLayer(nnx.Module):
@@ -42,10 +51,18 @@ class ResNetLayer(nnx.Module):
     conv3 = lambda i, s: _conv(i, out_ch, (3, 3), s, dtype=dtype, rngs=rngs)
     bn = lambda: layers.MaskedBatchNorm(out_ch, **FRONTEND_BN, rngs=rngs)
     self.conv1a, self.bn1a, self.conv2a = conv3(in_ch, stride), bn(), conv3(out_ch, 1)
-    self.downsample = (_conv(in_ch, out_ch, (1, 1), stride, dtype=dtype, rngs=rngs)
-                       if stride != 1 or in_ch != out_ch else None)
+    self.downsample = (
+      _conv(in_ch, out_ch, (1, 1), stride, dtype=dtype, rngs=rngs)
+      if stride != 1 or in_ch != out_ch
+      else None
+    )
     self.outbna = bn()
-    self.conv1b, self.bn1b, self.conv2b, self.outbnb = conv3(out_ch, 1), bn(), conv3(out_ch, 1), bn()
+    self.conv1b, self.bn1b, self.conv2b, self.outbnb = (
+      conv3(out_ch, 1),
+      bn(),
+      conv3(out_ch, 1),
+      bn(),
+    )
 
   def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
     """x: (N, H, W, C) frames; mask: (N, 1, 1) valid frames (for BatchNorm statistics)."""
@@ -76,9 +93,12 @@ class VisualFrontend(nnx.Module):
     self.stem = _conv(STEM_FRAMES, stem, (7, 7), (2, 2), ((3, 3), (3, 3)), dtype=dtype, rngs=rngs)
     self.bn3d = layers.MaskedBatchNorm(stem, **FRONTEND_BN, rngs=rngs)
     channels = (stem, *cfg.stage_channels)
-    self.resnet = nnx.List([
+    self.resnet = nnx.List(
+      [
         ResNetLayer(channels[i], channels[i + 1], 1 if i == 0 else 2, dtype=dtype, rngs=rngs)
-        for i in range(len(cfg.stage_channels))])
+        for i in range(len(cfg.stage_channels))
+      ]
+    )
     self.dtype = dtype
     self.out_features = channels[-1]
     self.input_size = cfg.input_size
@@ -94,7 +114,7 @@ class VisualFrontend(nnx.Module):
     x = jnp.where(mask[:, :, None, None], x, 0.0).astype(self.dtype)
     half = STEM_FRAMES // 2
     padded = jnp.pad(x, ((0, 0), (half, half), (0, 0), (0, 0)))
-    neighbours = jnp.stack([padded[:, k:k + t] for k in range(STEM_FRAMES)], axis=-1)
+    neighbours = jnp.stack([padded[:, k : k + t] for k in range(STEM_FRAMES)], axis=-1)
     x = self.stem(neighbours.reshape(b * t, *neighbours.shape[2:]))
     frame_mask = mask.reshape(b * t, 1, 1)
     x = jax.nn.relu(self.bn3d(x, frame_mask, train=train))
@@ -127,15 +147,18 @@ class VisualEncoder(nnx.Module):
   def __init__(self, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
     self.frontend = VisualFrontend(cfg.frontend, dtype=dtype, rngs=rngs)
     width = self.frontend.out_features
-    self.tcn = nnx.List([TemporalBlock(width, cfg.tcn_kernel, dtype=dtype, rngs=rngs)
-                         for _ in range(cfg.tcn_blocks)])
-    self.proj_conv = _conv(width, cfg.proj_channels, cfg.proj_kernel, bias=True, dtype=dtype,
-                           rngs=rngs)
+    self.tcn = nnx.List(
+      [TemporalBlock(width, cfg.tcn_kernel, dtype=dtype, rngs=rngs) for _ in range(cfg.tcn_blocks)]
+    )
+    self.proj_conv = _conv(
+      width, cfg.proj_channels, cfg.proj_kernel, bias=True, dtype=dtype, rngs=rngs
+    )
     self.proj_bn = layers.MaskedBatchNorm(cfg.proj_channels, **TCN_BN, rngs=rngs)
     self.out_conv = _conv(cfg.proj_channels, cfg.embed_dim, 1, bias=True, dtype=dtype, rngs=rngs)
 
-  def __call__(self, faces: jax.Array, mask: jax.Array, *, train: bool,
-               intermediates: dict | None = None) -> jax.Array:
+  def __call__(
+    self, faces: jax.Array, mask: jax.Array, *, train: bool, intermediates: dict | None = None
+  ) -> jax.Array:
     x = self.frontend(faces, mask, train=train)
     if intermediates is not None:
       intermediates["visual_resnet_out"] = x

@@ -55,8 +55,9 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConvertError(f"reading PyTorch weights needs torch, an optional extra of avcd: "
-                       f"{INSTALL_TORCH}") from e
+    raise ConvertError(
+      f"reading PyTorch weights needs torch, an optional extra of avcd: {INSTALL_TORCH}"
+    ) from e
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConvertError(f"{path} does not exist")
@@ -66,27 +67,35 @@ def load_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     raise ConvertError(
-        f"refusing {path}: it is not a plain file of tensors that torch.load(weights_only=True) "
-        f"can read. A pickle that builds other objects can run arbitrary code when loaded, so "
-        f"avcd never unpickles it fully. torch says: {' '.join(str(e).split())}") from e
+      f"refusing {path}: it is not a plain file of tensors that torch.load(weights_only=True) "
+      f"can read. A pickle that builds other objects can run arbitrary code when loaded, so "
+      f"avcd never unpickles it fully. torch says: {' '.join(str(e).split())}"
+    ) from e
   except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch's zip reader on a cut file
-    raise ConvertError(f"{path} is not a readable PyTorch file (truncated or damaged?): "
-                       f"{' '.join(str(e).split())}") from e
+    raise ConvertError(
+      f"{path} is not a readable PyTorch file (truncated or damaged?): {' '.join(str(e).split())}"
+    ) from e
   if isinstance(loaded, dict) and len(loaded) == 1 and next(iter(loaded)) in _WRAPPER_KEYS:
     loaded = next(iter(loaded.values()))
   if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
     kind = type(loaded).__name__
     keys = sorted(map(str, loaded))[:8] if isinstance(loaded, dict) else []
-    raise ConvertError(f"{path} holds a {kind}, not a state dict of tensors"
-                       + (f" (keys: {', '.join(keys)}, ...)" if keys else ""))
+    raise ConvertError(
+      f"{path} holds a {kind}, not a state dict of tensors"
+      + (f" (keys: {', '.join(keys)}, ...)" if keys else "")
+    )
   # numpy has no bfloat16: floating tensors are widened to float32 (the networks' parameters).
-  arrays = {k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).numpy()
-            for k, v in loaded.items()}
+  arrays = {
+    k: (v.detach().to(torch.float32) if v.is_floating_point() else v.detach()).numpy()
+    for k, v in loaded.items()
+  }
   broken = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
   if broken:
-    raise ConvertError(f"{path} holds NaN or Inf in {len(broken)} tensors ({', '.join(broken[:8])}"
-                       f"{', ...' if len(broken) > 8 else ''}): a detector built on them would "
-                       "score NaN; refusing it")
+    raise ConvertError(
+      f"{path} holds NaN or Inf in {len(broken)} tensors ({', '.join(broken[:8])}"
+      f"{', ...' if len(broken) > 8 else ''}): a detector built on them would "
+      "score NaN; refusing it"
+    )
   return arrays
 
 
@@ -98,16 +107,25 @@ def _sha256(path: pathlib.Path) -> str:
 def _split(module: nnx.Module, what: str) -> dict:
   """{params, batch_stats} of a filled module; fails if any array was left unfilled."""
   _, params, batch_stats = ts.split_model(module)
-  unfilled = [leaf for leaf in jax.tree.leaves((params, batch_stats))
-              if isinstance(leaf, jax.ShapeDtypeStruct)]
+  unfilled = [
+    leaf
+    for leaf in jax.tree.leaves((params, batch_stats))
+    if isinstance(leaf, jax.ShapeDtypeStruct)
+  ]
   if unfilled:
     raise ConvertError(f"the sources left {len(unfilled)} arrays of the {what} unfilled")
   return dict(params=params, batch_stats=batch_stats)
 
 
-def convert(*, output: str | pathlib.Path, mtl: str | None = None, talknet: str | None = None,
-            asr: str | None = None, vsr: str | None = None,
-            vsr_frontend: str | None = None) -> dict[str, list[str]]:
+def convert(
+  *,
+  output: str | pathlib.Path,
+  mtl: str | None = None,
+  talknet: str | None = None,
+  asr: str | None = None,
+  vsr: str | None = None,
+  vsr_frontend: str | None = None,
+) -> dict[str, list[str]]:
   """Writes the model checkpoint of the module docstring; returns {item: [source files]}.
 
   Raises:
@@ -136,8 +154,7 @@ def convert(*, output: str | pathlib.Path, mtl: str | None = None, talknet: str 
   teachers = nnx.eval_shape(lambda: ts.build_teachers(teachers_cfg)) if (mtl or asr) else None
   sources = {"student": [], "teachers": []}
   if mtl:
-    weights.load_mtl_ddf(load_state_dict(mtl), student=student, asr=teachers.asr,
-                         vsr=teachers.vsr)
+    weights.load_mtl_ddf(load_state_dict(mtl), student=student, asr=teachers.asr, vsr=teachers.vsr)
     sources["student"].append(mtl)
     sources["teachers"].append(mtl)
   if talknet:
@@ -151,14 +168,19 @@ def convert(*, output: str | pathlib.Path, mtl: str | None = None, talknet: str 
     weights.load_vsr_frontend(load_state_dict(vsr_frontend), vsr=teachers.vsr)
     sources["teachers"].append(vsr_frontend)
 
-  files = {str(pathlib.Path(f).absolute()): _sha256(pathlib.Path(f))
-           for f in (mtl, talknet, asr, vsr, vsr_frontend) if f}
+  files = {
+    str(pathlib.Path(f).absolute()): _sha256(pathlib.Path(f))
+    for f in (mtl, talknet, asr, vsr, vsr_frontend)
+    if f
+  }
   checkpoints.save_model(
-      output,
-      student_state=_split(student, "student") if student is not None else None,
-      teachers_state=_split(teachers, "teachers") if teachers is not None else None,
-      config=ml_collections.ConfigDict(dict(model=model_cfg, teachers=teachers_cfg)),
-      meta=dict(converted_from=files,
-                items={k: [str(pathlib.Path(f).absolute()) for f in v]
-                       for k, v in sources.items() if v}))
+    output,
+    student_state=_split(student, "student") if student is not None else None,
+    teachers_state=_split(teachers, "teachers") if teachers is not None else None,
+    config=ml_collections.ConfigDict(dict(model=model_cfg, teachers=teachers_cfg)),
+    meta=dict(
+      converted_from=files,
+      items={k: [str(pathlib.Path(f).absolute()) for f in v] for k, v in sources.items() if v},
+    ),
+  )
   return {k: v for k, v in sources.items() if v}

@@ -24,10 +24,10 @@ from avcd.models.teachers import sinusoidal_positions
 
 # Keys present in the reference's checkpoints that avcd deliberately has no parameter for.
 KNOWN_UNUSED = (
-    re.compile(r".*num_batches_tracked$"),               # BatchNorm counters
-    re.compile(r"^lossCont_Spea\.projection_[AB]\..*"),  # never used in the reference's forward
-    re.compile(r"^loss[AV]\.FC\..*"),                    # TalkNet's audio-only / visual-only heads
-    re.compile(r".*resnet\.layer1\.downsample\.weight$"),  # stride-1 layer, identity shortcut
+  re.compile(r".*num_batches_tracked$"),  # BatchNorm counters
+  re.compile(r"^lossCont_Spea\.projection_[AB]\..*"),  # never used in the reference's forward
+  re.compile(r"^loss[AV]\.FC\..*"),  # TalkNet's audio-only / visual-only heads
+  re.compile(r".*resnet\.layer1\.downsample\.weight$"),  # stride-1 layer, identity shortcut
 )
 POSITIONAL_TABLE = re.compile(r".*positionalEncoding\.pe$")  # buffer, recomputed and checked
 
@@ -81,8 +81,12 @@ def _linear(torch_name: str, path: tuple, module: nnx.Linear, kernel=_linear_ker
 
 
 def _batch_norm(torch_name: str, path: tuple) -> Iterator[Entry]:
-  for torch_leaf, flax_leaf in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
-                                ("running_var", "var")):
+  for torch_leaf, flax_leaf in (
+    ("weight", "scale"),
+    ("bias", "bias"),
+    ("running_mean", "mean"),
+    ("running_var", "var"),
+  ):
     yield f"{torch_name}.{torch_leaf}", path + (flax_leaf,), _identity
 
 
@@ -95,6 +99,7 @@ def _in_proj_part(index: int, of_weight: bool) -> Transform:
   def take(w):
     part = np.split(w, 3, axis=0)[index]
     return np.transpose(part) if of_weight else part
+
   return take
 
 
@@ -125,8 +130,9 @@ def visual_frontend_entries(prefix: str, path: tuple, frontend) -> Iterator[Entr
 
 def student_entries(student, prefix: str = "model.") -> Iterator[Entry]:
   visual = student.visual_encoder
-  yield from visual_frontend_entries(f"{prefix}visualFrontend.", ("visual_encoder", "frontend"),
-                                     visual.frontend)
+  yield from visual_frontend_entries(
+    f"{prefix}visualFrontend.", ("visual_encoder", "frontend"), visual.frontend
+  )
   for i, block in enumerate(visual.tcn):
     torch_block, flax_block = f"{prefix}visualTCN.net.{i}.net", ("visual_encoder", "tcn", i)
     yield from _batch_norm(f"{torch_block}.1", flax_block + ("bn",))
@@ -153,12 +159,16 @@ def student_entries(student, prefix: str = "model.") -> Iterator[Entry]:
     yield from _linear(f"{torch_block}.se.fc.0", flax_block + ("se", "fc1"), block.se.fc1)
     yield from _linear(f"{torch_block}.se.fc.2", flax_block + ("se", "fc2"), block.se.fc2)
     if block.downsample_conv is not None:
-      yield from _conv(f"{torch_block}.downsample.0", flax_block + ("downsample_conv",),
-                       block.downsample_conv)
+      yield from _conv(
+        f"{torch_block}.downsample.0", flax_block + ("downsample_conv",), block.downsample_conv
+      )
       yield from _batch_norm(f"{torch_block}.downsample.1", flax_block + ("downsample_bn",))
 
-  for torch_name, flax_name in (("crossA2V", "cross_a2v"), ("crossV2A", "cross_v2a"),
-                                ("selfAV", "self_av")):
+  for torch_name, flax_name in (
+    ("crossA2V", "cross_a2v"),
+    ("crossV2A", "cross_v2a"),
+    ("selfAV", "self_av"),
+  ):
     yield from _attention_layer(f"{prefix}{torch_name}", (flax_name,), getattr(student, flax_name))
   yield from _linear("lossAV.FC", ("classifier",), student.classifier)
 
@@ -173,8 +183,10 @@ def teacher_entries(teacher, prefix: str, stack_names: tuple[str, str]) -> Itera
 
 
 def _strip_module_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {k[len("module."):] if k.startswith("module.") else k: np.asarray(v)
-          for k, v in state_dict.items()}
+  return {
+    k[len("module.") :] if k.startswith("module.") else k: np.asarray(v)
+    for k, v in state_dict.items()
+  }
 
 
 def _get(tree, path):
@@ -198,8 +210,11 @@ def _check_positional_tables(state_dict: dict, claimed: set, problems: list):
     claimed.add(key)
 
 
-def load_into(targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
-              state_dict: Mapping[str, np.ndarray], source_name: str) -> None:
+def load_into(
+  targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
+  state_dict: Mapping[str, np.ndarray],
+  source_name: str,
+) -> None:
   """Copies `state_dict` into each target module (params and batch statistics) in place.
 
   targets: name -> (module, entries), the entries from the *_entries functions above. Raises
@@ -219,26 +234,38 @@ def load_into(targets: Mapping[str, tuple[nnx.Module, Iterator[Entry]]],
       try:
         value = transform(state_dict[key])
       except ValueError as e:  # a tensor of another rank than the layer's
-        mismatched.append(f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
-                          f"{'.'.join(map(str, path))} ({e})")
+        mismatched.append(
+          f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
+          f"{'.'.join(map(str, path))} ({e})"
+        )
         continue
       current = _get(pure, path)
       if tuple(value.shape) != tuple(current.shape):
-        mismatched.append(f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
-                          f"{'.'.join(map(str, path))} {tuple(current.shape)}")
+        mismatched.append(
+          f"{key}: {tuple(state_dict[key].shape)} does not fit {name}."
+          f"{'.'.join(map(str, path))} {tuple(current.shape)}"
+        )
         continue
       _set(pure, path, jnp.asarray(value, dtype=current.dtype))
     new_states[name] = (module, pure)
   _check_positional_tables(state_dict, claimed, problems)
-  unexpected = sorted(k for k in state_dict
-                      if k not in claimed and not any(p.match(k) for p in KNOWN_UNUSED))
+  unexpected = sorted(
+    k for k in state_dict if k not in claimed and not any(p.match(k) for p in KNOWN_UNUSED)
+  )
   if missing or unexpected or mismatched or problems:
     lines = [f"cannot load {source_name}:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", mismatched), ("other problems", problems)):
+    for title, items in (
+      ("missing keys", missing),
+      ("unexpected keys", unexpected),
+      ("shape mismatches", mismatched),
+      ("other problems", problems),
+    ):
       if items:
-        lines.append(f"  {len(items)} {title}: " + ", ".join(items[:20])
-                     + (f", ... ({len(items) - 20} more)" if len(items) > 20 else ""))
+        lines.append(
+          f"  {len(items)} {title}: "
+          + ", ".join(items[:20])
+          + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+        )
     raise WeightMappingError("\n".join(lines))
   for module, pure in new_states.values():
     state = nnx.state(module)
@@ -279,8 +306,10 @@ def load_vsr(state_dict, *, vsr):
 def load_vsr_frontend(state_dict, *, vsr):
   """deep_avsr's visual_frontend.pt into the VSR teacher's frontend."""
   if vsr.frontend is None:
-    raise WeightMappingError("the VSR teacher was built without a frontend "
-                             "(teachers.vsr.use_frontend=False)")
+    raise WeightMappingError(
+      "the VSR teacher was built without a frontend (teachers.vsr.use_frontend=False)"
+    )
   entries = visual_frontend_entries("", (), vsr.frontend)
-  load_into({"vsr_frontend": (vsr.frontend, entries)}, state_dict,
-            "deep_avsr visual frontend state dict")
+  load_into(
+    {"vsr_frontend": (vsr.frontend, entries)}, state_dict, "deep_avsr visual frontend state dict"
+  )

@@ -47,29 +47,43 @@ DEFAULT_PLATFORMS = ("cpu", "cuda")
 
 def feature_settings(config: ml_collections.ConfigDict) -> dict:
   """What the inputs must be computed with (predict reads this from the export's metadata)."""
-  return dict(fps=schema.FPS, face_size=schema.FACE_SIZE, sample_rate=schema.SAMPLE_RATE,
-              num_mfcc=schema.NUM_MFCC,
-              audio_frames_per_frame=int(config.model.audio_frames_per_frame), fake_class=1)
+  return dict(
+    fps=schema.FPS,
+    face_size=schema.FACE_SIZE,
+    sample_rate=schema.SAMPLE_RATE,
+    num_mfcc=schema.NUM_MFCC,
+    audio_frames_per_frame=int(config.model.audio_frames_per_frame),
+    fake_class=1,
+  )
 
 
 def signature(features: dict) -> dict:
   """The serving signature, as recorded in the metadata: names, dtypes and shapes."""
   rows, size = features["audio_frames_per_frame"], features["face_size"]
   return dict(
-      name=SIGNATURE_KEY,
-      inputs=dict(mfcc=dict(dtype="float32", shape=["B", f"{rows}*T", features["num_mfcc"]]),
-                  faces=dict(dtype="uint8", shape=["B", "T", size, size]),
-                  num_frames=dict(dtype="int32", shape=["B"])),
-      outputs=dict(probability=dict(dtype="float32", shape=["B"]),
-                   score=dict(dtype="float32", shape=["B"]),
-                   frame_logits=dict(dtype="float32", shape=["B", "T", 2])))
+    name=SIGNATURE_KEY,
+    inputs=dict(
+      mfcc=dict(dtype="float32", shape=["B", f"{rows}*T", features["num_mfcc"]]),
+      faces=dict(dtype="uint8", shape=["B", "T", size, size]),
+      num_frames=dict(dtype="int32", shape=["B"]),
+    ),
+    outputs=dict(
+      probability=dict(dtype="float32", shape=["B"]),
+      score=dict(dtype="float32", shape=["B"]),
+      frame_logits=dict(dtype="float32", shape=["B", "T", 2]),
+    ),
+  )
 
 
 def describe_signature(spec: dict) -> str:
   """A signature from `signature` in a few lines: name, then each input and output."""
+
   def tensors(group):
-    return "\n".join(f"    {name:<13}{t['dtype']:<9}({', '.join(map(str, t['shape']))})"
-                     for name, t in spec[group].items())
+    return "\n".join(
+      f"    {name:<13}{t['dtype']:<9}({', '.join(map(str, t['shape']))})"
+      for name, t in spec[group].items()
+    )
+
   return f"{spec['name']}\n  inputs\n{tensors('inputs')}\n  outputs\n{tensors('outputs')}"
 
 
@@ -93,27 +107,39 @@ def _input_checks(tf, mfcc, faces, num_frames, rows: int) -> list:
   check = tf.debugging
   size = faces.shape[-1]
   return [
-      check.assert_equal(tf.shape(faces)[2:], [size, size],
-                         message=f"faces must be {size} x {size} pixels"),
-      check.assert_positive(clips, message="faces: the batch holds no clip (B = 0)"),
-      check.assert_positive(frames, message="faces: the clips hold no frame (T = 0)"),
-      check.assert_equal(tf.shape(mfcc)[0], clips,
-                         message="mfcc and faces hold different numbers of clips"),
-      check.assert_equal(tf.shape(mfcc)[1], rows * frames,
-                         message=f"mfcc must hold {rows} rows per video frame of faces"),
-      check.assert_equal(tf.shape(num_frames)[0], clips,
-                         message="num_frames must hold one length per clip"),
-      check.assert_greater_equal(num_frames, 1,
-                                 message="num_frames: every clip needs at least one valid frame"),
-      check.assert_less_equal(num_frames, frames,
-                              message="num_frames: a clip cannot be longer than T frames"),
-      check.assert_all_finite(mfcc, message="mfcc holds NaN or Inf"),
+    check.assert_equal(
+      tf.shape(faces)[2:], [size, size], message=f"faces must be {size} x {size} pixels"
+    ),
+    check.assert_positive(clips, message="faces: the batch holds no clip (B = 0)"),
+    check.assert_positive(frames, message="faces: the clips hold no frame (T = 0)"),
+    check.assert_equal(
+      tf.shape(mfcc)[0], clips, message="mfcc and faces hold different numbers of clips"
+    ),
+    check.assert_equal(
+      tf.shape(mfcc)[1],
+      rows * frames,
+      message=f"mfcc must hold {rows} rows per video frame of faces",
+    ),
+    check.assert_equal(
+      tf.shape(num_frames)[0], clips, message="num_frames must hold one length per clip"
+    ),
+    check.assert_greater_equal(
+      num_frames, 1, message="num_frames: every clip needs at least one valid frame"
+    ),
+    check.assert_less_equal(
+      num_frames, frames, message="num_frames: a clip cannot be longer than T frames"
+    ),
+    check.assert_all_finite(mfcc, message="mfcc holds NaN or Inf"),
   ]
 
 
-def export_saved_model(student: ts.RestoredStudent, output: str | pathlib.Path, *,
-                       platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
-                       overwrite: bool = False) -> dict:
+def export_saved_model(
+  student: ts.RestoredStudent,
+  output: str | pathlib.Path,
+  *,
+  platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+  overwrite: bool = False,
+) -> dict:
   """Writes the SavedModel and its metadata file to `output`; returns the metadata.
 
   Args:
@@ -131,29 +157,44 @@ def export_saved_model(student: ts.RestoredStudent, output: str | pathlib.Path, 
     raise FileExistsError(f"{output} is not empty (pass --overwrite to write into it)")
   start = time.perf_counter()
   features = feature_settings(student.config)
-  rows, size, num_mfcc = (features["audio_frames_per_frame"], features["face_size"],
-                          features["num_mfcc"])
+  rows, size, num_mfcc = (
+    features["audio_frames_per_frame"],
+    features["face_size"],
+    features["num_mfcc"],
+  )
   serve, weights = serving_function(student)
   tf_serve = jax2tf.convert(
-      serve, with_gradient=False, native_serialization_platforms=tuple(platforms),
-      polymorphic_shapes=[None, f"(b, {rows}*t, {num_mfcc})", f"(b, t, {size}, {size})", "(b,)"])
+    serve,
+    with_gradient=False,
+    native_serialization_platforms=tuple(platforms),
+    polymorphic_shapes=[None, f"(b, {rows}*t, {num_mfcc})", f"(b, t, {size}, {size})", "(b,)"],
+  )
 
   module = tf.Module()
   module.student_weights = [tf.Variable(np.asarray(w), trainable=False) for w in weights]
 
-  @tf.function(autograph=False, input_signature=[
+  @tf.function(
+    autograph=False,
+    input_signature=[
       tf.TensorSpec([None, None, num_mfcc], tf.float32, name="mfcc"),
       tf.TensorSpec([None, None, size, size], tf.uint8, name="faces"),
-      tf.TensorSpec([None], tf.int32, name="num_frames")])
+      tf.TensorSpec([None], tf.int32, name="num_frames"),
+    ],
+  )
   def serving(mfcc, faces, num_frames):
     with tf.control_dependencies(_input_checks(tf, mfcc, faces, num_frames, rows)):
       return tf_serve(module.student_weights, mfcc, faces, num_frames)
 
   module.serving = serving
   tf.saved_model.save(module, str(output), signatures={SIGNATURE_KEY: serving})
-  metadata = dict(avcd_version=version.VERSION, source=student.source,
-                  platforms=list(platforms), signature=signature(features), features=features,
-                  config=json.loads(student.config.to_json_best_effort()))
+  metadata = dict(
+    avcd_version=version.VERSION,
+    source=student.source,
+    platforms=list(platforms),
+    signature=signature(features),
+    features=features,
+    config=json.loads(student.config.to_json_best_effort()),
+  )
   (output / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
   logging.info("exported %s in %.1f s", output, time.perf_counter() - start)
   return metadata

@@ -50,23 +50,25 @@ PLOT_DIR = "plots"
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
   """How videos are read and scored (the `avcd predict` flags)."""
+
   detect: bool = True
   luma: str = "bt601"
   crop_scale: float = face_crop.DEFAULT_CROP_SCALE
-  window: int = 50           # frames per window (2 s at 25 fps)
-  stride: int = 25           # frames between window starts
+  window: int = 50  # frames per window (2 s at 25 fps)
+  stride: int = 25  # frames between window starts
   min_frames: int = 25
-  max_frames: int = 1000     # 0: no cap
-  batch_size: int = 16       # windows per model call
-  threshold: float = 0.5     # P(fake) at or above which a clip is called fake
+  max_frames: int = 1000  # 0: no cap
+  batch_size: int = 16  # windows per model call
+  threshold: float = 0.5  # P(fake) at or above which a clip is called fake
 
   def __post_init__(self):
     for name in ("window", "stride", "min_frames", "batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
     if self.max_frames < 0 or 0 < self.max_frames < self.min_frames:
-      raise ValueError(f"max_frames={self.max_frames} must be 0 (no cap) or at least "
-                       f"min_frames={self.min_frames}")
+      raise ValueError(
+        f"max_frames={self.max_frames} must be 0 (no cap) or at least min_frames={self.min_frames}"
+      )
     if self.crop_scale <= 0:
       raise ValueError(f"crop_scale must be positive, got {self.crop_scale}")
 
@@ -74,12 +76,13 @@ class PredictOptions:
 class Scorer(Protocol):
   """A model: (mfcc (B, 4T, 13), faces (B, T, 112, 112), num_frames (B,)) -> numpy outputs
   `probability` (B,), `score` (B,), `frame_logits` (B, T, 2)."""
-  features: dict  # export.feature_settings
-  source: dict    # where the model came from, for the JSON
 
-  def __call__(self, mfcc: np.ndarray, faces: np.ndarray,
-               num_frames: np.ndarray) -> dict[str, np.ndarray]:
-    ...
+  features: dict  # export.feature_settings
+  source: dict  # where the model came from, for the JSON
+
+  def __call__(
+    self, mfcc: np.ndarray, faces: np.ndarray, num_frames: np.ndarray
+  ) -> dict[str, np.ndarray]: ...
 
 
 class CheckpointScorer:
@@ -89,14 +92,16 @@ class CheckpointScorer:
     student = ts.restore_student(workdir, step)
     self.features = export.feature_settings(student.config)
     self.source = dict(kind="checkpoint", **student.source)
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)),
-                              jax.local_devices()[:1])
+    mesh = sharding.make_mesh(
+      ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.local_devices()[:1]
+    )
     self._predict = steps.make_predict_step(student.graphdef, student.shardings, mesh)
     self._params, self._batch_stats = student.params, student.batch_stats
 
   def __call__(self, mfcc, faces, num_frames):
-    out = self._predict(self._params, self._batch_stats,
-                        dict(mfcc=mfcc, faces=faces, num_frames=num_frames))
+    out = self._predict(
+      self._params, self._batch_stats, dict(mfcc=mfcc, faces=faces, num_frames=num_frames)
+    )
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -108,17 +113,23 @@ class SavedModelScorer:
 
     metadata = export.read_metadata(saved_model_dir)
     self.features = metadata["features"]
-    self.source = dict(kind="saved_model", path=str(pathlib.Path(saved_model_dir).absolute()),
-                       avcd_version=metadata["avcd_version"], **metadata["source"])
+    self.source = dict(
+      kind="saved_model",
+      path=str(pathlib.Path(saved_model_dir).absolute()),
+      avcd_version=metadata["avcd_version"],
+      **metadata["source"],
+    )
     # The signature holds the loaded object's variables only while the object lives.
     self._model = tf.saved_model.load(str(saved_model_dir))
     self._serve = self._model.signatures[metadata["signature"]["name"]]
     self._tf = tf
 
   def __call__(self, mfcc, faces, num_frames):
-    out = self._serve(mfcc=self._tf.constant(mfcc, self._tf.float32),
-                      faces=self._tf.constant(faces, self._tf.uint8),
-                      num_frames=self._tf.constant(num_frames, self._tf.int32))
+    out = self._serve(
+      mfcc=self._tf.constant(mfcc, self._tf.float32),
+      faces=self._tf.constant(faces, self._tf.uint8),
+      num_frames=self._tf.constant(num_frames, self._tf.int32),
+    )
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -133,8 +144,9 @@ class Unscorable(Exception):
 @dataclasses.dataclass(frozen=True)
 class ClipInputs:
   """One video's model inputs at 25 fps and what was learnt reading it."""
-  mfcc: np.ndarray     # (4T, 13) float32
-  faces: np.ndarray    # (T, 112, 112) uint8
+
+  mfcc: np.ndarray  # (4T, 13) float32
+  faces: np.ndarray  # (T, 112, 112) uint8
   source_fps: float
   duration_s: float | None  # the container's duration, when it states one
   audio_s: float
@@ -146,7 +158,7 @@ class ClipInputs:
 def _without_path(error: Exception, path: pathlib.Path) -> str:
   """The error's message without the `PATH: ` prefix the feature functions put first."""
   message = str(error)
-  return message[len(f"{path}: "):] if message.startswith(f"{path}: ") else message
+  return message[len(f"{path}: ") :] if message.startswith(f"{path}: ") else message
 
 
 def _probe(path: pathlib.Path) -> float | None:
@@ -175,21 +187,29 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
   duration = _probe(path)
   max_seconds = options.max_frames / schema.FPS if options.max_frames else None
   try:
-    faces = face_crop.read_video_faces(path, detect=options.detect, luma=options.luma,
-                                       max_seconds=max_seconds, crop_scale=options.crop_scale)
+    faces = face_crop.read_video_faces(
+      path,
+      detect=options.detect,
+      luma=options.luma,
+      max_seconds=max_seconds,
+      crop_scale=options.crop_scale,
+    )
   except face_crop.NoFaceError as e:
     raise Unscorable(_without_path(e, path)) from e
   except video.VideoError as e:
     raise Unscorable(f"unreadable video track: {_without_path(e, path)}") from e
   # The corpus pipeline's rule for other frame rates, so that predict sees what training saw.
   frames = clips._frames_at_schema_rate(  # pylint: disable=protected-access
-      len(faces.frames), faces.fps)
+    len(faces.frames), faces.fps
+  )
   if options.max_frames:
-    frames = frames[:options.max_frames]
+    frames = frames[: options.max_frames]
   num_frames = len(frames)
   if num_frames < options.min_frames:
-    raise Unscorable(f"too short: {num_frames} frames ({num_frames / schema.FPS:.2f} s at "
-                     f"{schema.FPS:g} fps), at least {options.min_frames} needed")
+    raise Unscorable(
+      f"too short: {num_frames} frames ({num_frames / schema.FPS:.2f} s at "
+      f"{schema.FPS:g} fps), at least {options.min_frames} needed"
+    )
 
   try:
     samples, sample_rate = audio.load_audio(path)
@@ -205,18 +225,26 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
     raise Unscorable(problems[0])
   audio_s = samples.size / sample_rate
   # MFCC of the span scored only (plus one 40 ms window), not of the rest of a long video.
-  samples = samples[:math.ceil((num_frames / schema.FPS + 0.04) * sample_rate)]
+  samples = samples[: math.ceil((num_frames / schema.FPS + 0.04) * sample_rate)]
   mfcc = audio.fit_to_frames(audio.mfcc(samples, sample_rate), num_frames)
 
   scored_s = num_frames / schema.FPS
-  truncated = bool(options.max_frames) and duration is not None and (
-      duration - scored_s > 1 / schema.FPS)
+  truncated = (
+    bool(options.max_frames) and duration is not None and (duration - scored_s > 1 / schema.FPS)
+  )
   detection = None
   if faces.track is not None:
     detection = dict(sampled=faces.track.sampled, detected=faces.track.detected)
-  return ClipInputs(mfcc=mfcc, faces=faces.frames[frames], source_fps=faces.fps,
-                    duration_s=duration, audio_s=audio_s, truncated=truncated,
-                    face_detection=detection, warnings=tuple(problems))
+  return ClipInputs(
+    mfcc=mfcc,
+    faces=faces.frames[frames],
+    source_fps=faces.fps,
+    duration_s=duration,
+    audio_s=audio_s,
+    truncated=truncated,
+    face_detection=detection,
+    warnings=tuple(problems),
+  )
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -230,8 +258,14 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
 
 
 def _window_record(start: int, length: int, score: float, probability: float) -> dict:
-  return dict(start_frame=start, end_frame=start + length, start_s=start / schema.FPS,
-              end_s=(start + length) / schema.FPS, score=score, probability=probability)
+  return dict(
+    start_frame=start,
+    end_frame=start + length,
+    start_s=start / schema.FPS,
+    end_s=(start + length) / schema.FPS,
+    score=score,
+    probability=probability,
+  )
 
 
 def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> dict:
@@ -251,17 +285,25 @@ def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> d
   else:
     batch = min(options.batch_size, len(starts))
     for first in range(0, len(starts), batch):
-      chunk = starts[first:first + batch]
+      chunk = starts[first : first + batch]
       # A short last chunk repeats its last window: every call has one shape, compiled once.
       padded = chunk + [chunk[-1]] * (batch - len(chunk))
-      out = scorer(np.stack([inputs.mfcc[rows * s:rows * (s + length)] for s in padded]),
-                   np.stack([inputs.faces[s:s + length] for s in padded]),
-                   np.full(batch, length, np.int32))
-      windows += [_window_record(s, length, float(out["score"][i]), float(out["probability"][i]))
-                  for i, s in enumerate(chunk)]
-  return dict(score=score, probability=probability,
-              frame_scores=frame_logits[:, 1].tolist(),
-              frame_probabilities=frame_probability.tolist(), windows=windows)
+      out = scorer(
+        np.stack([inputs.mfcc[rows * s : rows * (s + length)] for s in padded]),
+        np.stack([inputs.faces[s : s + length] for s in padded]),
+        np.full(batch, length, np.int32),
+      )
+      windows += [
+        _window_record(s, length, float(out["score"][i]), float(out["probability"][i]))
+        for i, s in enumerate(chunk)
+      ]
+  return dict(
+    score=score,
+    probability=probability,
+    frame_scores=frame_logits[:, 1].tolist(),
+    frame_probabilities=frame_probability.tolist(),
+    windows=windows,
+  )
 
 
 def predict_video(scorer: Scorer, path: str | pathlib.Path, options: PredictOptions) -> dict:
@@ -271,10 +313,18 @@ def predict_video(scorer: Scorer, path: str | pathlib.Path, options: PredictOpti
     inputs = clip_inputs(path, options)
   except Unscorable as e:
     return dict(record, status="skipped", reason=e.reason)
-  record.update(status="scored", num_frames=len(inputs.faces), fps=schema.FPS,
-                seconds=len(inputs.faces) / schema.FPS, source_fps=inputs.source_fps,
-                duration_s=inputs.duration_s, audio_s=inputs.audio_s, truncated=inputs.truncated,
-                face_detection=inputs.face_detection, warnings=list(inputs.warnings))
+  record.update(
+    status="scored",
+    num_frames=len(inputs.faces),
+    fps=schema.FPS,
+    seconds=len(inputs.faces) / schema.FPS,
+    source_fps=inputs.source_fps,
+    duration_s=inputs.duration_s,
+    audio_s=inputs.audio_s,
+    truncated=inputs.truncated,
+    face_detection=inputs.face_detection,
+    warnings=list(inputs.warnings),
+  )
   record.update(score_clip(scorer, inputs, options))
   record["label"] = "fake" if record["probability"] >= options.threshold else "real"
   return record
@@ -282,14 +332,20 @@ def predict_video(scorer: Scorer, path: str | pathlib.Path, options: PredictOpti
 
 def check_features(scorer: Scorer) -> None:
   """The model must take the features this pipeline computes."""
-  expected = dict(fps=schema.FPS, face_size=schema.FACE_SIZE, sample_rate=schema.SAMPLE_RATE,
-                  num_mfcc=schema.NUM_MFCC,
-                  audio_frames_per_frame=schema.AUDIO_FRAMES_PER_VIDEO_FRAME)
-  differing = {k: (scorer.features.get(k), v) for k, v in expected.items()
-               if scorer.features.get(k) != v}
+  expected = dict(
+    fps=schema.FPS,
+    face_size=schema.FACE_SIZE,
+    sample_rate=schema.SAMPLE_RATE,
+    num_mfcc=schema.NUM_MFCC,
+    audio_frames_per_frame=schema.AUDIO_FRAMES_PER_VIDEO_FRAME,
+  )
+  differing = {
+    k: (scorer.features.get(k), v) for k, v in expected.items() if scorer.features.get(k) != v
+  }
   if differing:
-    raise ValueError(f"the model expects features this avcd does not compute (model, here): "
-                     f"{differing}")
+    raise ValueError(
+      f"the model expects features this avcd does not compute (model, here): {differing}"
+    )
 
 
 def predict_videos(scorer: Scorer, paths, options: PredictOptions) -> list[dict]:
@@ -299,31 +355,49 @@ def predict_videos(scorer: Scorer, paths, options: PredictOptions) -> list[dict]
   for path in paths:
     record = predict_video(scorer, path, options)
     if record["status"] == "scored":
-      logging.info("%s: P(fake) %.4f over %d frames", path, record["probability"],
-                   record["num_frames"])
+      logging.info(
+        "%s: P(fake) %.4f over %d frames", path, record["probability"], record["num_frames"]
+      )
     records.append(record)
   return records
 
 
 def format_table(records: list[dict]) -> str:
   """The scored videos as an aligned text table."""
-  header = ("video", "frames", "seconds", "score", "P(fake)", "label", "windows",
-            "max window P(fake)")
+  header = (
+    "video",
+    "frames",
+    "seconds",
+    "score",
+    "P(fake)",
+    "label",
+    "windows",
+    "max window P(fake)",
+  )
   rows = []
   for r in records:
     if r["status"] != "scored":
       continue
     top = max(r["windows"], key=lambda w: w["probability"])
-    rows.append((r["path"], str(r["num_frames"]) + ("+" if r["truncated"] else ""),
-                 f"{r['seconds']:.2f}", f"{r['score']:.4f}", f"{r['probability']:.4f}",
-                 r["label"], str(len(r["windows"])),
-                 f"{top['probability']:.4f} ({top['start_s']:.2f}-{top['end_s']:.2f} s)"))
+    rows.append(
+      (
+        r["path"],
+        str(r["num_frames"]) + ("+" if r["truncated"] else ""),
+        f"{r['seconds']:.2f}",
+        f"{r['score']:.4f}",
+        f"{r['probability']:.4f}",
+        r["label"],
+        str(len(r["windows"])),
+        f"{top['probability']:.4f} ({top['start_s']:.2f}-{top['end_s']:.2f} s)",
+      )
+    )
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
   left = {0, 5}  # text columns; numbers align right
 
   def line(cells):
-    return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "  ".join(
+      c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    ).rstrip()
 
   return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
@@ -331,27 +405,41 @@ def format_table(records: list[dict]) -> str:
 def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
   """PNG of P(fake) over time: per frame, per window, and the whole clip."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   frames = np.arange(record["num_frames"])
   figure, axis = plt.subplots(figsize=(8, 3.2), layout="constrained")
-  axis.plot((frames + 0.5) / schema.FPS, record["frame_probabilities"], color="0.7", lw=0.8,
-            label="frame")
+  axis.plot(
+    (frames + 0.5) / schema.FPS, record["frame_probabilities"], color="0.7", lw=0.8, label="frame"
+  )
   centres = [(w["start_s"] + w["end_s"]) / 2 for w in record["windows"]]
-  axis.plot(centres, [w["probability"] for w in record["windows"]], "o-", color="tab:red",
-            ms=3, label="window")
+  axis.plot(
+    centres,
+    [w["probability"] for w in record["windows"]],
+    "o-",
+    color="tab:red",
+    ms=3,
+    label="window",
+  )
   axis.axhline(record["probability"], color="tab:blue", ls="--", label="whole clip")
   axis.axhline(threshold, color="k", ls=":", lw=0.8, label="threshold")
-  axis.set(xlim=(0, record["seconds"]), ylim=(-0.02, 1.02), xlabel="time (s)", ylabel="P(fake)",
-           title=f"{pathlib.Path(record['path']).name}: P(fake) {record['probability']:.3f}")
+  axis.set(
+    xlim=(0, record["seconds"]),
+    ylim=(-0.02, 1.02),
+    xlabel="time (s)",
+    ylabel="P(fake)",
+    title=f"{pathlib.Path(record['path']).name}: P(fake) {record['probability']:.3f}",
+  )
   axis.legend(loc="upper right", fontsize="small", ncols=4)
   figure.savefig(path, dpi=100)
   plt.close(figure)
 
 
-def write_outputs(records: list[dict], output: str | pathlib.Path, *, source: dict,
-                  options: PredictOptions) -> pathlib.Path:
+def write_outputs(
+  records: list[dict], output: str | pathlib.Path, *, source: dict, options: PredictOptions
+) -> pathlib.Path:
   """Writes one plot per scored video and the JSON of every record; returns the JSON's path.
 
   Each scored record gets `plot`, its plot's path relative to `output`.
@@ -371,6 +459,8 @@ def write_outputs(records: list[dict], output: str | pathlib.Path, *, source: di
     plot_scores(record, output / PLOT_DIR / name, options.threshold)
     record["plot"] = f"{PLOT_DIR}/{name}"
   path = output / JSON_FILE
-  path.write_text(json.dumps(dict(model=source, options=dataclasses.asdict(options),
-                                  videos=records), indent=2) + "\n")
+  path.write_text(
+    json.dumps(dict(model=source, options=dataclasses.asdict(options), videos=records), indent=2)
+    + "\n"
+  )
   return path

@@ -34,8 +34,7 @@ from data_pipelines import loader, posterior_store as cache_store, split_index
 
 # teachers config fields that do not change the posteriors (where weights come from, how the
 # teachers are trained, how the student run uses them).
-_NOT_IN_FINGERPRINT = ("source", "checkpoint", "training", "dropout_in_train", "cache",
-                       "cache_dir")
+_NOT_IN_FINGERPRINT = ("source", "checkpoint", "training", "dropout_in_train", "cache", "cache_dir")
 _TEACHER_INPUTS = ("stft", "faces", "lips", "num_frames", "record")
 _PROGRESS_INTERVAL_S = 60.0
 
@@ -78,41 +77,53 @@ def teachers_identity(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
 
 def _posteriors(teachers_graphdef, teachers_state, batch: dict):
   mask = frame_mask(batch["num_frames"], batch["faces"].shape[1])
-  asr, vsr = steps.teacher_posteriors(teachers_graphdef, teachers_state, batch, mask,
-                                      dropout=False, rng=None)
+  asr, vsr = steps.teacher_posteriors(
+    teachers_graphdef, teachers_state, batch, mask, dropout=False, rng=None
+  )
   return asr, vsr, batch["record"], batch["num_frames"]
 
 
 def _compute(config, mesh, teachers_graphdef, teachers_state, writer, frame_budget: int) -> None:
   """Runs the teachers over every clip of the training split; process 0 (`writer`) stores them."""
-  compute = jax.jit(functools.partial(_posteriors, teachers_graphdef),
-                    in_shardings=(jax.tree.map(lambda x: x.sharding, teachers_state),
-                                  sharding.batch_sharding(mesh)),
-                    out_shardings=sharding.replicated(mesh))
+  compute = jax.jit(
+    functools.partial(_posteriors, teachers_graphdef),
+    in_shardings=(
+      jax.tree.map(lambda x: x.sharding, teachers_state),
+      sharding.batch_sharding(mesh),
+    ),
+    out_shardings=sharding.replicated(mesh),
+  )
   batches = loader.whole_clips_dataset(
-      config.data, split=config.data.train_split, frame_budget=frame_budget,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      batch_multiple=sharding.local_batch_multiple(mesh))
+    config.data,
+    split=config.data.train_split,
+    frame_budget=frame_budget,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    batch_multiple=sharding.local_batch_multiple(mesh),
+  )
   start = last_report = time.perf_counter()
   clips = 0
   for batch in batches:
     inputs = {k: batch[k] for k in _TEACHER_INPUTS if k in batch}
     inputs["record"] = inputs["record"].astype(np.int32)  # jax keeps 32-bit integers
-    asr, vsr, records, frames = (np.asarray(x) for x in compute(
-        teachers_state, sharding.global_batch(inputs, mesh)))
+    asr, vsr, records, frames = (
+      np.asarray(x) for x in compute(teachers_state, sharding.global_batch(inputs, mesh))
+    )
     for row in np.flatnonzero(records >= 0):
       clips += 1
       if writer is not None:
-        writer.add(int(records[row]), asr[row, :frames[row]], vsr[row, :frames[row]])
+        writer.add(int(records[row]), asr[row, : frames[row]], vsr[row, : frames[row]])
     if time.perf_counter() - last_report > _PROGRESS_INTERVAL_S:
       logging.info("teacher cache: %d clips in %.0f s", clips, time.perf_counter() - start)
       last_report = time.perf_counter()
-  logging.info("teacher cache: posteriors of %d clips computed in %.1f s", clips,
-               time.perf_counter() - start)
+  logging.info(
+    "teacher cache: posteriors of %d clips computed in %.1f s", clips, time.perf_counter() - start
+  )
 
 
-def build_or_reuse(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh,
-                   teachers_graphdef, teachers_state) -> cache_store.Cache:
+def build_or_reuse(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh, teachers_graphdef, teachers_state
+) -> cache_store.Cache:
   """The cache of `data.train_split` for these teachers, computed first if there is none.
 
   Every process calls it (the computation runs on the whole mesh) after `frozen.load`.
@@ -123,13 +134,12 @@ def build_or_reuse(config: ml_collections.ConfigDict, workdir: pathlib.Path, mes
   """
   if config.teachers.dropout_in_train:
     raise ValueError(
-        "teachers.cache=True needs teachers.dropout_in_train=False: with dropout the teachers' "
-        "posteriors are random draws that change every step, which no stored copy reproduces")
-  split = split_index.open_split(config.data.builder, config.data.data_dir,
-                                 config.data.train_split)
+      "teachers.cache=True needs teachers.dropout_in_train=False: with dropout the teachers' "
+      "posteriors are random draws that change every step, which no stored copy reproduces"
+    )
+  split = split_index.open_split(config.data.builder, config.data.data_dir, config.data.train_split)
   start, frames = loader.clip_spans(config.data, split_index.load_index(split))
-  fingerprint = cache_store.fingerprint(split, start, frames,
-                                        teachers_identity(config, workdir))
+  fingerprint = cache_store.fingerprint(split, start, frames, teachers_identity(config, workdir))
   directory = cache_store.cache_directory(config.teachers.cache_dir, split, fingerprint)
   found = jax.process_index() == 0 and cache_store.Cache.open(directory) is not None
   if jax.process_count() > 1:
@@ -140,15 +150,18 @@ def build_or_reuse(config: ml_collections.ConfigDict, workdir: pathlib.Path, mes
     logging.info("teacher cache: computing %s", directory)
     # The step runs the teachers on one micro-batch at a time: this fits wherever training does.
     frame_budget = max(config.data.frame_budget // config.optim.grad_accum_steps, 1)
-    writer = (cache_store.Writer(directory, fingerprint, start, frames,
-                                 config.teachers.asr.num_classes)
-              if jax.process_index() == 0 else contextlib.nullcontext())
+    writer = (
+      cache_store.Writer(directory, fingerprint, start, frames, config.teachers.asr.num_classes)
+      if jax.process_index() == 0
+      else contextlib.nullcontext()
+    )
     with writer as opened_writer:
       _compute(config, mesh, teachers_graphdef, teachers_state, opened_writer, frame_budget)
   multihost_utils.sync_global_devices("teacher cache ready")
   cache = cache_store.Cache.open(directory)
   if cache is None:
     raise FileNotFoundError(
-        f"process {jax.process_index()} cannot see the teacher cache {directory} that process 0 "
-        "wrote: teachers.cache_dir must be on a file system every process shares")
+      f"process {jax.process_index()} cannot see the teacher cache {directory} that process 0 "
+      "wrote: teachers.cache_dir must be on a file system every process shares"
+    )
   return cache

@@ -35,20 +35,24 @@ def load(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
   graphdef, params, batch_stats = ts.split_model(teachers)
   shardings = sharding.state_shardings((params, batch_stats), mesh)
   if source == "random":
-    logging.warning("teachers.source='random': the correlation targets come from untrained "
-                    "teachers")
+    logging.warning(
+      "teachers.source='random': the correlation targets come from untrained teachers"
+    )
     init = lambda: ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:]
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
   path = directory(config, workdir)
   if not has_checkpoint(config, workdir):
     raise FileNotFoundError(
-        f"no teacher checkpoint at {str(path)!r}. Set --config.teachers.checkpoint to a directory "
-        "written by `avcd train-teacher` or by `avcd convert --asr=audio-only.pt "
-        "--vsr=video-only.pt --vsr-frontend=visual_frontend.pt` (deep_avsr's released weights), "
-        "or use --config.teachers.source=train to train them on a corpus with phoneme labels.")
-  target = checkpoints.abstract_like(dict(params=params, batch_stats=batch_stats),
-                                     dict(params=shardings[0], batch_stats=shardings[1]))
+      f"no teacher checkpoint at {str(path)!r}. Set --config.teachers.checkpoint to a directory "
+      "written by `avcd train-teacher` or by `avcd convert --asr=audio-only.pt "
+      "--vsr=video-only.pt --vsr-frontend=visual_frontend.pt` (deep_avsr's released weights), "
+      "or use --config.teachers.source=train to train them on a corpus with phoneme labels."
+    )
+  target = checkpoints.abstract_like(
+    dict(params=params, batch_stats=batch_stats),
+    dict(params=shardings[0], batch_stats=shardings[1]),
+  )
   restored = checkpoints.restore_item(path, checkpoints.TEACHERS, target, expected=config.teachers)
   return graphdef, (restored["params"], restored["batch_stats"])
 

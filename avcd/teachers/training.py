@@ -50,8 +50,10 @@ def _teacher_logits(teachers, batch, mask, *, train, rngs=None):
   lips = batch.get("lips")
   if lips is None:
     lips = teachers.vsr.lip_features(batch["faces"], mask, train=train)
-  return (teachers.asr(batch["stft"], mask, train=train, rngs=rngs),
-          teachers.vsr(lips, mask, train=train, rngs=rngs))
+  return (
+    teachers.asr(batch["stft"], mask, train=train, rngs=rngs),
+    teachers.vsr(lips, mask, train=train, rngs=rngs),
+  )
 
 
 def make_update_fn(graphdef, optimizer):
@@ -67,16 +69,20 @@ def make_update_fn(graphdef, optimizer):
       asr, vsr = _teacher_logits(teachers, batch, mask, train=True, rngs=nnx.Rngs(dropout=rng))
       asr_loss, asr_accuracy = _masked_cross_entropy(asr, batch["phonemes"], valid)
       vsr_loss, vsr_accuracy = _masked_cross_entropy(vsr, batch["phonemes"], valid)
-      metrics = dict(asr_loss=asr_loss, vsr_loss=vsr_loss, asr_accuracy=asr_accuracy,
-                     vsr_accuracy=vsr_accuracy)
+      metrics = dict(
+        asr_loss=asr_loss, vsr_loss=vsr_loss, asr_accuracy=asr_accuracy, vsr_accuracy=vsr_accuracy
+      )
       return asr_loss + vsr_loss, (metrics, nnx.state(teachers, nnx.BatchStat))
 
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state), metrics
+    return state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    ), metrics
 
   return update_fn
 
@@ -96,10 +102,14 @@ def make_posteriors_fn(graphdef, divergence: str):
 
 def _evaluate(posteriors_fn, state, config, data_cfg, split, mesh) -> dict:
   """Per-frame phoneme accuracy on real clips; soft-target distribution per method."""
-  dataset = loader.eval_dataset(data_cfg, config.eval, split=split,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                batch_multiple=sharding.local_batch_multiple(mesh))
+  dataset = loader.eval_dataset(
+    data_cfg,
+    config.eval,
+    split=split,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    batch_multiple=sharding.local_batch_multiple(mesh),
+  )
   index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
   correct = {"asr": 0, "vsr": 0}
   counted = 0
@@ -120,18 +130,26 @@ def _evaluate(posteriors_fn, state, config, data_cfg, split, mesh) -> dict:
           correct[name] += int((out[name][row] == batch["phonemes"][row])[known].sum())
   targets = {m: np.concatenate(v) for m, v in sorted(targets_by_method.items())}
   return dict(
-      split=split,
-      asr_frame_accuracy=correct["asr"] / max(counted, 1),
-      vsr_frame_accuracy=correct["vsr"] / max(counted, 1),
-      frames=counted,
-      soft_target={m: dict(mean=float(v.mean()), median=float(np.median(v)),
-                           p10=float(np.percentile(v, 10)), p90=float(np.percentile(v, 90)),
-                           frames=int(v.size)) for m, v in targets.items()},
+    split=split,
+    asr_frame_accuracy=correct["asr"] / max(counted, 1),
+    vsr_frame_accuracy=correct["vsr"] / max(counted, 1),
+    frames=counted,
+    soft_target={
+      m: dict(
+        mean=float(v.mean()),
+        median=float(np.median(v)),
+        p10=float(np.percentile(v, 10)),
+        p90=float(np.percentile(v, 90)),
+        frames=int(v.size),
+      )
+      for m, v in targets.items()
+    },
   ), targets
 
 
 def _plot_soft_targets(targets: dict, path: pathlib.Path, divergence: str) -> None:
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
+
   fig = figure.Figure(figsize=(7, 4), dpi=110)
   ax = fig.add_subplot()
   low = min(float(v.min()) for v in targets.values())
@@ -159,28 +177,42 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
   config = corpus_setup.prepare_corpus(config, output_dir.parent)
   data_cfg = _teacher_data_config(config.data)
   batch_multiple = sharding.local_batch_multiple(mesh)
-  steps_per_epoch = loader.steps_per_epoch(data_cfg, process_count=jax.process_count(),
-                                           batch_multiple=batch_multiple)
+  steps_per_epoch = loader.steps_per_epoch(
+    data_cfg, process_count=jax.process_count(), batch_multiple=batch_multiple
+  )
   total_steps = steps_per_epoch * training.num_epochs
-  train_iter = iter(loader.train_dataset(data_cfg, seed=config.seed,
-                                         process_index=jax.process_index(),
-                                         process_count=jax.process_count(),
-                                         batch_multiple=batch_multiple))
+  train_iter = iter(
+    loader.train_dataset(
+      data_cfg,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      batch_multiple=batch_multiple,
+    )
+  )
 
   # ---- Model, optimizer, state -----------------------------------------------------------------
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, training.learning_rate, min(training.warmup_steps, total_steps // 2), total_steps)
+    0.0, training.learning_rate, min(training.warmup_steps, total_steps // 2), total_steps
+  )
   optimizer = optax.adamw(schedule, weight_decay=training.weight_decay)
   graphdef, _, shardings, init_fn = ts.abstract_state(
-      lambda: ts.build_teachers(config.teachers, config.seed), optimizer, config.seed, mesh)
+    lambda: ts.build_teachers(config.teachers, config.seed), optimizer, config.seed, mesh
+  )
   state = jax.jit(init_fn, out_shardings=shardings)()
   update_fn = steps.ShapeCompiled(
-      sharding.jit_update(make_update_fn(graphdef, optimizer), shardings, mesh), "teacher step")
-  posteriors_fn = jax.jit(make_posteriors_fn(graphdef, config.loss.divergence),
-                          in_shardings=(shardings.params, shardings.batch_stats,
-                                        sharding.batch_sharding(mesh)))
-  logging.info("training teachers: %d steps (%d per epoch) on real clips of %s", total_steps,
-               steps_per_epoch, data_cfg.train_split)
+    sharding.jit_update(make_update_fn(graphdef, optimizer), shardings, mesh), "teacher step"
+  )
+  posteriors_fn = jax.jit(
+    make_posteriors_fn(graphdef, config.loss.divergence),
+    in_shardings=(shardings.params, shardings.batch_stats, sharding.batch_sharding(mesh)),
+  )
+  logging.info(
+    "training teachers: %d steps (%d per epoch) on real clips of %s",
+    total_steps,
+    steps_per_epoch,
+    data_cfg.train_split,
+  )
 
   # ---- Training loop ---------------------------------------------------------------------------
   start, log = time.perf_counter(), []
@@ -193,23 +225,38 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
       summary = {k: float(np.mean([float(m[k]) for m in log])) for k in log[0]}
       if not np.isfinite(summary["loss"]):
         raise FloatingPointError(f"teacher loss is {summary['loss']} at step {step}")
-      logging.info("teachers step %d/%d (%.0f s): loss %.3f, frame accuracy ASR %.3f VSR %.3f",
-                   step, total_steps, time.perf_counter() - start, summary["loss"],
-                   summary["asr_accuracy"], summary["vsr_accuracy"])
+      logging.info(
+        "teachers step %d/%d (%.0f s): loss %.3f, frame accuracy ASR %.3f VSR %.3f",
+        step,
+        total_steps,
+        time.perf_counter() - start,
+        summary["loss"],
+        summary["asr_accuracy"],
+        summary["vsr_accuracy"],
+      )
       log = []
 
   # ---- Evaluation, report and checkpoint -------------------------------------------------------
   report, targets = _evaluate(posteriors_fn, state, config, data_cfg, training.eval_split, mesh)
-  report.update(train_steps=total_steps, train_seconds=time.perf_counter() - start,
-                divergence=config.loss.divergence)
-  logging.info("teachers on %s: frame accuracy ASR %.3f, VSR %.3f; soft target medians %s",
-               training.eval_split, report["asr_frame_accuracy"], report["vsr_frame_accuracy"],
-               {m: round(v["median"], 3) for m, v in report["soft_target"].items()})
+  report.update(
+    train_steps=total_steps,
+    train_seconds=time.perf_counter() - start,
+    divergence=config.loss.divergence,
+  )
+  logging.info(
+    "teachers on %s: frame accuracy ASR %.3f, VSR %.3f; soft target medians %s",
+    training.eval_split,
+    report["asr_frame_accuracy"],
+    report["vsr_frame_accuracy"],
+    {m: round(v["median"], 3) for m, v in report["soft_target"].items()},
+  )
   if jax.process_index() == 0:
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     _plot_soft_targets(targets, output_dir / "soft_targets.png", config.loss.divergence)
-  checkpoints.save_model(output_dir,
-                         teachers_state=dict(params=state.params, batch_stats=state.batch_stats),
-                         config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
-                         meta=dict(report=report))
+  checkpoints.save_model(
+    output_dir,
+    teachers_state=dict(params=state.params, batch_stats=state.batch_stats),
+    config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
+    meta=dict(report=report),
+  )
   return report

@@ -13,20 +13,20 @@ import jax.numpy as jnp
 # entry whose text occurs in `device.device_kind` wins, so more specific names come first. TPU v2
 # and v3 expose each of a chip's two cores as a device; later TPUs one device per chip.
 PEAK_BF16_FLOPS_PER_DEVICE = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H200 NVL", 835e12),
-    ("H100", 989e12),        # SXM ("NVIDIA H100 80GB HBM3")
-    ("H200", 989e12),        # SXM and GH200: the H100's compute with more, faster memory
-    ("A100", 312e12),
-    ("TPU v2", 23e12),
-    ("TPU v3", 61.5e12),
-    ("TPU v4 lite", 137e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12),
-    ("TPU v5", 459e12),      # v5p ("TPU v5" or "TPU v5p")
-    ("TPU v6", 918e12),      # v6e ("TPU v6 lite" or "TPU v6e")
+  ("H100 PCIe", 756e12),
+  ("H100 NVL", 835e12),
+  ("H200 NVL", 835e12),
+  ("H100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+  ("H200", 989e12),  # SXM and GH200: the H100's compute with more, faster memory
+  ("A100", 312e12),
+  ("TPU v2", 23e12),
+  ("TPU v3", 61.5e12),
+  ("TPU v4 lite", 137e12),
+  ("TPU v4", 275e12),
+  ("TPU v5 lite", 197e12),
+  ("TPU v5e", 197e12),
+  ("TPU v5", 459e12),  # v5p ("TPU v5" or "TPU v5p")
+  ("TPU v6", 918e12),  # v6e ("TPU v6 lite" or "TPU v6e")
 )
 
 
@@ -47,8 +47,9 @@ def program_flops(fn, args: tuple, accum_steps: int = 1) -> float:
   ~15 FLOPs per parameter against millions per frame: negligible.
   """
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
-  lowered = jax.jit(getattr(fn, "__wrapped__", fn)).trace(*shapes).lower(
-      lowering_platforms=("cpu",))
+  lowered = (
+    jax.jit(getattr(fn, "__wrapped__", fn)).trace(*shapes).lower(lowering_platforms=("cpu",))
+  )
   return float(lowered.cost_analysis()["flops"]) * accum_steps
 
 
@@ -67,13 +68,15 @@ class StepFlops:
   def __call__(self, state, batch, teachers_state) -> float:
     shape = tuple(x.shape for x in jax.tree.leaves(batch))
     if shape not in self._by_shape:
-      self._by_shape[shape] = program_flops(self._update_fn, (state, batch, teachers_state),
-                                            self._accum_steps)
+      self._by_shape[shape] = program_flops(
+        self._update_fn, (state, batch, teachers_state), self._accum_steps
+      )
     return self._by_shape[shape]
 
 
-def utilisation(flops_per_second: float, num_devices: int,
-                peak_per_device: float | None) -> float | None:
+def utilisation(
+  flops_per_second: float, num_devices: int, peak_per_device: float | None
+) -> float | None:
   """MFU in [0, 1], or None when the peak is unknown."""
   if not peak_per_device:
     return None

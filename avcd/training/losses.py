@@ -44,7 +44,8 @@ def soft_target(asr_probs: jax.Array, vsr_probs: jax.Array, divergence: str) -> 
 
 
 def scaled_cosine(audio: jax.Array, visual: jax.Array) -> jax.Array:
-  """(cos(a_t, v_t) + 1) / 2 for (B, T, D) embeddings, normalised as F.normalize + cosine_similarity."""
+  """(cos(a_t, v_t) + 1) / 2 for (B, T, D) embeddings, normalised as F.normalize +
+  cosine_similarity."""
   a = audio.astype(jnp.float32)
   v = visual.astype(jnp.float32)
   a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
@@ -77,8 +78,9 @@ def clip_distance(target: jax.Array, prediction: jax.Array, mask: jax.Array) -> 
 METRIC_FORMS = ("reference", "centred")
 
 
-def metric_loss(distance: jax.Array, labels: jax.Array, margin: float,
-                form: str = "reference") -> jax.Array:
+def metric_loss(
+  distance: jax.Array, labels: jax.Array, margin: float, form: str = "reference"
+) -> jax.Array:
   """Per clip: (1 - y) m(d)^2 + y max(0, margin - m(d))^2.
 
   'reference': m(d) = sigmoid(d), the authors' form. Since d >= 0, m(d) >= 1/2: a real clip's term
@@ -96,8 +98,9 @@ def metric_loss(distance: jax.Array, labels: jax.Array, margin: float,
   return (1.0 - y) * jnp.square(sigma) + y * jnp.square(jnp.maximum(margin - sigma, 0.0))
 
 
-def sync_loss(similarity: jax.Array, rolled_similarity: jax.Array, labels: jax.Array,
-              mask: jax.Array) -> jax.Array:
+def sync_loss(
+  similarity: jax.Array, rolled_similarity: jax.Array, labels: jax.Array, mask: jax.Array
+) -> jax.Array:
   """The sync-only control: BCE of the scaled cosine against 1 on every valid frame of a real clip,
   and against 0 on the same frames with the clip's audio rolled in time. Fakes do not count.
 
@@ -106,8 +109,9 @@ def sync_loss(similarity: jax.Array, rolled_similarity: jax.Array, labels: jax.A
   """
   real_frames = mask & (labels[:, None] == 0)
   weights = real_frames.astype(jnp.float32)
-  terms = (binary_cross_entropy(similarity, jnp.ones_like(similarity))
-           + binary_cross_entropy(rolled_similarity, jnp.zeros_like(rolled_similarity)))
+  terms = binary_cross_entropy(similarity, jnp.ones_like(similarity)) + binary_cross_entropy(
+    rolled_similarity, jnp.zeros_like(rolled_similarity)
+  )
   return jnp.sum(terms * weights) / jnp.maximum(2.0 * jnp.sum(weights), 1.0)
 
 
@@ -119,10 +123,14 @@ def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, j
   return per_clip, batch
 
 
-def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Array,
-                    labels: jax.Array, cfg: ml_collections.ConfigDict,
-                    rolled_embeds: tuple[jax.Array, jax.Array] | None = None
-                    ) -> tuple[jax.Array, dict]:
+def detector_losses(
+  student_out: dict,
+  asr_probs: jax.Array,
+  vsr_probs: jax.Array,
+  labels: jax.Array,
+  cfg: ml_collections.ConfigDict,
+  rolled_embeds: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[jax.Array, dict]:
   """The weighted total loss and a dict of its parts, batch means and per-clip values.
 
   student_out: the Student's outputs (`audio_embed`, `visual_embed`, `frame_logits`, `mask`);
@@ -151,10 +159,23 @@ def detector_losses(student_out: dict, asr_probs: jax.Array, vsr_probs: jax.Arra
   if rolled_embeds is not None:
     sync = sync_loss(similarity, cosine(*rolled_embeds), labels, mask)
 
-  total = (cfg.ce_weight * ce + cfg.distill_weight * bce + cfg.metric_weight * metric
-           + cfg.sync_weight * sync)
+  total = (
+    cfg.ce_weight * ce
+    + cfg.distill_weight * bce
+    + cfg.metric_weight * metric
+    + cfg.sync_weight * sync
+  )
   parts = dict(
-      loss=total, loss_ce=ce, loss_bce=bce, loss_metric=metric, loss_sync=sync,
-      clip_loss_ce=ce_clip, clip_loss_bce=bce_clip, clip_loss_metric=metric_clip,
-      clip_distance=distance, soft_target=target, scaled_cosine=similarity)
+    loss=total,
+    loss_ce=ce,
+    loss_bce=bce,
+    loss_metric=metric,
+    loss_sync=sync,
+    clip_loss_ce=ce_clip,
+    clip_loss_bce=bce_clip,
+    clip_loss_metric=metric_clip,
+    clip_distance=distance,
+    soft_target=target,
+    scaled_cosine=similarity,
+  )
   return total, parts

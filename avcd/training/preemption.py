@@ -30,8 +30,9 @@ class PreemptionWatcher:
     self._requested = threading.Event()
     self._previous_handler = signal.SIG_DFL
     # signal.signal only works in the main thread; elsewhere (embedded use) nothing is caught.
-    self._installed = (not self._multi_process
-                       and threading.current_thread() is threading.main_thread())
+    self._installed = (
+      not self._multi_process and threading.current_thread() is threading.main_thread()
+    )
     if self._installed:
       previous = signal.signal(signal.SIGTERM, self._on_sigterm)
       if previous is not None:  # None: a handler installed outside Python, which cannot be restored

@@ -22,7 +22,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
-MIN_FSDP_SIZE = 2 ** 18  # below this, splitting a tensor costs more in collectives than it saves
+MIN_FSDP_SIZE = 2**18  # below this, splitting a tensor costs more in collectives than it saves
 
 
 def _int_env(name: str) -> int | None:
@@ -33,9 +33,11 @@ def _int_env(name: str) -> int | None:
 def _is_multi_process_launch() -> bool:
   """Whether this process was started as one of several (see launch/README.md)."""
   env = os.environ
-  return ("JAX_COORDINATOR_ADDRESS" in env                   # launch/: local, Kubernetes, TPU VM
-          or (_int_env("SLURM_STEP_NUM_TASKS") or 1) > 1      # an srun step of several tasks
-          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))      # a multi-host TPU slice on GKE
+  return (
+    "JAX_COORDINATOR_ADDRESS" in env  # launch/: local, Kubernetes, TPU VM
+    or (_int_env("SLURM_STEP_NUM_TASKS") or 1) > 1  # an srun step of several tasks
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )  # a multi-host TPU slice on GKE
 
 
 def initialize_distributed() -> None:
@@ -48,10 +50,16 @@ def initialize_distributed() -> None:
   """
   if not _is_multi_process_launch():
     return
-  jax.distributed.initialize(num_processes=_int_env("JAX_NUM_PROCESSES"),
-                             process_id=_int_env("JAX_PROCESS_ID"))
-  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    num_processes=_int_env("JAX_NUM_PROCESSES"), process_id=_int_env("JAX_PROCESS_ID")
+  )
+  logging.info(
+    "process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
 
@@ -66,12 +74,15 @@ def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, i
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"{num_devices} devices cannot be split into mesh data={sizes[0]} x "
-                       f"fsdp={sizes[1]}")
+      raise ValueError(
+        f"{num_devices} devices cannot be split into mesh data={sizes[0]} x fsdp={sizes[1]}"
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if sizes[0] * sizes[1] != num_devices:
-    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {sizes[0] * sizes[1]} "
-                     f"devices, {num_devices} are available")
+    raise ValueError(
+      f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {sizes[0] * sizes[1]} "
+      f"devices, {num_devices} are available"
+    )
   return sizes[0], sizes[1]
 
 
@@ -90,8 +101,7 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=axis_types, devices=devices)
   if data % num_slices:
     raise ValueError(f"mesh.data={data} must be a multiple of the {num_slices} TPU slices")
-  grid = mesh_utils.create_hybrid_device_mesh((data // num_slices, fsdp), (num_slices, 1),
-                                              devices)
+  grid = mesh_utils.create_hybrid_device_mesh((data // num_slices, fsdp), (num_slices, 1), devices)
   return Mesh(grid, BATCH_AXES, axis_types=axis_types)
 
 
@@ -119,8 +129,9 @@ def parameter_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
 def state_shardings(abstract_state, mesh: Mesh):
   """NamedShardings for a pytree of arrays (params, optimizer state, ...) by the rules above."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, parameter_spec(tuple(x.shape), fsdp)),
-                      abstract_state)
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, parameter_spec(tuple(x.shape), fsdp)), abstract_state
+  )
 
 
 def jit_update(update_fn, state_sharding, mesh: Mesh, *other_shardings):
@@ -130,9 +141,12 @@ def jit_update(update_fn, state_sharding, mesh: Mesh, *other_shardings):
   split along `data` x `fsdp`, the metrics are replicated, and the old state's buffers are
   donated to the new state.
   """
-  return jax.jit(update_fn,
-                 in_shardings=(state_sharding, batch_sharding(mesh), *other_shardings),
-                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+  return jax.jit(
+    update_fn,
+    in_shardings=(state_sharding, batch_sharding(mesh), *other_shardings),
+    out_shardings=(state_sharding, replicated(mesh)),
+    donate_argnums=0,
+  )
 
 
 def num_batch_shards(mesh: Mesh) -> int:

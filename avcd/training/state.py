@@ -21,6 +21,7 @@ from avcd.training import sharding
 @flax.struct.dataclass
 class TrainState:
   """Everything a training step changes. `rng` is raw uint32 key data (checkpoint-friendly)."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -47,28 +48,47 @@ def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict, steps_per_epoch
   `warmup_steps` (from 0) when that is set, the epochs counted from the warmup's end."""
   if optim_cfg.get("warmup_steps", 0) > 0:
     return optax.warmup_exponential_decay_schedule(
-        0.0, optim_cfg.learning_rate, optim_cfg.warmup_steps, transition_steps=steps_per_epoch,
-        decay_rate=optim_cfg.decay_per_epoch, staircase=True)
-  return optax.exponential_decay(optim_cfg.learning_rate, transition_steps=steps_per_epoch,
-                                 decay_rate=optim_cfg.decay_per_epoch, staircase=True)
+      0.0,
+      optim_cfg.learning_rate,
+      optim_cfg.warmup_steps,
+      transition_steps=steps_per_epoch,
+      decay_rate=optim_cfg.decay_per_epoch,
+      staircase=True,
+    )
+  return optax.exponential_decay(
+    optim_cfg.learning_rate,
+    transition_steps=steps_per_epoch,
+    decay_rate=optim_cfg.decay_per_epoch,
+    staircase=True,
+  )
 
 
-def make_optimizer(optim_cfg: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
-  adam = optax.adam(learning_rate_schedule(optim_cfg, steps_per_epoch), b1=optim_cfg.b1,
-                    b2=optim_cfg.b2, eps=optim_cfg.eps)
+def make_optimizer(
+  optim_cfg: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
+  adam = optax.adam(
+    learning_rate_schedule(optim_cfg, steps_per_epoch),
+    b1=optim_cfg.b1,
+    b2=optim_cfg.b2,
+    eps=optim_cfg.eps,
+  )
   if optim_cfg.clip_grad_norm > 0:
     return optax.chain(optax.clip_by_global_norm(optim_cfg.clip_grad_norm), adam)
   return adam
 
 
-def init_train_state(student: Student, optimizer: optax.GradientTransformation,
-                     seed: int) -> TrainState:
+def init_train_state(
+  student: Student, optimizer: optax.GradientTransformation, seed: int
+) -> TrainState:
   _, params, batch_stats = split_model(student)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=optimizer.init(params),
-                    rng=jax.random.key_data(jax.random.key(seed)),
-                    skipped_steps=jnp.zeros((), jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=optimizer.init(params),
+    rng=jax.random.key_data(jax.random.key(seed)),
+    skipped_steps=jnp.zeros((), jnp.int32),
+  )
 
 
 def abstract_state(build_model, optimizer: optax.GradientTransformation, seed: int, mesh):
@@ -85,13 +105,15 @@ def abstract_state(build_model, optimizer: optax.GradientTransformation, seed: i
 
 def abstract_train_state(config: ml_collections.ConfigDict, optimizer, mesh):
   """abstract_state of the student of `config`."""
-  return abstract_state(lambda: build_student(config.model, config.seed), optimizer, config.seed,
-                        mesh)
+  return abstract_state(
+    lambda: build_student(config.model, config.seed), optimizer, config.seed, mesh
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class RestoredStudent:
   """A checkpoint's student in eval form, the config it runs with and where it came from."""
+
   graphdef: nnx.GraphDef
   params: Any
   batch_stats: Any
@@ -100,9 +122,13 @@ class RestoredStudent:
   shardings: Any  # of the TrainState the params and batch statistics are part of
 
 
-def restore_student(path: str | pathlib.Path, step: int | None = None, *,
-                    config: ml_collections.ConfigDict | None = None,
-                    mesh=None) -> RestoredStudent:
+def restore_student(
+  path: str | pathlib.Path,
+  step: int | None = None,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  mesh=None,
+) -> RestoredStudent:
   """The student of a training run or model checkpoint: the one restore path of `avcd eval`,
   `avcd export`, `avcd predict` and `train.init_from`.
 
@@ -122,18 +148,28 @@ def restore_student(path: str | pathlib.Path, step: int | None = None, *,
   if config is None:
     config = checkpoints.read_config(step_dir)
     if config is None:
-      raise ValueError(f"checkpoint {step_dir} stores no config (no {checkpoints.CONFIG!r} item); "
-                       "its model's config cannot be known")
+      raise ValueError(
+        f"checkpoint {step_dir} stores no config (no {checkpoints.CONFIG!r} item); "
+        "its model's config cannot be known"
+      )
   if mesh is None:
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)),
-                              jax.local_devices()[:1])
+    mesh = sharding.make_mesh(
+      ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.local_devices()[:1]
+    )
   # The optimizer only shapes a training state's restore target; model checkpoints have none.
-  optimizer = make_optimizer(config.optim if "optim" in config else config_lib.optimizer(),
-                             steps_per_epoch=1)
+  optimizer = make_optimizer(
+    config.optim if "optim" in config else config_lib.optimizer(), steps_per_epoch=1
+  )
   with_seed = ml_collections.ConfigDict(dict(model=config.model, seed=config.get("seed", 0)))
   graphdef, abstract, shardings, _ = abstract_train_state(with_seed, optimizer, mesh)
   params, batch_stats, item = checkpoints.restore_student(
-      step_dir, checkpoints.abstract_like(abstract, shardings), expected=config.model)
-  return RestoredStudent(graphdef, params, batch_stats, config,
-                         dict(checkpoint_dir=str(step_dir.parent), step=int(step_dir.name),
-                              item=item), shardings)
+    step_dir, checkpoints.abstract_like(abstract, shardings), expected=config.model
+  )
+  return RestoredStudent(
+    graphdef,
+    params,
+    batch_stats,
+    config,
+    dict(checkpoint_dir=str(step_dir.parent), step=int(step_dir.name), item=item),
+    shardings,
+  )

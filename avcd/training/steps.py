@@ -27,20 +27,42 @@ from data_pipelines import augment, schema
 
 NONFINITE_POLICIES = ("raise", "skip")
 # What the train step reads of a loader batch; the rest (ids, phonemes, ...) stays on the host.
-TRAIN_INPUTS = ("mfcc", "faces", "stft", "lips", "num_frames", "label", "augment", "asr_probs",
-                "vsr_probs")
+TRAIN_INPUTS = (
+  "mfcc",
+  "faces",
+  "stft",
+  "lips",
+  "num_frames",
+  "label",
+  "augment",
+  "asr_probs",
+  "vsr_probs",
+)
 # What the predict step reads.
 MODEL_INPUTS = ("mfcc", "faces", "num_frames")
 
 
-def teacher_posteriors(teachers_graphdef, teachers_state, batch: dict, mask: jax.Array, *,
-                       dropout: bool, rng: jax.Array | None):
+def teacher_posteriors(
+  teachers_graphdef,
+  teachers_state,
+  batch: dict,
+  mask: jax.Array,
+  *,
+  dropout: bool,
+  rng: jax.Array | None,
+):
   """(B, T, K) ASR and VSR posteriors, from the batch's cache or by running the teachers."""
   if "asr_probs" in batch and "vsr_probs" in batch:
     return batch["asr_probs"], batch["vsr_probs"]
   teachers = nnx.merge(teachers_graphdef, *teachers_state)
-  asr, vsr = teachers.posteriors(batch["stft"], batch["faces"], batch.get("lips"), mask,
-                                 train=dropout, rngs=nnx.Rngs(dropout=rng) if dropout else None)
+  asr, vsr = teachers.posteriors(
+    batch["stft"],
+    batch["faces"],
+    batch.get("lips"),
+    mask,
+    train=dropout,
+    rngs=nnx.Rngs(dropout=rng) if dropout else None,
+  )
   return jax.lax.stop_gradient(asr), jax.lax.stop_gradient(vsr)
 
 
@@ -62,15 +84,21 @@ def _roll_within_clips(x: jax.Array, shifts: jax.Array, num_frames: jax.Array) -
 def _microbatches(batch: dict, count: int) -> dict:
   """(B, ...) -> (count, B / count, ...), micro-batch a taking rows a, a + count, ... so every
   device keeps its own rows."""
+
   def split(x):
     if x.shape[0] % count:
       raise ValueError(f"batch of {x.shape[0]} rows does not split into {count} micro-batches")
     return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+
   return jax.tree.map(split, batch)
 
 
-def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransformation,
-                   cfg: ml_collections.ConfigDict):
+def make_update_fn(
+  graphdef,
+  teachers_graphdef,
+  optimizer: optax.GradientTransformation,
+  cfg: ml_collections.ConfigDict,
+):
   """update_fn(state, batch, teachers_state) -> (state, metrics).
 
   One optimizer step on the batch (split into `optim.grad_accum_steps` micro-batches whose
@@ -89,8 +117,14 @@ def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransfo
     dropout_rng, teacher_rng = jax.random.split(rng)
     roll_rng = jax.random.fold_in(rng, 1)  # drawn apart so the other streams stay as they were
     mask = frame_mask(batch["num_frames"], batch["faces"].shape[1])
-    asr, vsr = teacher_posteriors(teachers_graphdef, teachers_state, batch, mask,
-                                  dropout=cfg.teachers.dropout_in_train, rng=teacher_rng)
+    asr, vsr = teacher_posteriors(
+      teachers_graphdef,
+      teachers_state,
+      batch,
+      mask,
+      dropout=cfg.teachers.dropout_in_train,
+      rng=teacher_rng,
+    )
     faces = augment.apply(batch["faces"], batch["augment"]) if use_augmentation else batch["faces"]
 
     def loss_fn(params):
@@ -102,35 +136,43 @@ def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransfo
       if use_sync_loss:
         shifts = _roll_shifts(roll_rng, batch["num_frames"].shape[0], cfg.loss.sync_roll_frames)
         audio = _roll_within_clips(out["audio_frontend"], shifts, batch["num_frames"])
-        rolled = student.cross_attend(audio, out["visual_frontend"], out["mask"], train=True,
-                                      rngs=rngs)
-      total, parts = losses.detector_losses(out, asr, vsr, batch["label"], cfg.loss,
-                                            rolled_embeds=rolled)
+        rolled = student.cross_attend(
+          audio, out["visual_frontend"], out["mask"], train=True, rngs=rngs
+        )
+      total, parts = losses.detector_losses(
+        out, asr, vsr, batch["label"], cfg.loss, rolled_embeds=rolled
+      )
       return total, (parts, nnx.state(student, nnx.BatchStat))
 
     (_, (parts, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     metrics = {k: parts[k] for k in ("loss", "loss_ce", "loss_bce", "loss_metric", "loss_sync")}
     metrics["soft_target"] = jnp.sum(jnp.where(mask, parts["soft_target"], 0.0)) / jnp.maximum(
-        jnp.sum(mask), 1)
+      jnp.sum(mask), 1
+    )
     return grads, new_batch_stats, metrics
 
   def update_fn(state: TrainState, batch: dict, teachers_state):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if accum_steps == 1:
-      grads, batch_stats, metrics = micro_step(state.params, state.batch_stats, teachers_state,
-                                               batch, rng)
+      grads, batch_stats, metrics = micro_step(
+        state.params, state.batch_stats, teachers_state, batch, rng
+      )
     else:
+
       def body(carry, inputs):
         grad_sum, batch_stats = carry
         micro, index = inputs
-        grads, batch_stats, metrics = micro_step(state.params, batch_stats, teachers_state, micro,
-                                                 jax.random.fold_in(rng, index))
+        grads, batch_stats, metrics = micro_step(
+          state.params, batch_stats, teachers_state, micro, jax.random.fold_in(rng, index)
+        )
         return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grad_sum, batch_stats), metrics = jax.lax.scan(
-          body, (zeros, state.batch_stats), (_microbatches(batch, accum_steps),
-                                             jnp.arange(accum_steps)))
+        body,
+        (zeros, state.batch_stats),
+        (_microbatches(batch, accum_steps), jnp.arange(accum_steps)),
+      )
       grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
       metrics = jax.tree.map(jnp.mean, metrics)
 
@@ -138,13 +180,15 @@ def make_update_fn(graphdef, teachers_graphdef, optimizer: optax.GradientTransfo
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     if cfg.train.on_nonfinite == "skip":
       kept = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
-    metrics.update(grad_norm=grad_norm, finite=finite,
-                   frames=jnp.sum(batch["num_frames"]).astype(jnp.float32))
+    metrics.update(
+      grad_norm=grad_norm, finite=finite, frames=jnp.sum(batch["num_frames"]).astype(jnp.float32)
+    )
     return new_state, metrics
 
   return update_fn
@@ -157,8 +201,11 @@ def make_predict_fn(graphdef):
     student = nnx.merge(graphdef, params, batch_stats)
     out = student(batch["mfcc"], batch["faces"], batch["num_frames"], train=False)
     clip = out["clip_logits"]
-    return dict(score=clip[:, 1], probability=jax.nn.softmax(clip, axis=-1)[:, 1],
-                frame_logits=out["frame_logits"])
+    return dict(
+      score=clip[:, 1],
+      probability=jax.nn.softmax(clip, axis=-1)[:, 1],
+      frame_logits=out["frame_logits"],
+    )
 
   return predict_fn
 
@@ -166,28 +213,40 @@ def make_predict_fn(graphdef):
 def make_predict_step(graphdef, state_shardings, mesh):
   """predict_fn(params, batch_stats, batch) jitted for `mesh`: the batch split along the batch
   axes, the outputs replicated (every process sees every clip's score)."""
-  return jax.jit(make_predict_fn(graphdef),
-                 in_shardings=(state_shardings.params, state_shardings.batch_stats,
-                               sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+    make_predict_fn(graphdef),
+    in_shardings=(
+      state_shardings.params,
+      state_shardings.batch_stats,
+      sharding.batch_sharding(mesh),
+    ),
+    out_shardings=sharding.replicated(mesh),
+  )
 
 
-def train_batch_spec(rows: int, length: int, *, with_lips: bool,
-                     teacher_classes: tuple[int, int] | None = None) -> dict:
+def train_batch_spec(
+  rows: int, length: int, *, with_lips: bool, teacher_classes: tuple[int, int] | None = None
+) -> dict:
   """ShapeDtypeStructs of a loader training batch, as far as the train step reads it.
 
   `teacher_classes`: (ASR, VSR) classes when batches carry cached teacher posteriors.
   """
-  fields = [f for f in schema.ARRAY_FIELDS
-            if f.name in TRAIN_INPUTS and (with_lips or f.name != "lips")]
+  fields = [
+    f for f in schema.ARRAY_FIELDS if f.name in TRAIN_INPUTS and (with_lips or f.name != "lips")
+  ]
   spec = {f.name: jax.ShapeDtypeStruct((rows, *f.shape(length)), f.dtype) for f in fields}
-  spec.update(num_frames=jax.ShapeDtypeStruct((rows,), np.int32),
-              label=jax.ShapeDtypeStruct((rows,), np.int32),
-              augment={k: jax.ShapeDtypeStruct((rows,), dtype)
-                       for k, dtype in augment.PARAM_DTYPES.items()})
+  spec.update(
+    num_frames=jax.ShapeDtypeStruct((rows,), np.int32),
+    label=jax.ShapeDtypeStruct((rows,), np.int32),
+    augment={k: jax.ShapeDtypeStruct((rows,), dtype) for k, dtype in augment.PARAM_DTYPES.items()},
+  )
   if teacher_classes:
-    spec.update({name: jax.ShapeDtypeStruct((rows, length, classes), np.float32)
-                 for name, classes in zip(("asr_probs", "vsr_probs"), teacher_classes)})
+    spec.update(
+      {
+        name: jax.ShapeDtypeStruct((rows, length, classes), np.float32)
+        for name, classes in zip(("asr_probs", "vsr_probs"), teacher_classes)
+      }
+    )
   return spec
 
 
@@ -204,11 +263,14 @@ def random_train_batch(spec: dict, rng: np.random.Generator) -> dict:
       return values / values.sum(axis=-1, keepdims=True)
     return rng.standard_normal(x.shape).astype(x.dtype)
 
-  batch = {k: random_values(k, v) for k, v in spec.items()
-           if k not in ("num_frames", "label", "augment")}
-  batch.update(num_frames=np.full(rows, length, np.int32),
-               label=(np.arange(rows) % 2).astype(np.int32),
-               augment=augment.sample_params(rng, rows))
+  batch = {
+    k: random_values(k, v) for k, v in spec.items() if k not in ("num_frames", "label", "augment")
+  }
+  batch.update(
+    num_frames=np.full(rows, length, np.int32),
+    label=(np.arange(rows) % 2).astype(np.int32),
+    augment=augment.sample_params(rng, rows),
+  )
   return batch
 
 
@@ -220,16 +282,17 @@ def _shardings(layout):
 class TrainStep:
   """The jitted train step of a config on a mesh and the layouts (ShapeDtypeStructs with
   shardings) of its arguments; nothing is allocated until `initial_arguments`."""
+
   update_fn: jax.stages.Wrapped  # (state, batch, teachers_state) -> (state, metrics)
-  graphdef: nnx.GraphDef         # the student's
+  graphdef: nnx.GraphDef  # the student's
   teachers_graphdef: nnx.GraphDef
   optimizer: optax.GradientTransformation
-  state: TrainState              # abstract, with shardings
-  teachers_state: tuple | None   # (params, batch_stats) layout; None when batches carry posteriors
-  with_lips: bool                # batches carry lip features (the VSR teacher has no frontend)
+  state: TrainState  # abstract, with shardings
+  teachers_state: tuple | None  # (params, batch_stats) layout; None when batches carry posteriors
+  with_lips: bool  # batches carry lip features (the VSR teacher has no frontend)
   teacher_classes: tuple[int, int] | None  # (ASR, VSR) classes of cached posteriors
   mesh: jax.sharding.Mesh
-  init_fns: tuple                # () -> TrainState, () -> untrained teachers (params, batch_stats)
+  init_fns: tuple  # () -> TrainState, () -> untrained teachers (params, batch_stats)
 
   @property
   def state_shardings(self):
@@ -238,10 +301,11 @@ class TrainStep:
   def batch(self, length: int, rows: int) -> dict:
     """The layout of a global batch of `rows` clips of `length` frames."""
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=sharding.batch_sharding(self.mesh)),
-        train_batch_spec(rows, length, with_lips=self.with_lips,
-                         teacher_classes=self.teacher_classes))
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(self.mesh)),
+      train_batch_spec(
+        rows, length, with_lips=self.with_lips, teacher_classes=self.teacher_classes
+      ),
+    )
 
   def arguments(self, length: int, rows: int) -> tuple:
     """Abstract (state, batch, teachers_state) of a batch of `rows` clips of `length` frames."""
@@ -266,8 +330,7 @@ class TrainStep:
     return make_predict_step(self.graphdef, self.state_shardings, self.mesh)
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh,
-                    steps_per_epoch: int = 1) -> TrainStep:
+def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int = 1) -> TrainStep:
   """The train step of `config` on `mesh`: optimizer, abstract state and its shardings, the
   teachers' layout, jit with donation.
 
@@ -282,20 +345,33 @@ def make_train_step(config: ml_collections.ConfigDict, mesh,
     return tuple(ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:])
 
   teachers_graphdef, *teachers = ts.split_model(
-      nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed)))
+    nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
+  )
   teachers_state, teacher_classes = None, None
   if config.teachers.cache:
     teacher_classes = (config.teachers.asr.num_classes, config.teachers.vsr.num_classes)
   else:
     teachers_state = checkpoints.abstract_like(
-        tuple(teachers), sharding.state_shardings(tuple(teachers), mesh))
+      tuple(teachers), sharding.state_shardings(tuple(teachers), mesh)
+    )
   update_fn = sharding.jit_update(
-      make_update_fn(graphdef, teachers_graphdef, optimizer, config), shardings, mesh,
-      None if teachers_state is None else _shardings(teachers_state))
-  return TrainStep(update_fn, graphdef, teachers_graphdef, optimizer,
-                   checkpoints.abstract_like(abstract, shardings), teachers_state,
-                   with_lips=not config.teachers.vsr.use_frontend,
-                   teacher_classes=teacher_classes, mesh=mesh, init_fns=(init_fn, init_teachers))
+    make_update_fn(graphdef, teachers_graphdef, optimizer, config),
+    shardings,
+    mesh,
+    None if teachers_state is None else _shardings(teachers_state),
+  )
+  return TrainStep(
+    update_fn,
+    graphdef,
+    teachers_graphdef,
+    optimizer,
+    checkpoints.abstract_like(abstract, shardings),
+    teachers_state,
+    with_lips=not config.teachers.vsr.use_frontend,
+    teacher_classes=teacher_classes,
+    mesh=mesh,
+    init_fns=(init_fn, init_teachers),
+  )
 
 
 class ShapeCompiled:
@@ -313,8 +389,7 @@ class ShapeCompiled:
     key = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()) if hasattr(v, "shape"))
     if key not in self._compiled:
       rows, length = batch["faces"].shape[:2]
-      logging.info("compiling the %s for batches of %d clips x %d frames", self._name, rows,
-                   length)
+      logging.info("compiling the %s for batches of %d clips x %d frames", self._name, rows, length)
       start = time.perf_counter()
       self._compiled[key] = self._jitted.lower(*args).compile()
       seconds = time.perf_counter() - start

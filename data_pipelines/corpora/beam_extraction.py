@@ -20,8 +20,13 @@ from data_pipelines.corpora import extraction, sources
 _REJECTED = "rejected"
 
 
-def extract_split(dataset: str, split: str, clip_sources: list[sources.ClipSource],
-                  options: extraction.ExtractOptions, rejects_dir: epath.Path):
+def extract_split(
+  dataset: str,
+  split: str,
+  clip_sources: list[sources.ClipSource],
+  options: extraction.ExtractOptions,
+  rejects_dir: epath.Path,
+):
   """A PTransform (pipeline -> (position, example) pairs) extracting one split's clips.
 
   The key of a clip is its position in `clip_sources`: with TFDS's disable_shuffling, Beam
@@ -31,14 +36,18 @@ def extract_split(dataset: str, split: str, clip_sources: list[sources.ClipSourc
   @beam.ptransform_fn
   def _extract(root):
     results = (
-        root
-        | "Clips" >> beam.Create(list(enumerate(clip_sources)))
-        | "Extract" >> beam.FlatMap(_extract_or_reject, dataset=dataset, split=split,
-                                    options=options).with_outputs(_REJECTED, main="examples"))
-    _ = (results[_REJECTED]
-         | "ToJson" >> beam.Map(json.dumps)
-         | "WriteRejects" >> beam.io.WriteToText(str(rejects_dir / split),
-                                                 file_name_suffix=".jsonl"))
+      root
+      | "Clips" >> beam.Create(list(enumerate(clip_sources)))
+      | "Extract"
+      >> beam.FlatMap(
+        _extract_or_reject, dataset=dataset, split=split, options=options
+      ).with_outputs(_REJECTED, main="examples")
+    )
+    _ = (
+      results[_REJECTED]
+      | "ToJson" >> beam.Map(json.dumps)
+      | "WriteRejects" >> beam.io.WriteToText(str(rejects_dir / split), file_name_suffix=".jsonl")
+    )
     return results.examples
 
   return _extract()  # pylint: disable=no-value-for-parameter
@@ -52,8 +61,13 @@ def read_rejects(rejects_dir: epath.Path) -> list[dict]:
   return records
 
 
-def _extract_or_reject(position_source: tuple[int, sources.ClipSource], *, dataset: str,
-                       split: str, options: extraction.ExtractOptions):
+def _extract_or_reject(
+  position_source: tuple[int, sources.ClipSource],
+  *,
+  dataset: str,
+  split: str,
+  options: extraction.ExtractOptions,
+):
   position, source = position_source
   try:
     example = extraction.extract_example(source.row, options)

@@ -19,6 +19,7 @@ EXTRACTION_VERSION = 1
 @dataclasses.dataclass(frozen=True)
 class ExtractOptions:
   """The arguments of clips.extract_clip that decide an example's content (see there)."""
+
   luma: str = "bt601"
   max_frames: int | None = None
   max_av_mismatch_s: float = clips.DEFAULT_MAX_AV_MISMATCH_S
@@ -30,8 +31,9 @@ class ExtractionError(RuntimeError):
 
 def clip_key(row: manifests.ManifestRow, options: ExtractOptions) -> str:
   """A hex key that changes with any field of the row, the options or EXTRACTION_VERSION."""
-  text = json.dumps([EXTRACTION_VERSION, dataclasses.asdict(row), dataclasses.asdict(options)],
-                    sort_keys=True)
+  text = json.dumps(
+    [EXTRACTION_VERSION, dataclasses.asdict(row), dataclasses.asdict(options)], sort_keys=True
+  )
   return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -40,9 +42,15 @@ def extract_example(row: manifests.ManifestRow, options: ExtractOptions) -> dict
   return clips.extract_clip(row, **dataclasses.asdict(options))
 
 
-def extract_missing(store: clip_store.ClipStore, rows: Mapping[str, manifests.ManifestRow],
-                    options: ExtractOptions, *, num_workers: int, what: str,
-                    progress_interval_s: float = 30.0) -> dict[str, str | None]:
+def extract_missing(
+  store: clip_store.ClipStore,
+  rows: Mapping[str, manifests.ManifestRow],
+  options: ExtractOptions,
+  *,
+  num_workers: int,
+  what: str,
+  progress_interval_s: float = 30.0,
+) -> dict[str, str | None]:
   """Extracts into `store` each clip of `rows` (key -> row) that it does not hold yet.
 
   The caller must be the store's only writer. Clips run in `num_workers` processes, each storing
@@ -68,14 +76,23 @@ def extract_missing(store: clip_store.ClipStore, rows: Mapping[str, manifests.Ma
     logging.info("%s: deleted %d unfinished files of an interrupted run", what, stale)
   finished = store.finished()
   status = {key: finished[key] for key in rows if key in finished}
-  todo = [(str(store.directory), key, row, options) for key, row in rows.items()
-          if key not in finished]
-  logging.info("%s: %d clips, %d finished by an earlier run, %d to extract with %d processes",
-               what, len(rows), len(status), len(todo), num_workers)
-  tracker = progress.Progress(what, len(rows), already_done=len(status),
-                              interval_s=progress_interval_s)
-  for (_, key, row, _), result in process_pool.imap_unordered(_extract_into_store, todo,
-                                                              num_workers=num_workers):
+  todo = [
+    (str(store.directory), key, row, options) for key, row in rows.items() if key not in finished
+  ]
+  logging.info(
+    "%s: %d clips, %d finished by an earlier run, %d to extract with %d processes",
+    what,
+    len(rows),
+    len(status),
+    len(todo),
+    num_workers,
+  )
+  tracker = progress.Progress(
+    what, len(rows), already_done=len(status), interval_s=progress_interval_s
+  )
+  for (_, key, row, _), result in process_pool.imap_unordered(
+    _extract_into_store, todo, num_workers=num_workers
+  ):
     if isinstance(result, process_pool.WorkerDied):
       result = f"{row.video_path}: {result.reason}"
       store.write_rejected(key, result)
@@ -91,8 +108,9 @@ def _features():
   return schema.tfds_features()
 
 
-def _extract_into_store(store_dir: str, key: str, row: manifests.ManifestRow,
-                        options: ExtractOptions) -> str | None:
+def _extract_into_store(
+  store_dir: str, key: str, row: manifests.ManifestRow, options: ExtractOptions
+) -> str | None:
   """Runs in a worker: stores the clip's serialized example, or its rejection reason."""
   store = clip_store.ClipStore(store_dir)
   try:
@@ -101,7 +119,8 @@ def _extract_into_store(store_dir: str, key: str, row: manifests.ManifestRow,
     store.write_rejected(key, e.reason)
     return e.reason
   except Exception as e:  # pylint: disable=broad-except
-    raise ExtractionError(f"extracting {row.id} ({row.video_path}) failed: "
-                          f"{type(e).__name__}: {e}") from e
+    raise ExtractionError(
+      f"extracting {row.id} ({row.video_path}) failed: {type(e).__name__}: {e}"
+    ) from e
   store.write_example(key, _features().serialize_example(example))
   return None

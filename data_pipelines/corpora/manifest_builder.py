@@ -40,10 +40,17 @@ class NoUsableClips(RuntimeError):
 class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
   """Abstract: a corpus whose splits are manifest CSVs (see the module docstring)."""
 
-  def __init__(self, *, path_prefix: Sequence[str] = (),
-               options: extraction.ExtractOptions = extraction.ExtractOptions(),
-               num_workers: int | None = None, work_dir=None, use_beam: bool = False,
-               progress_interval_s: float = 30.0, **kwargs):
+  def __init__(
+    self,
+    *,
+    path_prefix: Sequence[str] = (),
+    options: extraction.ExtractOptions = extraction.ExtractOptions(),
+    num_workers: int | None = None,
+    work_dir=None,
+    use_beam: bool = False,
+    progress_interval_s: float = 30.0,
+    **kwargs,
+  ):
     """Args besides TFDS's (data_dir, file_format, ...) are only needed to prepare.
 
     Args:
@@ -72,8 +79,10 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
   def store(self) -> clip_store.ClipStore:
     """The extracted clips of local generation, which needs a local work_dir."""
     if "://" in os.fspath(self.work_dir):
-      raise ValueError(f"{self.work_dir}: local generation stores clips on a local file system; "
-                       "give a local work_dir (or data_dir), or generate with Beam")
+      raise ValueError(
+        f"{self.work_dir}: local generation stores clips on a local file system; "
+        "give a local work_dir (or data_dir), or generate with Beam"
+      )
     return clip_store.ClipStore(self.work_dir / "clips")
 
   @abc.abstractmethod
@@ -82,15 +91,21 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
 
   def inputs(self) -> dict:
     """What the examples are made from, as saved in info.metadata: manifests, rewrites, options."""
-    return {"manifests": self.split_manifests(), "path_prefix": list(self._path_prefix),
-            "extraction": dataclasses.asdict(self._options),
-            "extraction_version": extraction.EXTRACTION_VERSION}
+    return {
+      "manifests": self.split_manifests(),
+      "path_prefix": list(self._path_prefix),
+      "extraction": dataclasses.asdict(self._options),
+      "extraction_version": extraction.EXTRACTION_VERSION,
+    }
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Unshuffled: record i of a split is its i-th usable manifest row; loaders shuffle.
     return self.dataset_info_from_configs(
-        features=schema.tfds_features(), description=self.__doc__, disable_shuffling=True,
-        metadata=tfds.core.MetadataDict())
+      features=schema.tfds_features(),
+      description=self.__doc__,
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # the media are local files named by the manifests
@@ -101,28 +116,41 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
       self._beam_rejects_dir.rmtree(missing_ok=True)
       return {split: self._generate_examples(split, clips) for split, clips in splits.items()}
 
-    keys = {split: [extraction.clip_key(c.row, self._options) for c in clips]
-            for split, clips in splits.items()}
+    keys = {
+      split: [extraction.clip_key(c.row, self._options) for c in clips]
+      for split, clips in splits.items()
+    }
     rows = {}
     for split, clips in splits.items():
       for key, clip in zip(keys[split], clips):
         rows.setdefault(key, clip.row)
     status = extraction.extract_missing(
-        self.store, rows, self._options, num_workers=self._num_workers,
-        what=f"{self.name}: extracting", progress_interval_s=self._progress_interval_s)
+      self.store,
+      rows,
+      self._options,
+      num_workers=self._num_workers,
+      what=f"{self.name}: extracting",
+      progress_interval_s=self._progress_interval_s,
+    )
     rejects, usable = [], {}
     for split, clips in splits.items():
-      usable[split] = [(position, key, clip)
-                       for position, (key, clip) in enumerate(zip(keys[split], clips))
-                       if status[key] is None]
-      rejects += [clip.reject_record(self.name, split, status[key])
-                  for key, clip in zip(keys[split], clips) if status[key] is not None]
+      usable[split] = [
+        (position, key, clip)
+        for position, (key, clip) in enumerate(zip(keys[split], clips))
+        if status[key] is None
+      ]
+      rejects += [
+        clip.reject_record(self.name, split, status[key])
+        for key, clip in zip(keys[split], clips)
+        if status[key] is not None
+      ]
     self.info.metadata["rejects"] = rejects
     if not any(usable.values()):
       raise NoUsableClips(self.name, rejects)
     # TFDS cannot write a split without examples; such a split is only in the rejects.
-    return {split: self._generate_examples(split, clips) for split, clips in usable.items()
-            if clips}
+    return {
+      split: self._generate_examples(split, clips) for split, clips in usable.items() if clips
+    }
 
   def _generate_examples(self, split: str, clips):
     """Beam: a PTransform extracting `clips` (ClipSources). Local: the stored clips, streamed.
@@ -132,14 +160,16 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
     key, and the local writer by arrival.
     """
     if self._use_beam:
-      return beam_extraction.extract_split(self.name, split, clips, self._options,
-                                           self._beam_rejects_dir)
+      return beam_extraction.extract_split(
+        self.name, split, clips, self._options, self._beam_rejects_dir
+      )
     return self._stored_examples(split, clips)
 
   def _stored_examples(self, split: str, clips):
     store, features = self.store, self.info.features
-    tracker = progress.Progress(f"{self.name}: writing {split}", len(clips),
-                                interval_s=self._progress_interval_s)
+    tracker = progress.Progress(
+      f"{self.name}: writing {split}", len(clips), interval_s=self._progress_interval_s
+    )
     for position, key, _ in clips:
       yield position, features.deserialize_example_np(store.read_example(key))
       tracker.step()

@@ -33,11 +33,13 @@ class WorkerStartError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class WorkerDied:
   """The result of an item whose worker process died twice while running it."""
+
   reason: str = "the worker process died (e.g. a decoder crashed) while processing it"
 
 
-def imap_unordered(fn: Callable[..., Any], items: Iterable[tuple], *,
-                   num_workers: int) -> Iterator[tuple[tuple, Any]]:
+def imap_unordered(
+  fn: Callable[..., Any], items: Iterable[tuple], *, num_workers: int
+) -> Iterator[tuple[tuple, Any]]:
   """Yields (args, fn(*args)) for each args tuple of `items`, in completion order.
 
   Args:
@@ -64,8 +66,7 @@ def imap_unordered(fn: Callable[..., Any], items: Iterable[tuple], *,
           in_flight[pool.submit(fn, *args)] = args
         if not in_flight:
           break
-        done, _ = concurrent.futures.wait(in_flight,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
           args = in_flight.pop(future)
           try:
@@ -85,8 +86,9 @@ def _run_alone(fn, args: tuple) -> Any:
       pool.submit(_receive, fn).result()
     except concurrent.futures.process.BrokenProcessPool as e:
       raise WorkerStartError(
-          f"a worker process died before it could run {fn.__module__}.{fn.__qualname__} (its "
-          "error is printed above; is the main module importable by a new process?)") from e
+        f"a worker process died before it could run {fn.__module__}.{fn.__qualname__} (its "
+        "error is printed above; is the main module importable by a new process?)"
+      ) from e
     try:
       return pool.submit(fn, *args).result()
     except concurrent.futures.process.BrokenProcessPool:
@@ -102,8 +104,12 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
   """A spawn-context executor whose workers ignore SIGINT; cancels queued work on any exit."""
 
   def __init__(self, num_workers: int):
-    super().__init__(max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"),
-                     initializer=_start_worker, initargs=(worker_lifetime.initializer(),))
+    super().__init__(
+      max_workers=num_workers,
+      mp_context=multiprocessing.get_context("spawn"),
+      initializer=_start_worker,
+      initargs=(worker_lifetime.initializer(),),
+    )
     self.broken = False
 
   def __exit__(self, *exc_info):

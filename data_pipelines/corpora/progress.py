@@ -13,8 +13,7 @@ class Progress:
   the clips it found already done.
   """
 
-  def __init__(self, what: str, total: int, *, already_done: int = 0,
-               interval_s: float = 30.0):
+  def __init__(self, what: str, total: int, *, already_done: int = 0, interval_s: float = 30.0):
     self._what, self._total, self._interval_s = what, total, interval_s
     self._start_done = self.done = already_done
     self.rejected = 0
@@ -32,9 +31,18 @@ class Progress:
   def log(self) -> None:
     elapsed = time.monotonic() - self._start
     rate = (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
-    eta = (datetime.timedelta(seconds=round((self._total - self.done) / rate)) if rate > 0
-           else "unknown")
+    eta = (
+      datetime.timedelta(seconds=round((self._total - self.done) / rate)) if rate > 0 else "unknown"
+    )
     rejected = f", {self.rejected} rejected" if self.rejected else ""
     percent = 100.0 * self.done / self._total if self._total else 100.0
-    logging.info("%s: %d/%d clips (%.1f%%)%s, %.2f clips/s, ETA %s", self._what, self.done,
-                 self._total, percent, rejected, rate, eta)
+    logging.info(
+      "%s: %d/%d clips (%.1f%%)%s, %.2f clips/s, ETA %s",
+      self._what,
+      self.done,
+      self._total,
+      percent,
+      rejected,
+      rate,
+      eta,
+    )

@@ -19,24 +19,35 @@ _SPLIT_NAME = re.compile(r"^[a-z0-9_]+$")
 
 # The authors' CMDFD lists (file stem, lower case) and the split each becomes.
 CMDFD_SPLITS = {
-    f"{stem}{suffix}": f"{method}{suffix}"
-    for stem, method in (("w2l", "wav2lip"), ("makeittalk", "makeittalk"),
-                         ("audio2head", "audio2head"), ("videoretalk", "videoretalk"))
-    for suffix in ("", "_self")
+  f"{stem}{suffix}": f"{method}{suffix}"
+  for stem, method in (
+    ("w2l", "wav2lip"),
+    ("makeittalk", "makeittalk"),
+    ("audio2head", "audio2head"),
+    ("videoretalk", "videoretalk"),
+  )
+  for suffix in ("", "_self")
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipSource:
   """One manifest row and where it was read: the CSV file and its 1-based line."""
+
   row: manifests.ManifestRow
   manifest: str
   line: int
 
   def reject_record(self, dataset: str, split: str, reason: str) -> dict:
     """The rejects.jsonl entry saying why this clip is missing from `split` of `dataset`."""
-    return {"dataset": dataset, "split": split, "id": self.row.id, "manifest": self.manifest,
-            "line": self.line, "reason": reason}
+    return {
+      "dataset": dataset,
+      "split": split,
+      "id": self.row.id,
+      "manifest": self.manifest,
+      "line": self.line,
+      "reason": reason,
+    }
 
 
 def check_split_name(name: str) -> str:
@@ -76,8 +87,10 @@ def fakeavceleb_manifests(manifest_dir) -> dict[str, list[str]]:
     FileNotFoundError: the directory holds neither.
   """
   directory = _existing_dir(manifest_dir)
-  splits = {split: sorted(str(p) for p in directory.glob(f"FAV_{split}*.csv"))
-            for split in ("train", "test")}
+  splits = {
+    split: sorted(str(p) for p in directory.glob(f"FAV_{split}*.csv"))
+    for split in ("train", "test")
+  }
   splits = {split: paths for split, paths in splits.items() if paths}
   if not splits:
     raise FileNotFoundError(f"{directory}: no FAV_train*.csv or FAV_test*.csv manifest")
@@ -93,16 +106,22 @@ def cmdfd_manifests(manifest_dir) -> dict[str, list[str]]:
     FileNotFoundError: the directory holds none of the lists (CMDFD_SPLITS).
   """
   directory = _existing_dir(manifest_dir)
-  splits = {CMDFD_SPLITS[p.stem.lower()]: [str(p)] for p in sorted(directory.glob("*.csv"))
-            if p.stem.lower() in CMDFD_SPLITS}
+  splits = {
+    CMDFD_SPLITS[p.stem.lower()]: [str(p)]
+    for p in sorted(directory.glob("*.csv"))
+    if p.stem.lower() in CMDFD_SPLITS
+  }
   if not splits:
-    raise FileNotFoundError(f"{directory}: none of the CMDFD lists W2L.csv, W2L_Self.csv, "
-                            "MakeItTalk.csv, Audio2Head.csv, VideoReTalk.csv (or _Self)")
+    raise FileNotFoundError(
+      f"{directory}: none of the CMDFD lists W2L.csv, W2L_Self.csv, "
+      "MakeItTalk.csv, Audio2Head.csv, VideoReTalk.csv (or _Self)"
+    )
   return {split: splits[split] for split in sorted(splits)}
 
 
-def read_splits(split_manifests: Mapping[str, Sequence[str]], *,
-                path_prefix: Sequence[str] = ()) -> dict[str, list[ClipSource]]:
+def read_splits(
+  split_manifests: Mapping[str, Sequence[str]], *, path_prefix: Sequence[str] = ()
+) -> dict[str, list[ClipSource]]:
   """Reads each split's manifests into its clips, merged by ID (see the module docstring).
 
   Args:
@@ -126,9 +145,10 @@ def read_splits(split_manifests: Mapping[str, Sequence[str]], *,
         earlier = by_id.setdefault(row.id, source)
         if earlier.row != row:
           raise manifests.ManifestError(
-              f"{path}:{source.line}: ID {row.id!r} is also on {earlier.manifest}:{earlier.line} "
-              f"with other values ({_differences(earlier.row, row)}); if only the path prefixes "
-              "differ, give a --path_prefix for each of them")
+            f"{path}:{source.line}: ID {row.id!r} is also on {earlier.manifest}:{earlier.line} "
+            f"with other values ({_differences(earlier.row, row)}); if only the path prefixes "
+            "differ, give a --path_prefix for each of them"
+          )
     splits[split] = list(by_id.values())
   return splits
 
@@ -153,6 +173,8 @@ def _id_lines(csv_path) -> dict[str, int]:
 
 
 def _differences(first: manifests.ManifestRow, second: manifests.ManifestRow) -> str:
-  pairs = ((field.name, getattr(first, field.name), getattr(second, field.name))
-           for field in dataclasses.fields(first))
+  pairs = (
+    (field.name, getattr(first, field.name), getattr(second, field.name))
+    for field in dataclasses.fields(first)
+  )
   return "; ".join(f"{name}: {a!r} vs {b!r}" for name, a, b in pairs if a != b)

@@ -24,12 +24,12 @@ INT16_FULL_SCALE = 32768.0
 
 # Multiplier from each decoded sample dtype to the 16-bit integer scale (u8 is offset by 128 first).
 _TO_INT16_SCALE = {
-    np.dtype(np.uint8): 256.0,
-    np.dtype(np.int16): 1.0,
-    np.dtype(np.int32): 2.0**-16,
-    np.dtype(np.int64): 2.0**-48,
-    np.dtype(np.float32): INT16_FULL_SCALE,
-    np.dtype(np.float64): INT16_FULL_SCALE,
+  np.dtype(np.uint8): 256.0,
+  np.dtype(np.int16): 1.0,
+  np.dtype(np.int32): 2.0**-16,
+  np.dtype(np.int64): 2.0**-48,
+  np.dtype(np.float32): INT16_FULL_SCALE,
+  np.dtype(np.float64): INT16_FULL_SCALE,
 }
 
 
@@ -107,8 +107,12 @@ def mfcc(samples: np.ndarray, sample_rate: int, fps: float = schema.FPS) -> np.n
   if samples.size == 0:
     return np.zeros((0, schema.NUM_MFCC), np.float32)
   return python_speech_features.mfcc(
-      samples, samplerate=sample_rate, numcep=schema.NUM_MFCC,
-      winlen=0.040 * 25 / fps, winstep=0.010 * 25 / fps, nfft=int(0.040 * sample_rate)
+    samples,
+    samplerate=sample_rate,
+    numcep=schema.NUM_MFCC,
+    winlen=0.040 * 25 / fps,
+    winstep=0.010 * 25 / fps,
+    nfft=int(0.040 * sample_rate),
   ).astype(np.float32)
 
 
@@ -128,6 +132,13 @@ def stft_magnitude(samples: np.ndarray, sample_rate: int, fps: float = schema.FP
   overlap = int(0.030 * sample_rate * 25 / fps)
   if samples.size < window:
     return np.zeros((0, window // 2 + 1), np.float32)
-  _, _, spectrum = scipy.signal.stft(samples, fs=sample_rate, window="hamming", nperseg=window,
-                                     noverlap=overlap, boundary=None, padded=False)
+  _, _, spectrum = scipy.signal.stft(
+    samples,
+    fs=sample_rate,
+    window="hamming",
+    nperseg=window,
+    noverlap=overlap,
+    boundary=None,
+    padded=False,
+  )
   return np.abs(spectrum).T.astype(np.float32)

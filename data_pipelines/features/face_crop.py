@@ -40,12 +40,12 @@ import scipy.ndimage
 from data_pipelines import schema
 from data_pipelines.features import video
 
-DETECTION_SIDE = 640          # longest side (px) of the frames the cascade searches
-DEFAULT_DETECT_EVERY = 5      # run the detector on every 5th frame (5 times a second at 25 fps)
-DEFAULT_CROP_SCALE = 1.3      # crop side / detection side
+DETECTION_SIDE = 640  # longest side (px) of the frames the cascade searches
+DEFAULT_DETECT_EVERY = 5  # run the detector on every 5th frame (5 times a second at 25 fps)
+DEFAULT_CROP_SCALE = 1.3  # crop side / detection side
 DEFAULT_MIN_DETECTED_FRACTION = 0.2  # of the sampled frames; fewer detections: no face
-_MEDIAN_DETECTIONS = 5        # running median window over consecutive detections
-_MIN_FACE_FRACTION = 0.1      # smallest face searched for, as a fraction of the shorter side
+_MEDIAN_DETECTIONS = 5  # running median window over consecutive detections
+_MIN_FACE_FRACTION = 0.1  # smallest face searched for, as a fraction of the shorter side
 _CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # video.read_faces's luma rules, so that the faces here are the corpus pipeline's.
 _LUMA_CONVERSIONS = video._LUMA_CONVERSIONS  # pylint: disable=protected-access
@@ -58,10 +58,11 @@ class NoFaceError(video.VideoError):
 @dataclasses.dataclass(frozen=True)
 class FaceTrack:
   """Where the face is in every frame: square boxes in frame pixels."""
+
   centres: np.ndarray  # (T, 2) float32 x, y
-  sides: np.ndarray    # (T,) float32 detection side (before crop_scale)
-  sampled: int         # frames the detector ran on
-  detected: int        # of those, frames where it found a face
+  sides: np.ndarray  # (T,) float32 detection side (before crop_scale)
+  sampled: int  # frames the detector ran on
+  detected: int  # of those, frames where it found a face
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class VideoFaces:
 
   `track` is None when the whole frame was taken as the face (no detection).
   """
+
   frames: np.ndarray
   fps: float
   track: FaceTrack | None
@@ -79,13 +81,16 @@ class VideoFaces:
 def haar_face_detector() -> "cv2.CascadeClassifier":
   """OpenCV's frontal-face Haar cascade, read from the opencv-python wheel's data folder."""
   if not hasattr(cv2, "CascadeClassifier"):
-    raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascade classifier (OpenCV 5 moved "
-                       "it out of the main module); install opencv-python-headless<5")
+    raise RuntimeError(
+      f"OpenCV {cv2.__version__} has no Haar cascade classifier (OpenCV 5 moved "
+      "it out of the main module); install opencv-python-headless<5"
+    )
   path = pathlib.Path(cv2.data.haarcascades) / _CASCADE_FILE
   detector = cv2.CascadeClassifier(str(path))
   if detector.empty():
-    raise RuntimeError(f"cannot load the Haar cascade {path}; install opencv-python-headless<5, "
-                       "whose wheel ships it")
+    raise RuntimeError(
+      f"cannot load the Haar cascade {path}; install opencv-python-headless<5, whose wheel ships it"
+    )
   return detector
 
 
@@ -95,20 +100,23 @@ def detect_largest_face(grey: np.ndarray) -> tuple[float, float, float] | None:
   scale = min(1.0, DETECTION_SIDE / max(height, width))
   small = grey
   if scale < 1.0:
-    small = cv2.resize(grey, (round(width * scale), round(height * scale)),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+      grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+    )
   # 24 px is the cascade's own window, the smallest face it can find.
   min_side = max(24, round(_MIN_FACE_FRACTION * min(small.shape)))
-  faces = haar_face_detector().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5,
-                                                minSize=(min_side, min_side))
+  faces = haar_face_detector().detectMultiScale(
+    small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+  )
   if len(faces) == 0:
     return None
   x, y, w, h = max(faces, key=lambda box: box[2] * box[3])
   return (x + w / 2) / scale, (y + h / 2) / scale, (w + h) / 2 / scale
 
 
-def track_face(detections: dict[int, tuple[float, float, float]], num_frames: int,
-               sampled: int) -> FaceTrack:
+def track_face(
+  detections: dict[int, tuple[float, float, float]], num_frames: int, sampled: int
+) -> FaceTrack:
   """Smooths the detections {frame: (x, y, side)} and interpolates them to every frame."""
   if not detections:
     raise ValueError("no detections to track")
@@ -118,12 +126,17 @@ def track_face(detections: dict[int, tuple[float, float, float]], num_frames: in
   boxes = scipy.ndimage.median_filter(boxes, size=(window, 1), mode="nearest")
   every_frame = np.arange(num_frames)
   smooth = np.stack([np.interp(every_frame, frames, boxes[:, k]) for k in range(3)], axis=1)
-  return FaceTrack(centres=smooth[:, :2].astype(np.float32), sides=smooth[:, 2].astype(np.float32),
-                   sampled=sampled, detected=len(frames))
+  return FaceTrack(
+    centres=smooth[:, :2].astype(np.float32),
+    sides=smooth[:, 2].astype(np.float32),
+    sampled=sampled,
+    detected=len(frames),
+  )
 
 
-def crop_face(grey: np.ndarray, centre: np.ndarray, side: float, crop_scale: float,
-              size: int = schema.FACE_SIZE) -> np.ndarray:
+def crop_face(
+  grey: np.ndarray, centre: np.ndarray, side: float, crop_scale: float, size: int = schema.FACE_SIZE
+) -> np.ndarray:
   """The square of `crop_scale * side` around `centre`, edge-padded, resized to (size, size)."""
   crop_side = max(1, round(side * crop_scale))
   x0 = round(float(centre[0]) - crop_side / 2)
@@ -133,7 +146,7 @@ def crop_face(grey: np.ndarray, centre: np.ndarray, side: float, crop_scale: flo
   if pad:
     grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     x0, y0 = x0 + pad, y0 + pad
-  crop = grey[y0:y0 + crop_side, x0:x0 + crop_side]
+  crop = grey[y0 : y0 + crop_side, x0 : x0 + crop_side]
   interpolation = cv2.INTER_AREA if crop_side > size else cv2.INTER_LINEAR
   return cv2.resize(crop, (size, size), interpolation=interpolation)
 
@@ -164,11 +177,16 @@ def _grey_frames(path: pathlib.Path, luma: str, max_seconds: float | None):
     raise video.VideoError(f"{path}: cannot decode video (unreadable or truncated): {e}") from e
 
 
-def read_video_faces(path, *, detect: bool = True, luma: str = "bt601",
-                     max_seconds: float | None = None,
-                     detect_every: int = DEFAULT_DETECT_EVERY,
-                     crop_scale: float = DEFAULT_CROP_SCALE,
-                     min_detected_fraction: float = DEFAULT_MIN_DETECTED_FRACTION) -> VideoFaces:
+def read_video_faces(
+  path,
+  *,
+  detect: bool = True,
+  luma: str = "bt601",
+  max_seconds: float | None = None,
+  detect_every: int = DEFAULT_DETECT_EVERY,
+  crop_scale: float = DEFAULT_CROP_SCALE,
+  min_detected_fraction: float = DEFAULT_MIN_DETECTED_FRACTION,
+) -> VideoFaces:
   """Decodes a video's frames as grey 112x112 faces, found by the Haar cascade or whole.
 
   Args:
@@ -220,13 +238,17 @@ def read_video_faces(path, *, detect: bool = True, luma: str = "bt601",
   sampled = math.ceil(num_frames / detect_every)
   needed = max(1, math.ceil(min_detected_fraction * sampled))
   if len(detections) < needed:
-    raise NoFaceError(f"{path}: no face found (a face in {len(detections)} of {sampled} sampled "
-                      f"frames, at least {needed} needed)")
+    raise NoFaceError(
+      f"{path}: no face found (a face in {len(detections)} of {sampled} sampled "
+      f"frames, at least {needed} needed)"
+    )
   track = track_face(detections, num_frames, sampled)
 
   with _grey_frames(path, luma, max_seconds) as (_, frames):
-    faces = [crop_face(grey, track.centres[index], track.sides[index], crop_scale)
-             for index, grey in enumerate(frames)]
+    faces = [
+      crop_face(grey, track.centres[index], track.sides[index], crop_scale)
+      for index, grey in enumerate(frames)
+    ]
   if len(faces) != num_frames:
     raise video.VideoError(f"{path}: decoded {num_frames} frames, then {len(faces)}")
   return VideoFaces(frames=np.stack(faces), fps=fps, track=track)

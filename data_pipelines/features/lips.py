@@ -24,8 +24,9 @@ def check_lips(lips: np.ndarray, num_frames: int, source: str) -> np.ndarray:
   """
   lips = np.asarray(lips)
   if lips.ndim != 2 or lips.shape[1] != schema.LIP_DIM:
-    raise LipsError(f"{source}: lip features have shape {lips.shape}, expected "
-                    f"(frames, {schema.LIP_DIM})")
+    raise LipsError(
+      f"{source}: lip features have shape {lips.shape}, expected (frames, {schema.LIP_DIM})"
+    )
   if lips.shape[0] < num_frames:
     raise LipsError(f"{source}: {lips.shape[0]} rows of lip features, the clip needs {num_frames}")
   lips = lips[:num_frames].astype(np.float32)

@@ -15,8 +15,8 @@ from data_pipelines import schema
 
 # cv2's conversion codes that give each luma rule when applied to RGB frames.
 _LUMA_CONVERSIONS = {
-    "bt601": cv2.COLOR_RGB2GRAY,  # 0.299 R + 0.587 G + 0.114 B
-    "reference_bgr": cv2.COLOR_BGR2GRAY,  # the reference: R and B weights swapped
+  "bt601": cv2.COLOR_RGB2GRAY,  # 0.299 R + 0.587 G + 0.114 B
+  "reference_bgr": cv2.COLOR_BGR2GRAY,  # the reference: R and B weights swapped
 }
 
 
@@ -27,6 +27,7 @@ class VideoError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Faces:
   """Decoded faces of one video: `frames` (T, 112, 112) uint8 at `fps` frames per second."""
+
   frames: np.ndarray
   fps: float
 

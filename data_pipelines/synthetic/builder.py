@@ -50,12 +50,16 @@ class SyntheticAV(clip_builder.ClipBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     # Unshuffled: record i of a split is clip i, and examples stream to disk (loaders shuffle).
     return self.dataset_info_from_configs(
-        features=schema.tfds_features(), description=self.__doc__, disable_shuffling=True)
+      features=schema.tfds_features(), description=self.__doc__, disable_shuffling=True
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in generator.SPLITS
-            if self.builder_config.spec.num_clips(split) > 0}
+    return {
+      split: self._generate_examples(split)
+      for split in generator.SPLITS
+      if self.builder_config.spec.num_clips(split) > 0
+    }
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
     for example in generator.generate_examples(self.builder_config.spec, split):
@@ -69,8 +73,6 @@ def dataset_name(spec: generator.SyntheticSpec) -> str:
 
 def build(spec: generator.SyntheticSpec, data_dir: str) -> SyntheticAV:
   """The prepared builder of `spec` under data_dir; splits with no clips are left out."""
-  builder = SyntheticAV(config=SyntheticConfig(spec), data_dir=data_dir,
-                        file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder = SyntheticAV(config=SyntheticConfig(spec), data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

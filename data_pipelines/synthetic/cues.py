@@ -40,32 +40,32 @@ from data_pipelines.synthetic import generator, mouth, phonemes, speakers
 _BIN_HZ = schema.SAMPLE_RATE / 2 / (schema.NUM_STFT_BINS - 1)
 _F2_BAND_HZ = (1400.0, 2800.0)  # second formants of front vowels and n; back vowels lie below
 _VOICED_BAND_HZ = (150.0, 2800.0)
-_VOCODER_BAND_HZ = 7200.0        # vocoder: energy above this against the band below it,
-_VOCODER_REFERENCE_HZ = 4500.0   # where fricatives and breath put theirs
-_LOUD_FRAMES = 0.5              # content: frames at most 6 dB (ln 4 nats) under the loudest half
+_VOCODER_BAND_HZ = 7200.0  # vocoder: energy above this against the band below it,
+_VOCODER_REFERENCE_HZ = 4500.0  # where fricatives and breath put theirs
+_LOUD_FRAMES = 0.5  # content: frames at most 6 dB (ln 4 nats) under the loudest half
 _DESYNC_LAGS = range(3, 11)
-_EDGE_WINDOW_PX = 6             # seam/flicker: columns fitted on each side of a patch edge
-_BLOCK_PX = 8                   # texture: a compression codec's block size
+_EDGE_WINDOW_PX = 6  # seam/flicker: columns fitted on each side of a patch edge
+_BLOCK_PX = 8  # texture: a compression codec's block size
 
 
 @dataclasses.dataclass(frozen=True)
 class Cue:
   name: str
-  kind: str        # 'sync', 'content', 'video', 'audio' or 'trace'
-  describes: str   # the method (or family) it was designed for
+  kind: str  # 'sync', 'content', 'video', 'audio' or 'trace'
+  describes: str  # the method (or family) it was designed for
 
 
 CUES = (
-    Cue("energy_vs_opening", "sync", "lip-sync (ruled out by design)"),
-    Cue("energy_vs_width", "sync", "lip-sync (ruled out by design)"),
-    Cue("energy_vs_area", "sync", "lip-sync (ruled out by design)"),
-    Cue("content", "content", "every lip-sync generator"),
-    Cue("desync", "sync", "desync"),
-    Cue("texture", "video", "talking_head"),
-    Cue("vocoder", "audio", "voice_swap"),
-    Cue("seam", "trace", "ls_a"),
-    Cue("flicker", "trace", "ls_b"),
-    Cue("sharpness", "trace", "ls_c"),
+  Cue("energy_vs_opening", "sync", "lip-sync (ruled out by design)"),
+  Cue("energy_vs_width", "sync", "lip-sync (ruled out by design)"),
+  Cue("energy_vs_area", "sync", "lip-sync (ruled out by design)"),
+  Cue("content", "content", "every lip-sync generator"),
+  Cue("desync", "sync", "desync"),
+  Cue("texture", "video", "talking_head"),
+  Cue("vocoder", "audio", "voice_swap"),
+  Cue("seam", "trace", "ls_a"),
+  Cue("flicker", "trace", "ls_b"),
+  Cue("sharpness", "trace", "ls_c"),
 )
 
 
@@ -97,12 +97,20 @@ def _band_power(example: dict) -> callable:
 
 
 def face_frames(clip: generator.SyntheticClip) -> np.ndarray:
-  """The clip's frames moved back to face coordinates (T, 112, 112) float32 (undoing head motion)."""
+  """The clip's frames moved back to face coordinates (T, 112, 112) float32: head motion undone."""
   size = schema.FACE_SIZE
-  return np.stack([
-      cv2.warpAffine(frame.astype(np.float32), pose, (size, size),
-                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
-      for frame, pose in zip(clip.example["faces"], clip.head_poses)])
+  return np.stack(
+    [
+      cv2.warpAffine(
+        frame.astype(np.float32),
+        pose,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT_101,
+      )
+      for frame, pose in zip(clip.example["faces"], clip.head_poses)
+    ]
+  )
 
 
 def _patch_steps(frames: np.ndarray, face: speakers.Face) -> np.ndarray:
@@ -113,7 +121,7 @@ def _patch_steps(frames: np.ndarray, face: speakers.Face) -> np.ndarray:
   skin's own shading gradient does not count; the two edges' steps are averaged.
   """
   rows, cols = mouth.patch_slices(face)
-  middle = frames[:, rows.start + 4:rows.stop - 4].mean(axis=1)  # (T, W)
+  middle = frames[:, rows.start + 4 : rows.stop - 4].mean(axis=1)  # (T, W)
   steps = []
   for edge, inside_is_right in ((cols.start, True), (cols.stop, False)):
     x = np.arange(edge - _EDGE_WINDOW_PX, edge + _EDGE_WINDOW_PX)
@@ -130,9 +138,9 @@ def scores(clip: generator.SyntheticClip, face: speakers.Face) -> dict[str, floa
   opening = clip.mouth_track[:, phonemes.OPENING]
   width = clip.mouth_track[:, phonemes.WIDTH]
   out = {
-      "energy_vs_opening": -_correlation(energy, opening),
-      "energy_vs_width": -_correlation(energy, width),
-      "energy_vs_area": -_correlation(energy, opening * width),
+    "energy_vs_opening": -_correlation(energy, opening),
+    "energy_vs_width": -_correlation(energy, width),
+    "energy_vs_area": -_correlation(energy, opening * width),
   }
   band = _band_power(example)
   voiced = band(*_VOICED_BAND_HZ)
@@ -140,10 +148,15 @@ def scores(clip: generator.SyntheticClip, face: speakers.Face) -> dict[str, floa
   f2_share = band(*_F2_BAND_HZ) / np.maximum(voiced, 1e-12)
   out["content"] = -_correlation(f2_share[loud], width[loud])
   at_zero = _lagged_correlation(opening, energy, 0)
-  out["desync"] = max(_lagged_correlation(opening, energy, sign * lag)
-                      for lag in _DESYNC_LAGS for sign in (-1, 1)) - at_zero
-  out["vocoder"] = -float(band(_VOCODER_BAND_HZ, np.inf).sum()
-                          / band(_VOCODER_REFERENCE_HZ, _VOCODER_BAND_HZ).sum())
+  out["desync"] = (
+    max(
+      _lagged_correlation(opening, energy, sign * lag) for lag in _DESYNC_LAGS for sign in (-1, 1)
+    )
+    - at_zero
+  )
+  out["vocoder"] = -float(
+    band(_VOCODER_BAND_HZ, np.inf).sum() / band(_VOCODER_REFERENCE_HZ, _VOCODER_BAND_HZ).sum()
+  )
 
   across = np.abs(np.diff(example["faces"].astype(np.float32), axis=2)).mean(axis=(0, 1))
   at_block_edges = np.arange(across.size) % _BLOCK_PX == _BLOCK_PX - 1
@@ -156,7 +169,8 @@ def scores(clip: generator.SyntheticClip, face: speakers.Face) -> dict[str, floa
   patch = frames[:, rows, cols]
   fine = patch - scipy.ndimage.gaussian_filter(patch, (0.0, 1.0, 1.0))
   coarse = scipy.ndimage.gaussian_filter(patch, (0.0, 1.0, 1.0)) - scipy.ndimage.gaussian_filter(
-      patch, (0.0, 2.5, 2.5))
+    patch, (0.0, 2.5, 2.5)
+  )
   out["sharpness"] = float(np.sqrt(np.mean(fine * fine) / max(np.mean(coarse * coarse), 1e-9)))
   return out
 
@@ -168,15 +182,17 @@ def auc(real: np.ndarray, fake: np.ndarray) -> float:
 
 def clip_indices(spec: generator.SyntheticSpec, split: str, method: str, count: int) -> list[int]:
   """The first `count` indices of `split` whose clip is of `method`."""
-  indices = [i for i in range(spec.num_clips(split))
-             if generator.method_of(spec, split, i) == method]
+  indices = [
+    i for i in range(spec.num_clips(split)) if generator.method_of(spec, split, i) == method
+  ]
   if len(indices) < count:
     raise ValueError(f"split {split!r} holds {len(indices)} {method} clips, fewer than {count}")
   return indices[:count]
 
 
-def method_scores(spec: generator.SyntheticSpec, split: str, method: str,
-                  count: int) -> dict[str, np.ndarray]:
+def method_scores(
+  spec: generator.SyntheticSpec, split: str, method: str, count: int
+) -> dict[str, np.ndarray]:
   """Every cue over the first `count` clips of `method` in `split`: {cue: (count,) scores}."""
   rows = []
   for index in clip_indices(spec, split, method, count):
@@ -201,8 +217,9 @@ def markdown(table: dict[str, dict[str, float]]) -> str:
   lines = ["| cue | kind | " + " | ".join(methods) + " |", "|---|---|" + "---:|" * len(methods)]
   kinds = {cue.name: cue.kind for cue in CUES}
   for name, row in table.items():
-    lines.append(f"| {name} | {kinds[name]} | "
-                 + " | ".join(f"{100 * row[m]:.1f}" for m in methods) + " |")
+    lines.append(
+      f"| {name} | {kinds[name]} | " + " | ".join(f"{100 * row[m]:.1f}" for m in methods) + " |"
+    )
   return "\n".join(lines)
 
 
@@ -215,11 +232,19 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   methods = generator.METHODS_BY_VERSION[args.version]
   per_split = args.clips * (len(methods) + 1) * 3  # room for the golden-ratio spread's unevenness
-  spec = generator.SyntheticSpec(seed=args.seed, version=args.version, methods=methods,
-                                 num_speakers=100, train_clips=per_split,
-                                 validation_clips=per_split, test_clips=per_split)
-  print(f"ROC-AUC (%) of each cue, {args.clips} clips of each method against {args.clips} real "
-        f"clips of the {args.split} split (generator version {args.version}, seed {args.seed}):\n")
+  spec = generator.SyntheticSpec(
+    seed=args.seed,
+    version=args.version,
+    methods=methods,
+    num_speakers=100,
+    train_clips=per_split,
+    validation_clips=per_split,
+    test_clips=per_split,
+  )
+  print(
+    f"ROC-AUC (%) of each cue, {args.clips} clips of each method against {args.clips} real "
+    f"clips of the {args.split} split (generator version {args.version}, seed {args.seed}):\n"
+  )
   print(markdown(auc_table(spec, args.split, args.clips)))
 
 

@@ -21,12 +21,18 @@ _BLINK_OPENNESS = (0.4, 0.0, 0.5)
 _SCLERA, _IRIS = 200.0, 40.0
 _LIGHT_GAIN, _LIGHT_SLOPE = 0.12, 0.15  # frame-to-frame lighting changes, relative
 _SENSOR_NOISE = (1.0, 3.0)  # grey levels (std)
-_RE_RENDERED_NOISE = 0.3    # a generator's frames carry this fraction of the sensor noise
+_RE_RENDERED_NOISE = 0.3  # a generator's frames carry this fraction of the sensor noise
 _BLOCK = 8
 
 
-def render_faces(rng: np.random.Generator, face: speakers.Face, track: np.ndarray, *,
-                 re_rendered: bool, mouth_artefact: str = "") -> tuple[np.ndarray, np.ndarray]:
+def render_faces(
+  rng: np.random.Generator,
+  face: speakers.Face,
+  track: np.ndarray,
+  *,
+  re_rendered: bool,
+  mouth_artefact: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
   """Frames (T, 112, 112) uint8 of `face` saying the viseme track (T, 6), and head poses (T, 2, 3).
 
   re_rendered: a talking-head generator's texture (blur, compression blocks, ringing, little noise).
@@ -43,15 +49,19 @@ def render_faces(rng: np.random.Generator, face: speakers.Face, track: np.ndarra
   angle, dx, dy, scale, gain, slope = _wander(rng, num_frames, 6)
   poses = np.empty((num_frames, 2, 3), np.float32)
   for t in range(num_frames):
-    poses[t] = cv2.getRotationMatrix2D((mouth.MIDLINE, mouth.MIDLINE),
-                                       MAX_ROTATION_DEGREES * angle[t],
-                                       1.0 + MAX_SCALE_CHANGE * scale[t])
+    poses[t] = cv2.getRotationMatrix2D(
+      (mouth.MIDLINE, mouth.MIDLINE),
+      MAX_ROTATION_DEGREES * angle[t],
+      1.0 + MAX_SCALE_CHANGE * scale[t],
+    )
     poses[t, :, 2] += MAX_TRANSLATION_PX * np.array([dx[t], dy[t]])
-    frames[t] = cv2.warpAffine(frames[t], poses[t], (SIZE, SIZE), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
+    frames[t] = cv2.warpAffine(
+      frames[t], poses[t], (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
   across = (np.arange(SIZE, dtype=np.float32) - mouth.MIDLINE) / (SIZE / 2)
-  frames *= ((1.0 + _LIGHT_GAIN * gain)[:, None, None]
-             * (1.0 + _LIGHT_SLOPE * slope[:, None, None] * across[None, None, :]))
+  frames *= (1.0 + _LIGHT_GAIN * gain)[:, None, None] * (
+    1.0 + _LIGHT_SLOPE * slope[:, None, None] * across[None, None, :]
+  )
 
   noise = rng.uniform(*_SENSOR_NOISE)
   if re_rendered:
@@ -68,27 +78,32 @@ def _still_face(face: speakers.Face) -> np.ndarray:
   y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
   image = face.background + 12.0 * (y / SIZE - 0.5)
   across = (x - mouth.MIDLINE) / face.head_half_width
-  radius = np.sqrt(across ** 2 + ((y - face.head_centre_y) / face.head_half_height) ** 2)
+  radius = np.sqrt(across**2 + ((y - face.head_centre_y) / face.head_half_height) ** 2)
   head = np.clip((1.0 - radius) * face.head_half_width + 0.5, 0.0, 1.0)
-  image += head * (face.skin * (1.08 - 0.3 * radius ** 2) - image)
-  hair = head * np.clip(face.hairline_y + 14.0 * across ** 2 - y + 0.5, 0.0, 1.0)
+  image += head * (face.skin * (1.08 - 0.3 * radius**2) - image)
+  hair = head * np.clip(face.hairline_y + 14.0 * across**2 - y + 0.5, 0.0, 1.0)
   image += hair * (face.hair - image)
 
   from_eye = np.abs(np.abs(x - mouth.MIDLINE) - face.eye_spacing)
-  socket = np.exp(-(from_eye / (face.eye_half_width + 3.0)) ** 2
-                  - ((y - face.eye_y) / (face.eye_half_height + 3.0)) ** 2)
+  socket = np.exp(
+    -((from_eye / (face.eye_half_width + 3.0)) ** 2)
+    - ((y - face.eye_y) / (face.eye_half_height + 3.0)) ** 2
+  )
   image -= 15.0 * socket
   brow_width = face.eye_half_width + 2.5
   brow_y = face.eye_y - face.brow_gap - 2.0 * (1.0 - (from_eye / brow_width) ** 2)
-  brow = (np.clip(1.3 - np.abs(y - brow_y), 0.0, 1.0)
-          * np.clip(brow_width - from_eye, 0.0, 1.0))
+  brow = np.clip(1.3 - np.abs(y - brow_y), 0.0, 1.0) * np.clip(brow_width - from_eye, 0.0, 1.0)
   image += brow * (face.hair - image)
 
-  ridge = np.exp(-((x - mouth.MIDLINE - 3.5) / 1.5) ** 2) * np.clip(
-      (y - face.eye_y - 4.0) / (face.nose_y - face.eye_y - 4.0), 0.0, 1.0) * (y < face.nose_y)
+  ridge = (
+    np.exp(-(((x - mouth.MIDLINE - 3.5) / 1.5) ** 2))
+    * np.clip((y - face.eye_y - 4.0) / (face.nose_y - face.eye_y - 4.0), 0.0, 1.0)
+    * (y < face.nose_y)
+  )
   image -= 18.0 * ridge
-  nostrils = shapes.coverage(np.abs(np.abs(x - mouth.MIDLINE) - 4.0), y - face.nose_y - 1.0,
-                             2.2, 1.2)
+  nostrils = shapes.coverage(
+    np.abs(np.abs(x - mouth.MIDLINE) - 4.0), y - face.nose_y - 1.0, 2.2, 1.2
+  )
   image += nostrils * (0.45 * face.skin - image)
   return image
 
@@ -97,8 +112,8 @@ def _blinks(rng, num_frames) -> np.ndarray:
   """Eye openness per frame: 1, with three-frame blinks about every three seconds."""
   openness = np.ones(num_frames, np.float32)
   for start in np.flatnonzero(rng.random(num_frames) < _BLINKS_PER_FRAME):
-    blink = np.asarray(_BLINK_OPENNESS[:num_frames - start], np.float32)
-    openness[start:start + len(blink)] = np.minimum(openness[start:start + len(blink)], blink)
+    blink = np.asarray(_BLINK_OPENNESS[: num_frames - start], np.float32)
+    openness[start : start + len(blink)] = np.minimum(openness[start : start + len(blink)], blink)
   return openness
 
 
@@ -107,13 +122,15 @@ def _draw_eyes(frames, face, openness) -> None:
   top, left = int(face.eye_y) - 6, int(mouth.MIDLINE - face.eye_spacing - face.eye_half_width) - 3
   bottom, right = int(face.eye_y) + 7, SIZE - left
   y = (np.arange(top, bottom, dtype=np.float32) - face.eye_y)[None, :, None]
-  x = np.abs(np.abs(np.arange(left, right, dtype=np.float32) - mouth.MIDLINE)
-             - face.eye_spacing)[None, None, :]
+  x = np.abs(np.abs(np.arange(left, right, dtype=np.float32) - mouth.MIDLINE) - face.eye_spacing)[
+    None, None, :
+  ]
   half_height = face.eye_half_height * openness[:, None, None] + 1e-3
   sclera = shapes.coverage(x, y, face.eye_half_width, half_height)
   iris = sclera * np.clip(2.8 - np.sqrt(x * x + y * y), 0.0, 1.0)
-  lid = (np.clip(1.0 - np.abs(y + half_height), 0.0, 1.0)
-         * np.clip(face.eye_half_width - x, 0.0, 1.0))
+  lid = np.clip(1.0 - np.abs(y + half_height), 0.0, 1.0) * np.clip(
+    face.eye_half_width - x, 0.0, 1.0
+  )
   patch = frames[:, top:bottom, left:right]  # a view: painting it paints the frames
   patch += sclera * (_SCLERA - patch)
   patch += iris * (_IRIS - patch)

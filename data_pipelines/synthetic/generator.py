@@ -54,17 +54,17 @@ SPLITS = speakers.SPLITS
 DATASET = "synthetic"
 # (video_label, audio_label, identity_label, sync_label) per method; see the module docstring.
 LABELS = {
-    REAL: (0, 0, 0, 0),
-    "lipsync": (1, 0, 0, 1),
-    "desync": (1, 0, 0, 1),
-    "talking_head": (1, 0, 0, 0),
-    "voice_swap": (0, 1, 1, 0),
-    **{method: (1, 0, 0, 1) for method in LIPSYNC_FAMILY},
+  REAL: (0, 0, 0, 0),
+  "lipsync": (1, 0, 0, 1),
+  "desync": (1, 0, 0, 1),
+  "talking_head": (1, 0, 0, 0),
+  "voice_swap": (0, 1, 1, 0),
+  **{method: (1, 0, 0, 1) for method in LIPSYNC_FAMILY},
 }
 # The trace each lip-sync generator leaves on the mouth patch (mouth.ARTEFACTS).
 MOUTH_ARTEFACTS = {"ls_a": "pasted", "ls_b": "flicker", "ls_c": "sharpened"}
 _TALKING_HEAD_SMOOTHING = 1.5  # frames (Gaussian std) of version 1's low-passed talking head mouth
-_PARTIAL_SWAP = 0.5            # ls_c: the probability that a spoken segment is swapped
+_PARTIAL_SWAP = 0.5  # ls_c: the probability that a spoken segment is swapped
 _CLIP_STREAM, _METHOD_STREAM = 0, 2  # seed streams apart from speakers (speakers.py uses 1)
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
@@ -72,17 +72,18 @@ _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
   """What to generate; every clip is determined by (spec, split, index)."""
+
   seed: int = 0
   train_clips: int = 240
   validation_clips: int = 30
   test_clips: int = 60
-  min_frames: int = 50          # clip length range in video frames (inclusive)
+  min_frames: int = 50  # clip length range in video frames (inclusive)
   max_frames: int = 75
   fake_fraction: float = 0.5
   methods: tuple[str, ...] = METHODS  # fakes are spread evenly over these
-  num_speakers: int = 16        # split 60/20/20 into disjoint train/validation/test speakers
+  num_speakers: int = 16  # split 60/20/20 into disjoint train/validation/test speakers
   desync_frames: tuple[int, int] = (3, 10)  # inclusive range of |video lag| for desync
-  version: int = 1              # the generator's version (see the module docstring)
+  version: int = 1  # the generator's version (see the module docstring)
   held_out: tuple[str, ...] = ()  # methods that only the test split holds
 
   def __post_init__(self):
@@ -94,17 +95,20 @@ class SyntheticSpec:
     known = METHODS_BY_VERSION[self.version]
     unknown = set(self.methods) - set(known)
     if unknown:
-      raise ValueError(f"unknown methods {sorted(unknown)} for version {self.version}; choose "
-                       f"from {known}")
+      raise ValueError(
+        f"unknown methods {sorted(unknown)} for version {self.version}; choose from {known}"
+      )
     if not set(self.held_out) <= set(self.methods):
       raise ValueError(f"held_out={self.held_out} must be among methods={self.methods}")
     trained = self.split_methods("train")
     if not 0.0 <= self.fake_fraction <= 1.0 or (self.fake_fraction > 0 and not trained):
-      raise ValueError(f"fake_fraction={self.fake_fraction} needs to be in [0, 1], with methods "
-                       "left for training")
+      raise ValueError(
+        f"fake_fraction={self.fake_fraction} needs to be in [0, 1], with methods left for training"
+      )
     if not 1 <= self.min_frames <= self.max_frames:
-      raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames}, "
-                       f"{self.max_frames}")
+      raise ValueError(
+        f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"
+      )
     if not 1 <= self.desync_frames[0] <= self.desync_frames[1]:
       raise ValueError(f"need 1 <= desync_frames[0] <= desync_frames[1], got {self.desync_frames}")
     speakers.split_speakers(self.num_speakers, "train")  # raises if a split gets too few
@@ -113,8 +117,11 @@ class SyntheticSpec:
     """How many clips `split` holds."""
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return {"train": self.train_clips, "validation": self.validation_clips,
-            "test": self.test_clips}[split]
+    return {
+      "train": self.train_clips,
+      "validation": self.validation_clips,
+      "test": self.test_clips,
+    }[split]
 
   def split_methods(self, split: str) -> tuple[str, ...]:
     """The fake methods of `split`: every method in test, the others elsewhere."""
@@ -126,14 +133,15 @@ class SyntheticSpec:
 @dataclasses.dataclass(frozen=True)
 class SyntheticClip:
   """One clip's schema example plus what was drawn, for inspection and tests (not stored)."""
+
   example: dict
   mouth_phonemes: np.ndarray  # (T,) ids the mouth says (== example['phonemes'] unless faked;
-                              # -1 where ls_b's mouth shows a sound class, not a phoneme)
-  mouth_track: np.ndarray     # (T, 6) viseme parameters drawn, columns phonemes.VISEME_FIELDS
-  head_poses: np.ndarray      # (T, 2, 3) face -> frame affine maps
-  speaker: int                # whose face
-  voice_speaker: int          # whose voice
-  video_lag: int              # video frame t shows the mouth of audio frame t - video_lag
+  # -1 where ls_b's mouth shows a sound class, not a phoneme)
+  mouth_track: np.ndarray  # (T, 6) viseme parameters drawn, columns phonemes.VISEME_FIELDS
+  head_poses: np.ndarray  # (T, 2, 3) face -> frame affine maps
+  speaker: int  # whose face
+  voice_speaker: int  # whose voice
+  video_lag: int  # video frame t shows the mouth of audio frame t - video_lag
 
 
 def method_of(spec: SyntheticSpec, split: str, index: int) -> str:
@@ -180,56 +188,69 @@ def synthesize_clip(spec: SyntheticSpec, split: str, index: int) -> SyntheticCli
   voice_id = speaker_id
   if method == "voice_swap":
     voice_id = int(rng.choice(cast[cast != speaker_id]))
-  samples = voice.render_speech(rng, stream, speakers.speaker(spec.seed, voice_id).voice,
-                                vocoded=method == "voice_swap",
-                                equal_mfcc_energy=spec.version >= 2)
-  samples = samples[heard.start * voice.SAMPLES_PER_FRAME:heard.stop * voice.SAMPLES_PER_FRAME]
+  samples = voice.render_speech(
+    rng,
+    stream,
+    speakers.speaker(spec.seed, voice_id).voice,
+    vocoded=method == "voice_swap",
+    equal_mfcc_energy=spec.version >= 2,
+  )
+  samples = samples[heard.start * voice.SAMPLES_PER_FRAME : heard.stop * voice.SAMPLES_PER_FRAME]
 
   visemes, track = _mouth(spec, method, rng, stream)
   track = track[seen]
-  faces, poses = face.render_faces(rng, speakers.speaker(spec.seed, speaker_id).face, track,
-                                   re_rendered=method == "talking_head",
-                                   mouth_artefact=MOUTH_ARTEFACTS.get(method, ""))
+  faces, poses = face.render_faces(
+    rng,
+    speakers.speaker(spec.seed, speaker_id).face,
+    track,
+    re_rendered=method == "talking_head",
+    mouth_artefact=MOUTH_ARTEFACTS.get(method, ""),
+  )
 
   video_label, audio_label, identity_label, sync_label = LABELS[method]
   example = {
-      "id": f"{DATASET}-{split}-{index:06d}",
-      "dataset": DATASET,
-      "method": method,
-      "category": (f"{'Fake' if video_label else 'Real'}Video-"
-                   f"{'Fake' if audio_label else 'Real'}Audio"),
-      "label": int(method != REAL),
-      "audio_label": audio_label,
-      "video_label": video_label,
-      "identity_label": identity_label,
-      "sync_label": sync_label,
-      "fps": schema.FPS,
-      "num_frames": num_frames,
-      "mfcc": audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames),
-      "stft": audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames),
-      "faces": faces,
-      "lips": np.zeros((0, schema.LIP_DIM), np.float16),
-      "phonemes": stream.phonemes[heard],
+    "id": f"{DATASET}-{split}-{index:06d}",
+    "dataset": DATASET,
+    "method": method,
+    "category": (
+      f"{'Fake' if video_label else 'Real'}Video-{'Fake' if audio_label else 'Real'}Audio"
+    ),
+    "label": int(method != REAL),
+    "audio_label": audio_label,
+    "video_label": video_label,
+    "identity_label": identity_label,
+    "sync_label": sync_label,
+    "fps": schema.FPS,
+    "num_frames": num_frames,
+    "mfcc": audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames),
+    "stft": audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames),
+    "faces": faces,
+    "lips": np.zeros((0, schema.LIP_DIM), np.float16),
+    "phonemes": stream.phonemes[heard],
   }
-  return SyntheticClip(schema.validate_example(example), visemes[seen], track, poses,
-                       speaker_id, voice_id, lag)
+  return SyntheticClip(
+    schema.validate_example(example), visemes[seen], track, poses, speaker_id, voice_id, lag
+  )
 
 
-def _mouth(spec: SyntheticSpec, method: str, rng: np.random.Generator,
-           stream: phonemes.Utterance) -> tuple[np.ndarray, np.ndarray]:
+def _mouth(
+  spec: SyntheticSpec, method: str, rng: np.random.Generator, stream: phonemes.Utterance
+) -> tuple[np.ndarray, np.ndarray]:
   """What the mouth says over the whole stream: (phoneme ids (T,), viseme track (T, 6))."""
   if method == "ls_b":
     said = np.where(stream.phonemes == phonemes.SILENCE, phonemes.SILENCE, schema.UNKNOWN_PHONEME)
-    return said.astype(np.int32), mouth.viseme_track(rng, phonemes.group_shapes(stream, rng),
-                                                     stream)
+    return said.astype(np.int32), mouth.viseme_track(
+      rng, phonemes.group_shapes(stream, rng), stream
+    )
   visemes = stream.phonemes
   if method in ("lipsync", "ls_a", "ls_a_clean"):
     visemes = phonemes.swap_within_groups(rng, stream)
   elif method == "ls_c":
     visemes = phonemes.swap_within_groups(rng, stream, probability=_PARTIAL_SWAP)
   smoothing = _TALKING_HEAD_SMOOTHING if method == "talking_head" and spec.version == 1 else 0.0
-  return visemes, mouth.viseme_track(rng, phonemes.VISEME_PARAMS[visemes], stream,
-                                     smoothing_frames=smoothing)
+  return visemes, mouth.viseme_track(
+    rng, phonemes.VISEME_PARAMS[visemes], stream, smoothing_frames=smoothing
+  )
 
 
 def generate_examples(spec: SyntheticSpec, split: str) -> Iterator[dict]:

@@ -18,8 +18,13 @@ _PATCH_HALF_HEIGHT, _PATCH_HALF_WIDTH = 18, 26  # the drawn region around the mo
 MIDLINE = 55.5  # the face's vertical axis of symmetry in pixel coordinates
 
 
-def viseme_track(rng: np.random.Generator, shapes: np.ndarray, utterance: phonemes.Utterance,
-                 *, smoothing_frames: float = 0.0) -> np.ndarray:
+def viseme_track(
+  rng: np.random.Generator,
+  shapes: np.ndarray,
+  utterance: phonemes.Utterance,
+  *,
+  smoothing_frames: float = 0.0,
+) -> np.ndarray:
   """Per-frame viseme parameters (T, len(VISEME_FIELDS)) of the mouth shapes `shapes` (T, 6):
   `phonemes.VISEME_PARAMS[ids]` for a mouth saying phoneme ids, or a generator's own shapes.
 
@@ -41,11 +46,15 @@ def viseme_track(rng: np.random.Generator, shapes: np.ndarray, utterance: phonem
 
 def outline(face: speakers.Face, track: np.ndarray):
   """Lip geometry per frame: (half width, inner half-height, upper lip, lower lip thickness) px."""
-  opening, width, roundness = (track[:, i] for i in (phonemes.OPENING, phonemes.WIDTH,
-                                                       phonemes.ROUNDNESS))
-  return (face.mouth_half_width * width, face.mouth_opening * np.maximum(opening, 0.0),
-          face.lip_thickness * (0.8 + 0.6 * roundness),
-          face.lip_thickness * (1.0 + 0.6 * roundness))
+  opening, width, roundness = (
+    track[:, i] for i in (phonemes.OPENING, phonemes.WIDTH, phonemes.ROUNDNESS)
+  )
+  return (
+    face.mouth_half_width * width,
+    face.mouth_opening * np.maximum(opening, 0.0),
+    face.lip_thickness * (0.8 + 0.6 * roundness),
+    face.lip_thickness * (1.0 + 0.6 * roundness),
+  )
 
 
 def patch_slices(face: speakers.Face) -> tuple[slice, slice]:
@@ -61,10 +70,12 @@ def draw_mouths(frames: np.ndarray, face: speakers.Face, track: np.ndarray) -> N
   v = (np.arange(rows.start, rows.stop, dtype=np.float32) - face.mouth_y)[None, :, None]
   u = np.abs(np.arange(cols.start, cols.stop, dtype=np.float32) - MIDLINE)[None, None, :]
   half_width, half_opening, upper_lip, lower_lip = (
-      a.astype(np.float32)[:, None, None] for a in outline(face, track))
+    a.astype(np.float32)[:, None, None] for a in outline(face, track)
+  )
   roundness, upper_teeth, lower_teeth, tongue = (
-      track[:, i, None, None] for i in (phonemes.ROUNDNESS, phonemes.UPPER_TEETH,
-                                        phonemes.LOWER_TEETH, phonemes.TONGUE))
+    track[:, i, None, None]
+    for i in (phonemes.ROUNDNESS, phonemes.UPPER_TEETH, phonemes.LOWER_TEETH, phonemes.TONGUE)
+  )
   exponent = 2.0 + 3.0 * (1.0 - roundness)
 
   lip_height = half_opening + np.where(v < 0, upper_lip, lower_lip)
@@ -76,8 +87,11 @@ def draw_mouths(frames: np.ndarray, face: speakers.Face, track: np.ndarray) -> N
   across = np.clip(0.8 * inner_width - u + 0.5, 0.0, 1.0)  # teeth and tongue stop short of corners
   upper_teeth_mask = inner * across * np.clip(upper_band - half_opening - v, 0.0, 1.0)
   lower_teeth_mask = inner * across * np.clip(v - half_opening + lower_band, 0.0, 1.0)
-  tongue_mask = inner * np.clip(0.65 * inner_width - u + 0.5, 0.0, 1.0) * np.clip(
-      v - half_opening * (1.0 - 1.2 * tongue), 0.0, 1.0)
+  tongue_mask = (
+    inner
+    * np.clip(0.65 * inner_width - u + 0.5, 0.0, 1.0)
+    * np.clip(v - half_opening * (1.0 - 1.2 * tongue), 0.0, 1.0)
+  )
   # Where the lips meet, a dark seam.
   seam = lips * (1.0 - inner) * np.exp(-np.square(v / 0.6)) * np.clip(inner_width - u, 0.0, 1.0)
 
@@ -93,11 +107,11 @@ def draw_mouths(frames: np.ndarray, face: speakers.Face, track: np.ndarray) -> N
 
 # Traces that lip-sync generators leave on the mouth patch they re-render (see patch_artefact).
 ARTEFACTS = ("pasted", "flicker", "sharpened")
-_FEATHER_PX = 2.0            # the blend mask ramps from 0 to 1 over this many pixels inside
+_FEATHER_PX = 2.0  # the blend mask ramps from 0 to 1 over this many pixels inside
 _PASTE_BLUR_PX = (0.8, 1.2)  # Gaussian std of the pasted patch's blur
-_PASTE_GAIN = (0.05, 0.09)   # relative gain mismatch of the pasted patch (either sign)
+_PASTE_GAIN = (0.05, 0.09)  # relative gain mismatch of the pasted patch (either sign)
 _FLICKER_GAIN = (0.025, 0.04)  # std of the per-frame relative gain of the patch
-_SHARPEN_AMOUNT = (0.8, 1.2)   # unsharp masking: x + amount (x - blur(x))
+_SHARPEN_AMOUNT = (0.8, 1.2)  # unsharp masking: x + amount (x - blur(x))
 _SHARPEN_BLUR_PX = 1.0
 
 
@@ -109,8 +123,9 @@ def blend_mask(face: speakers.Face) -> tuple[tuple[slice, slice], np.ndarray]:
   return (rows, cols), np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
-def patch_artefact(rng: np.random.Generator, frames: np.ndarray, face: speakers.Face,
-                   kind: str) -> None:
+def patch_artefact(
+  rng: np.random.Generator, frames: np.ndarray, face: speakers.Face, kind: str
+) -> None:
   """Leaves a lip-sync generator's trace on the mouth patch of frames (T, H, W) float32, in place.
 
   Applied in face coordinates, so the trace moves with the head as a re-rendered patch does.

@@ -23,6 +23,7 @@ class Phoneme:
   (fraction of the speaker's mouth width), `roundness` (0 spread and boxy, 1 round and protruded),
   `upper_teeth` / `lower_teeth` (how much of the opening they fill), `tongue` (how much shows).
   """
+
   name: str
   group: str
   voiced: bool
@@ -38,35 +39,80 @@ class Phoneme:
 
 def _vowel(name, group, f1, f2, f3, loudness, opening, width, roundness, upper, lower, tongue):
   formants = ((f1, 80.0, 1.0), (f2, 110.0, 0.6), (f3, 160.0, 0.3))
-  return Phoneme(name, group, True, formants, loudness, opening, width, roundness, upper, lower,
-                 tongue)
+  return Phoneme(
+    name, group, True, formants, loudness, opening, width, roundness, upper, lower, tongue
+  )
 
 
 # Columns: name, group, voiced, formants, loudness | opening, width, roundness, upper teeth,
 # lower teeth, tongue; _vowel takes F1, F2, F3 (Hz) in place of voiced and formants.
 PHONEMES = (
-    Phoneme("sil", "silence", False, (), 0.0, 0.0, 1.0, 0.3, 0.0, 0.0, 0.0),
-    # Open vowels: jaw fully open; the lips make them apart.
-    _vowel("aa", "open", 730, 1090, 2440, 1.0, 0.9, 1.0, 0.2, 0.3, 0.0, 0.8),
-    _vowel("ao", "open", 570, 840, 2410, 1.0, 0.9, 0.65, 0.9, 0.0, 0.0, 0.1),
-    _vowel("ae", "open", 660, 1720, 2410, 1.0, 0.9, 1.3, 0.0, 1.0, 0.6, 0.3),
-    # Mid vowels.
-    _vowel("eh", "mid", 530, 1840, 2480, 0.8, 0.55, 1.15, 0.1, 0.8, 0.3, 0.5),
-    _vowel("ow", "mid", 460, 880, 2500, 0.8, 0.55, 0.7, 0.9, 0.0, 0.0, 0.1),
-    # Close vowels.
-    _vowel("iy", "close", 270, 2290, 3010, 0.65, 0.35, 1.3, 0.0, 1.0, 1.0, 0.0),
-    _vowel("uw", "close", 300, 870, 2240, 0.65, 0.35, 0.5, 1.0, 0.0, 0.0, 0.0),
-    # Fricatives: noise through a narrow slit; labiodental shows the upper teeth on the lower lip,
-    # the sibilant both rows of clenched teeth.
-    Phoneme("f", "fricative", False, ((2500, 3000, 0.5), (6000, 3000, 0.5)), 0.4,
-            0.25, 0.95, 0.0, 1.0, 0.0, 0.0),
-    Phoneme("s", "fricative", False, ((5500, 1500, 1.0), (7500, 1500, 0.6)), 0.4,
-            0.25, 1.2, 0.0, 1.0, 1.0, 0.0),
-    # Nasals: a low murmur through a barely open mouth, pursed and dark or with the tongue tip.
-    Phoneme("m", "nasal", True, ((250, 60, 1.0), (1100, 150, 0.15), (2200, 200, 0.08)), 0.45,
-            0.2, 0.75, 0.7, 0.0, 0.0, 0.0),
-    Phoneme("n", "nasal", True, ((250, 60, 1.0), (1700, 150, 0.15), (2600, 200, 0.08)), 0.45,
-            0.2, 1.05, 0.1, 0.0, 0.0, 1.0),
+  Phoneme("sil", "silence", False, (), 0.0, 0.0, 1.0, 0.3, 0.0, 0.0, 0.0),
+  # Open vowels: jaw fully open; the lips make them apart.
+  _vowel("aa", "open", 730, 1090, 2440, 1.0, 0.9, 1.0, 0.2, 0.3, 0.0, 0.8),
+  _vowel("ao", "open", 570, 840, 2410, 1.0, 0.9, 0.65, 0.9, 0.0, 0.0, 0.1),
+  _vowel("ae", "open", 660, 1720, 2410, 1.0, 0.9, 1.3, 0.0, 1.0, 0.6, 0.3),
+  # Mid vowels.
+  _vowel("eh", "mid", 530, 1840, 2480, 0.8, 0.55, 1.15, 0.1, 0.8, 0.3, 0.5),
+  _vowel("ow", "mid", 460, 880, 2500, 0.8, 0.55, 0.7, 0.9, 0.0, 0.0, 0.1),
+  # Close vowels.
+  _vowel("iy", "close", 270, 2290, 3010, 0.65, 0.35, 1.3, 0.0, 1.0, 1.0, 0.0),
+  _vowel("uw", "close", 300, 870, 2240, 0.65, 0.35, 0.5, 1.0, 0.0, 0.0, 0.0),
+  # Fricatives: noise through a narrow slit; labiodental shows the upper teeth on the lower lip,
+  # the sibilant both rows of clenched teeth.
+  Phoneme(
+    "f",
+    "fricative",
+    False,
+    ((2500, 3000, 0.5), (6000, 3000, 0.5)),
+    0.4,
+    0.25,
+    0.95,
+    0.0,
+    1.0,
+    0.0,
+    0.0,
+  ),
+  Phoneme(
+    "s",
+    "fricative",
+    False,
+    ((5500, 1500, 1.0), (7500, 1500, 0.6)),
+    0.4,
+    0.25,
+    1.2,
+    0.0,
+    1.0,
+    1.0,
+    0.0,
+  ),
+  # Nasals: a low murmur through a barely open mouth, pursed and dark or with the tongue tip.
+  Phoneme(
+    "m",
+    "nasal",
+    True,
+    ((250, 60, 1.0), (1100, 150, 0.15), (2200, 200, 0.08)),
+    0.45,
+    0.2,
+    0.75,
+    0.7,
+    0.0,
+    0.0,
+    0.0,
+  ),
+  Phoneme(
+    "n",
+    "nasal",
+    True,
+    ((250, 60, 1.0), (1700, 150, 0.15), (2600, 200, 0.08)),
+    0.45,
+    0.2,
+    1.05,
+    0.1,
+    0.0,
+    0.0,
+    1.0,
+  ),
 )
 NUM_PHONEMES = len(PHONEMES)
 SILENCE = 0
@@ -80,25 +126,28 @@ _CONSONANTS = np.array([i for i, p in enumerate(PHONEMES) if p.group in ("fricat
 GROUPS = tuple(dict.fromkeys(p.group for p in PHONEMES))
 GROUP_INDEX = np.array([GROUPS.index(p.group) for p in PHONEMES], np.int32)
 # Per group: the mean of its members' viseme parameters.
-GROUP_MEAN_PARAMS = np.stack([VISEME_PARAMS[GROUP_INDEX == g].mean(axis=0)
-                              for g in range(len(GROUPS))]).astype(np.float32)
+GROUP_MEAN_PARAMS = np.stack(
+  [VISEME_PARAMS[GROUP_INDEX == g].mean(axis=0) for g in range(len(GROUPS))]
+).astype(np.float32)
 _GROUP_MEMBERS = tuple(np.flatnonzero(GROUP_INDEX == g) for g in range(len(GROUPS)))
 # Other members of each phoneme's group (empty for silence).
 _GROUP_MATES = tuple(
-    np.array([j for j, q in enumerate(PHONEMES) if q.group == p.group and j != i], np.int64)
-    for i, p in enumerate(PHONEMES))
+  np.array([j for j, q in enumerate(PHONEMES) if q.group == p.group and j != i], np.int64)
+  for i, p in enumerate(PHONEMES)
+)
 
 CONSONANT_FRAMES = (2, 3)  # inclusive range of durations, in video frames
 VOWEL_FRAMES = (3, 6)
 PAUSE_FRAMES = (2, 5)
-_ONSET_PROBABILITY = 0.6   # a syllable starts with a consonant
+_ONSET_PROBABILITY = 0.6  # a syllable starts with a consonant
 _PAUSE_PROBABILITY = 0.25  # silence after a word
-_EMPHASIS = (0.8, 1.2)     # per-segment stress: scales both loudness and lip opening
+_EMPHASIS = (0.8, 1.2)  # per-segment stress: scales both loudness and lip opening
 
 
 @dataclasses.dataclass(frozen=True)
 class Utterance:
   """A stream of segments, per video frame: `phonemes` and `segments` (T,) int, `emphasis` (T,)."""
+
   phonemes: np.ndarray
   segments: np.ndarray
   emphasis: np.ndarray
@@ -122,8 +171,9 @@ def sample_utterance(rng: np.random.Generator, num_frames: int) -> Utterance:
   return Utterance(np.asarray(ids, np.int32)[segments], segments, emphasis[segments])
 
 
-def swap_within_groups(rng: np.random.Generator, utterance: Utterance,
-                       probability: float = 1.0) -> np.ndarray:
+def swap_within_groups(
+  rng: np.random.Generator, utterance: Utterance, probability: float = 1.0
+) -> np.ndarray:
   """Per-frame ids of another phoneme of the same group, segment by segment; silence stays.
 
   A group's members are equally frequent and each is replaced by a uniformly drawn other member,
@@ -132,8 +182,9 @@ def swap_within_groups(rng: np.random.Generator, utterance: Utterance,
   extra draw per segment, made only then, so that full swaps draw exactly as before).
   """
   segment_ids = utterance.phonemes[np.unique(utterance.segments, return_index=True)[1]]
-  swapped = np.array([rng.choice(_GROUP_MATES[i]) if i != SILENCE else SILENCE
-                      for i in segment_ids], np.int32)
+  swapped = np.array(
+    [rng.choice(_GROUP_MATES[i]) if i != SILENCE else SILENCE for i in segment_ids], np.int32
+  )
   if probability < 1.0:
     keep = rng.random(len(segment_ids)) >= probability
     swapped = np.where(keep, segment_ids, swapped)

@@ -13,7 +13,7 @@ def coverage(u, v, half_width, half_height, exponent=2.0):
   """
   su = u / half_width
   sv = v / half_height
-  su_power = su ** exponent
+  su_power = su**exponent
   level = np.sqrt(su_power + sv * sv)
   grad_u = exponent * su_power / np.maximum(su, 1e-6) / half_width
   grad_v = 2.0 * sv / half_height
@@ -21,4 +21,5 @@ def coverage(u, v, half_width, half_height, exponent=2.0):
   distance = (level - 1.0) / np.maximum(slope, 1e-6)
   inside_box = np.clip(np.minimum(half_width - u, half_height - np.abs(v)) + 0.5, 0.0, 1.0)
   return np.minimum(np.clip(0.5 - distance, 0.0, 1.0), inside_box) * np.minimum(
-      1.0, 2.0 * np.minimum(half_width, half_height))
+    1.0, 2.0 * np.minimum(half_width, half_height)
+  )

@@ -13,6 +13,7 @@ _SPEAKER_STREAM = 1  # seeds speakers apart from clips (generator.py uses 0)
 @dataclasses.dataclass(frozen=True)
 class Face:
   """Grey levels and geometry (pixels in the 112x112 frame) of one face."""
+
   background: float
   skin: float
   hair: float
@@ -22,20 +23,21 @@ class Face:
   head_half_height: float
   hairline_y: float
   eye_y: float
-  eye_spacing: float       # horizontal distance of each eye from the face's midline
+  eye_spacing: float  # horizontal distance of each eye from the face's midline
   eye_half_width: float
   eye_half_height: float
   brow_gap: float
   nose_y: float
   mouth_y: float
   mouth_half_width: float  # at viseme width 1
-  mouth_opening: float     # inner half-height at viseme opening 1
+  mouth_opening: float  # inner half-height at viseme opening 1
   lip_thickness: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Voice:
   """Pitch, vocal tract length (formant scale), breathiness and intonation of one voice."""
+
   f0: float
   formant_scale: float
   breathiness: float
@@ -58,16 +60,32 @@ def speaker(seed: int, speaker_id: int) -> Speaker:
   darker = rng.random() < 0.5 or skin > 150
   background = skin - u(40, 90) if darker else skin + u(30, 50)
   face = Face(
-      background=background, skin=skin, hair=u(20, 80), lip_darkness=u(25, 50),
-      head_centre_y=u(50, 54), head_half_width=u(36, 42), head_half_height=u(52, 58),
-      hairline_y=u(12, 22), eye_y=u(40, 46), eye_spacing=u(15, 19), eye_half_width=u(5, 7),
-      eye_half_height=u(2.5, 3.5), brow_gap=u(6, 9), nose_y=u(62, 67), mouth_y=u(80, 84),
-      mouth_half_width=u(10, 12.5), mouth_opening=u(7, 8.5), lip_thickness=u(2.2, 3.2))
+    background=background,
+    skin=skin,
+    hair=u(20, 80),
+    lip_darkness=u(25, 50),
+    head_centre_y=u(50, 54),
+    head_half_width=u(36, 42),
+    head_half_height=u(52, 58),
+    hairline_y=u(12, 22),
+    eye_y=u(40, 46),
+    eye_spacing=u(15, 19),
+    eye_half_width=u(5, 7),
+    eye_half_height=u(2.5, 3.5),
+    brow_gap=u(6, 9),
+    nose_y=u(62, 67),
+    mouth_y=u(80, 84),
+    mouth_half_width=u(10, 12.5),
+    mouth_opening=u(7, 8.5),
+    lip_thickness=u(2.2, 3.2),
+  )
   low = rng.random() < 0.5
   voice = Voice(
-      f0=u(90, 140) if low else u(170, 240),
-      formant_scale=u(0.88, 0.98) if low else u(1.02, 1.15),
-      breathiness=u(0.05, 0.25), intonation=u(0.04, 0.1))
+    f0=u(90, 140) if low else u(170, 240),
+    formant_scale=u(0.88, 0.98) if low else u(1.02, 1.15),
+    breathiness=u(0.05, 0.25),
+    intonation=u(0.04, 0.1),
+  )
   return Speaker(face, voice)
 
 
@@ -76,9 +94,11 @@ def split_speakers(num_speakers: int, split: str) -> np.ndarray:
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
   if num_speakers < MIN_SPEAKERS_PER_SPLIT * len(SPLITS):
-    raise ValueError(f"num_speakers={num_speakers} leaves a split fewer than "
-                     f"{MIN_SPEAKERS_PER_SPLIT} speakers; use at least "
-                     f"{MIN_SPEAKERS_PER_SPLIT * len(SPLITS)}")
+    raise ValueError(
+      f"num_speakers={num_speakers} leaves a split fewer than "
+      f"{MIN_SPEAKERS_PER_SPLIT} speakers; use at least "
+      f"{MIN_SPEAKERS_PER_SPLIT * len(SPLITS)}"
+    )
   train = max(MIN_SPEAKERS_PER_SPLIT, round(_SPLIT_FRACTIONS[0] * num_speakers))
   validation = max(MIN_SPEAKERS_PER_SPLIT, round(_SPLIT_FRACTIONS[1] * num_speakers))
   train = min(train, num_speakers - validation - MIN_SPEAKERS_PER_SPLIT)

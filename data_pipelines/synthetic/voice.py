@@ -14,21 +14,27 @@ from data_pipelines.synthetic import phonemes, speakers
 SAMPLES_PER_FRAME = int(schema.SAMPLE_RATE / schema.FPS)
 _HIGHEST_HARMONIC_HZ = 7600.0
 _ATTACK_SECONDS = 0.012
-_DECAY_TO = 0.75            # segment amplitude at its end, relative to its peak
+_DECAY_TO = 0.75  # segment amplitude at its end, relative to its peak
 _CROSSFADE_SECONDS = 0.010  # box filter width; applied twice (triangular 20 ms fade)
-_SNR_DB = (25.0, 40.0)      # open-vowel RMS over the background noise floor
+_SNR_DB = (25.0, 40.0)  # open-vowel RMS over the background noise floor
 _PEAK_RMS = (1500.0, 5000.0)  # int16 RMS of an open vowel: the recording gain
 _VOCODER_CUTOFF_HZ = (5000.0, 7000.0)
-_VOCODER_INTONATION = 0.3   # vocoders flatten the pitch contour to this fraction
-PRE_EMPHASIS = 0.97         # python_speech_features.mfcc's preemph
+_VOCODER_INTONATION = 0.3  # vocoders flatten the pitch contour to this fraction
+PRE_EMPHASIS = 0.97  # python_speech_features.mfcc's preemph
 # |1 - 0.97 exp(-i 2 pi f / 16 kHz)| near an open vowel's first formants (~900 Hz): with
 # equal_mfcc_energy, sounds are scaled by it so that an open vowel keeps its raw loudness.
 _OPEN_VOWEL_PRE_EMPHASIS_GAIN = 0.35
 _INT16_PEAK = 32000.0
 
 
-def render_speech(rng: np.random.Generator, utterance: phonemes.Utterance, voice: speakers.Voice,
-                  *, vocoded: bool, equal_mfcc_energy: bool = False) -> np.ndarray:
+def render_speech(
+  rng: np.random.Generator,
+  utterance: phonemes.Utterance,
+  voice: speakers.Voice,
+  *,
+  vocoded: bool,
+  equal_mfcc_energy: bool = False,
+) -> np.ndarray:
   """int16 samples at schema.SAMPLE_RATE covering the utterance's frames (640 per frame).
 
   vocoded: synthesise as a voice-conversion vocoder would: a flattened pitch contour, no breath
@@ -65,8 +71,9 @@ def render_speech(rng: np.random.Generator, utterance: phonemes.Utterance, voice
     envelope = lowpass * _formant_envelope(phoneme, voice.formant_scale, frequencies)
     sound = _unit_rms(np.fft.irfft(noise * envelope, num_samples))
     if phoneme.voiced:
-      sound = _unit_rms(_unit_rms(np.fft.irfft(harmonics * envelope, num_samples))
-                        + breathiness * sound)
+      sound = _unit_rms(
+        _unit_rms(np.fft.irfft(harmonics * envelope, num_samples)) + breathiness * sound
+      )
     if equal_mfcc_energy:
       sound = _OPEN_VOWEL_PRE_EMPHASIS_GAIN * sound / _local_rms(pre_emphasised(sound))
     gain = np.where(phoneme_per_sample == phoneme_id, phoneme.loudness * amplitude, 0.0)
