@@ -18,8 +18,8 @@ from avcd import config_lib
 from avcd.models.student import Student
 from avcd.models.teachers import ASRTeacher, VSRTeacher
 from avcd.porting import weights
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = REPO.parent / "shared" / "parity"
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from avcd.training import flops
-from tests import test_mesh
+from tests.conftest import FAST_COMPILE_FLAGS, REPO
 
 
 def test_compile_reports_memory_and_flops_without_running(tmp_path):
@@ -27,11 +27,11 @@ def test_compile_reports_memory_and_flops_without_running(tmp_path):
       "--mesh=2x2",
       "--lengths=16",
     ],
-    cwd=test_mesh.REPO,
+    cwd=REPO,
     capture_output=True,
     text=True,
     timeout=600,
-    env=dict(os.environ, XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS),
+    env=dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS),
   )
   assert result.returncode == 0, result.stderr[-5000:]
   assert "mesh data=2 x fsdp=2 of 4 cpu devices" in result.stdout

@@ -18,8 +18,7 @@ from flax import nnx
 from avcd import checkpoints
 from avcd.training import preemption, state as ts
 from tests import tiny_models
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def _tree(step: int) -> dict:

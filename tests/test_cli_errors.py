@@ -2,14 +2,13 @@
 (a failure while working); never a traceback."""
 
 import os
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def avcd(*args, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:

@@ -16,8 +16,8 @@ from avcd.models.teachers import sinusoidal_positions
 from avcd.porting import convert, weights
 from avcd.training import state as ts
 from tests import parity_utils
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # as tests/test_parity.py: of each array's max |value|
 
 

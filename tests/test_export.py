@@ -14,10 +14,10 @@ from flax import nnx
 from avcd import checkpoints, config_lib
 from avcd.serving import export
 from avcd.training import state as ts, steps
+from tests.conftest import REPO
 
 tf = pytest.importorskip("tensorflow")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 STEP = 7
 TOLERANCE = 1e-4
 pytestmark = pytest.mark.slow

@@ -31,16 +31,12 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from avcd.training import sharding
+from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, LOSS_RTOL, REPO
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 MESHES = ((1, 1), (8, 1), (4, 2), (2, 4))
 NUM_STEPS = 3
 ROWS, FRAMES, FACE = 8, 16, 32  # every mesh splits the 8 rows; 32 px faces keep steps short
-LOSS_RTOL = 2e-5
 PARAM_ATOL = 1e-6
-ADAM_EPS = 1.0
-# XLA:CPU's LLVM optimisations take most of the compile time and change nothing tested here.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def test_parameter_spec_splits_the_largest_divisible_axis():

@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 from avcd.training import sharding
-from tests import test_mesh
+from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, LOSS_RTOL, REPO
 
-REPO = test_mesh.REPO
 STEPS_PER_EPOCH = 2  # 8 training clips, 4 per batch
 OVERRIDES = (
   "--config.data.bucket_lengths=(8,)",
@@ -28,7 +27,7 @@ OVERRIDES = (
   "--config.data.train_window=8",
   "--config.data.frame_budget=32",
   "--config.eval.frame_budget=32",
-  f"--config.optim.eps={test_mesh.ADAM_EPS}",
+  f"--config.optim.eps={ADAM_EPS}",
 )
 
 
@@ -79,7 +78,7 @@ def runs(tmp_path_factory):
   # The resumed launch compiles the same programs as the first: the cache serves them.
   env = dict(
     os.environ,
-    XLA_FLAGS=test_mesh.FAST_COMPILE_FLAGS,
+    XLA_FLAGS=FAST_COMPILE_FLAGS,
     JAX_COMPILATION_CACHE_DIR=str(root / "compilation_cache"),
   )
   one_process = subprocess.Popen(
@@ -105,7 +104,7 @@ def test_two_processes_match_one_process(runs):
   one, two = _losses(runs["root"] / "one"), _losses(runs["root"] / "two")
   assert sorted(one) == sorted(two) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
   np.testing.assert_allclose(
-    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=test_mesh.LOSS_RTOL
+    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=LOSS_RTOL
   )
 
 

@@ -15,10 +15,10 @@ from avcd.training import state as ts
 from data_pipelines.features import face_crop, video
 from data_pipelines.synthetic import generator
 from tests import media_utils
+from tests.conftest import REPO
 
 pytest.importorskip("tensorflow")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FRAME_HEIGHT, FRAME_WIDTH = 240, 320
 FACE_SIDE = 168  # the synthetic 112 px face image, enlarged
 FACE_TOP, FACE_LEFT = 36, 60

@@ -17,8 +17,8 @@ import tensorflow_datasets as tfds
 from data_pipelines import clips, manifests, prepare, schema
 from data_pipelines.corpora import clip_store, process_pool
 from tests import media_utils
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_FRAMES = 25
 # The manifests name media under the authors' kind of absolute path; tests rewrite it.
 AUTHORS_ROOT = "/data2/someone/corpus"

@@ -30,8 +30,8 @@ from flax import nnx
 from avcd import checkpoints, config_lib
 from avcd.training import sharding, state as ts, steps
 from tests import tiny_models
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.py"
 TOTAL_STEPS = 8  # configs/tiny.py: 2 epochs of 4 steps, a checkpoint every 2 steps
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -14,13 +14,13 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import schema
 from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers
+from tests.conftest import REPO
 
 TINY = generator.SyntheticSpec(
   seed=3, train_clips=8, validation_clips=3, test_clips=4, min_frames=20, max_frames=30
 )
 # Many clips to pick each method from; only the clips a test asks for are generated.
 RULES = generator.SyntheticSpec(seed=1, train_clips=400, min_frames=60, max_frames=75)
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @functools.cache

@@ -16,8 +16,8 @@ from avcd.models.student import frame_mask
 from avcd.teachers import cache as teacher_cache, frozen
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import corpus_setup, loader, posterior_store as cache_store
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Whole-clip windows (train_window = max_frames = 40) in one bucket of two rows.
 WHOLE_CLIPS = {
   "data.train_window": 40,

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from avcd import workdir_lock
+from tests.conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 _HOLDER = """
 import sys, time
 from avcd import workdir_lock

@@ -1,7 +1,6 @@
 """Worker processes die with their parent, even when the parent is killed with SIGKILL."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 _PARENT = """
 import multiprocessing, sys, time

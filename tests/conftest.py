@@ -1,0 +1,15 @@
+"""What several test modules share: the repository's location, fast-compile flags, mesh tolerances.
+
+Test modules import these names from here instead of from each other.
+"""
+
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny.py"
+# XLA:CPU's LLVM optimisations take most of the compile time and change nothing tested here.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Losses of the same steps on different meshes agree to float32 summation order (test_mesh.py,
+# test_multiprocess.py); Adam's eps is raised so that nearly-zero gradients cannot flip updates.
+LOSS_RTOL = 2e-5
+ADAM_EPS = 1.0
