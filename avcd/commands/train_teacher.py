@@ -1,7 +1,9 @@
 """avcd train-teacher --config=configs/X.py [--config.field=value ...] --workdir=DIR
 
 Writes the teachers' model checkpoint, report.json and soft_targets.png into DIR; point a student
-run at it with --config.teachers.checkpoint=DIR.
+run at it with --config.teachers.checkpoint=DIR. A synthetic corpus is generated beside DIR, in
+DIR/../data (unless --config.data.data_dir says where): a student run whose workdir is DIR/..
+(the demo's layout, WORKDIR/teachers) then finds the same corpus.
 """
 
 from absl import app, flags
