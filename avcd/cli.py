@@ -100,6 +100,9 @@ class _QuietLibraries(logging.Filter):
   _NOT_ACTIONABLE = (
     "Requested `tracked_metric`; did not provide metrics",
     "Using custom data configuration",
+    # reading a checkpoint read-only, as eval, export and restoring teachers do
+    "CheckpointManagerOptions.read_only=True",
+    "Given directory is read only",
   )
 
   def filter(self, record: logging.LogRecord) -> bool:
