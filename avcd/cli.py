@@ -16,7 +16,7 @@ import pathlib
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging as absl_logging
 
 COMMANDS = {
   "train": ("train", "train a detector on a config, then evaluate it"),
@@ -88,12 +88,13 @@ def usage() -> str:
 
 
 class _QuietLibraries(logging.Filter):
-  """Drops the INFO chatter of Orbax, Grain and TFDS (every step of every save) from the log;
+  """Drops the INFO chatter of Orbax, Grain, TFDS (every step of every save) and JAX's backend
+  search ("Unable to initialize backend 'tpu'" on every machine without one) from the log;
   their warnings and errors still show, Orbax's without their tracebacks: a failed background
   save is reported by avcd in one line with its cause (checkpoints.CheckpointSaveError), and
   Orbax logs the same failure from three threads with 60 lines of traceback each."""
 
-  _CHATTY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+  _CHATTY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/", "/jax/_src/xla_bridge.py")
 
   # Warnings that say nothing a user can act on: avcd saves between evaluations on purpose, and
   # every synthetic corpus is a "custom data configuration".
@@ -232,7 +233,7 @@ def main() -> None:
   if command not in COMMANDS:
     print(f"avcd: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(USAGE_EXIT)
-  logging.getLogger("absl").addFilter(_QuietLibraries())
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())  # every logger's records
   module = importlib.import_module(f"avcd.commands.{COMMANDS[command][0]}")
   # absl's --help shows the main module's docstring and flags: make them the command's.
   sys.modules["__main__"].__doc__ = f"{module.__doc__.rstrip()}\n\n{EXIT_STATUS_HELP}\n"

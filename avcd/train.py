@@ -24,7 +24,7 @@ from avcd import checkpoints, config_checks, workdir_lock
 from avcd.evaluation import evaluate, metrics
 from avcd.teachers import cache as teacher_cache, frozen, training as teacher_training
 from avcd.training import flops, preemption, sharding, state as ts, steps, writers
-from data_pipelines import corpus_setup, loader, split_index
+from data_pipelines import corpus_setup, loader, progress, split_index
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -249,8 +249,8 @@ def _train_and_evaluate(
       summary["epoch"],
       steps_per_second,
       summary["frames_per_second"],
-      _duration(now - loop_start),
-      _duration(remaining),
+      progress.duration(now - loop_start),
+      progress.duration(remaining),
     )
     interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
 
@@ -313,13 +313,9 @@ def _train_and_evaluate(
   checkpointer.wait()
   results = run_evaluation(total_steps)
   logging.info(
-    "done in %s: reports in %s", _duration(time.perf_counter() - start_time), workdir / "eval"
+    "done in %s: reports in %s",
+    progress.duration(time.perf_counter() - start_time),
+    workdir / "eval",
   )
   multihost_utils.sync_global_devices("avcd train done")
   return results
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -7,6 +7,7 @@ whose examples pass `schema.validate_example`. Build with
 """
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data_pipelines import schema
 
@@ -22,3 +23,11 @@ class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features=schema.tfds_features(),
       description=self.__doc__,
     )
+
+  # TFDS prints these in bold to stdout, sizes "Unknown" for corpora it does not download: avcd
+  # logs its own lines instead (and its own progress, not TFDS's bars, which flood a log file).
+  def _log_download_bytes(self) -> None:
+    logging.info("preparing %s in %s", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("prepared %s in %s", self.name, self.data_dir)

@@ -1,5 +1,7 @@
 """avcd train --config=configs/X.py [--config.field=value ...] --workdir=DIR"""
 
+import pathlib
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,11 +21,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+
   from avcd import train  # pylint: disable=g-import-not-at-top
+  from avcd.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from avcd.training import sharding  # pylint: disable=g-import-not-at-top
 
   sharding.initialize_distributed()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
+  if results and jax.process_index() == 0:
+    workdir = pathlib.Path(_WORKDIR.value).absolute()
+    print(evaluate.summary(results, workdir, f"the final step in {workdir / 'checkpoints'}"))
+    print(f"\nmetrics.jsonl and tensorboard/ in {workdir}: tensorboard --logdir={workdir}")
 
 
 if __name__ == "__main__":

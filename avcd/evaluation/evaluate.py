@@ -165,7 +165,20 @@ def evaluate_checkpoint(
   results = evaluate_splits(predict_fn, student.params, student.batch_stats, config, mesh, workdir)
   if jax.process_index() == 0:
     source = student.source
-    for split, result in results.items():
-      print(f"\n## {split} (checkpoint {source['checkpoint_dir']}/{source['step']})\n")
-      print(reports.markdown_table(result))
+    print(summary(results, workdir, f"checkpoint {source['checkpoint_dir']}/{source['step']}"))
   return results
+
+
+def summary(results: dict[str, dict], workdir: str | pathlib.Path, source: str) -> str:
+  """What `avcd train` and `avcd eval` print at the end: each split's table (methods as columns)
+  and where its reports are."""
+  lines = []
+  for split, result in results.items():
+    directory = pathlib.Path(workdir) / "eval" / split
+    lines += [
+      f"\n## {split} ({source})\n",
+      reports.markdown_table(result),
+      "",
+      f"reports in {directory}: {', '.join(reports.REPORT_FILES)}",
+    ]
+  return "\n".join(lines)

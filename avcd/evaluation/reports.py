@@ -274,24 +274,30 @@ def _plot_roc(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None
   curves = list(metrics.fake_groups(columns["label"], columns["method"]).items())
   curves.append((OVERALL, np.ones(columns["label"].size, dtype=bool)))
   colours = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"]
-  for index, (name, mask) in enumerate(curves):
+  styles = ("-", "--", "-.", ":")
+  drawn = [c for c in curves if np.unique(columns["label"][c[1]]).size == 2]
+  for index, (name, mask) in enumerate(drawn):
     labels, scores = columns["label"][mask], columns["score"][mask]
-    if np.unique(labels).size < 2:  # no curve without both classes (metrics warned already)
-      continue
     false_positive_rate, true_positive_rate, _ = sk_metrics.roc_curve(labels, scores)
     auc = sk_metrics.auc(false_positive_rate, true_positive_rate)
     is_overall = name == OVERALL
+    # Detectors often reach AUC 1 on several methods, whose curves then coincide: each curve gets
+    # its own dash pattern, earlier ones are drawn wider, and markers show the corner points.
     axes.plot(
       false_positive_rate,
       true_positive_rate,
       label=f"{name} (AUC {auc:.3f})",
       color="black" if is_overall else colours(index % colours.N),
-      linestyle="--" if is_overall else "-",
-      linewidth=1.5,
+      linestyle=styles[index % len(styles)],
+      linewidth=1.2 + 2.4 * (len(drawn) - 1 - index) / max(len(drawn) - 1, 1),
+      marker="o" if len(false_positive_rate) <= 12 else None,
+      markersize=4,
+      alpha=0.85,
+      zorder=2 + index,
     )
   axes.set(
-    xlim=(0, 1),
-    ylim=(0, 1.01),
+    xlim=(-0.015, 1),  # a perfect curve runs along x = 0 and y = 1: keep it off the frame
+    ylim=(0, 1.015),
     xlabel="false positive rate (reals called fake)",
     ylabel="true positive rate (fakes caught)",
     title=f"ROC, split {split}",
@@ -303,8 +309,10 @@ def _plot_roc(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None
 
 
 def _plot_score_histograms(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None:
-  """Per method, density histograms of the reals' scores and that method's fakes' scores."""
+  """Per method, density histograms of the reals' scores and that method's fakes' scores, with
+  the score at which P(fake) crosses 0.5 (interpolated from the clips' own scores)."""
   labels, scores, methods = columns["label"], columns["score"], columns["method"]
+  threshold_score = _score_at_probability(scores, columns["probability"], 0.5)
   is_real = labels == 0
   fake_methods = sorted({str(method) for method in methods[~is_real]})
   panels = [(method, (methods == method) & ~is_real) for method in fake_methods]
@@ -332,11 +340,32 @@ def _plot_score_histograms(columns: Mapping[str, np.ndarray], path: Path, split:
           color=colour,
           label=f"{label} ({values.size})",
         )
-    axes.set(title=name, xlabel="score", ylabel="density")
+    # The score is the clip's fake-class logit; P(fake) = 0.5 where it equals the real-class one,
+    # which the score alone does not show: mark the score at which the decision flips, if known.
+    if threshold_score is not None:
+      axes.axvline(
+        threshold_score, color="black", linestyle=":", linewidth=1, label="P(fake) = 0.5"
+      )
+    axes.set(title=name, xlabel="clip score (mean fake-class frame logit)", ylabel="density")
     axes.legend(fontsize="small")
   for axes in grid.flat[len(panels) :]:
     axes.set_axis_off()
   _save_figure(figure, path)
+
+
+def _score_at_probability(
+  scores: np.ndarray, probabilities: np.ndarray, level: float
+) -> float | None:
+  """The score where P(fake) crosses `level`, from the clips' (score, probability) pairs; None if
+  no clip lies on each side. Probability rises with score but also depends on the real class's
+  logit, so this is the crossing along the clips, not an exact function of the score."""
+  below, above = scores[probabilities < level], scores[probabilities >= level]
+  if not below.size or not above.size:
+    return None
+  return float((below.max() + above.min()) / 2)
+
+
+REPORT_FILES = ("metrics.md", "metrics.json", "scores.csv", "roc.png", "score_histograms.png")
 
 
 def write_report(
@@ -357,8 +386,7 @@ def write_report(
     out_dir: created if missing, e.g. WORKDIR/eval/SPLIT.
     split: the split's name, used in titles and warnings.
     chosen_threshold: a threshold from avcd.evaluation.metrics.choose_threshold on
-      `threshold_split`; the
-      threshold metrics are then reported at it as well as at 0.5.
+      `threshold_split`; the threshold metrics are then reported at it as well as at 0.5.
     threshold_split: the split the chosen threshold comes from.
     num_resamples, confidence, seed: of the bootstrap intervals.
 

@@ -4,6 +4,7 @@ Layout: the MFCC image is (B, F, Ta, C) with F = 13 coefficients and Ta = 4T aud
 reference's (height = frequency, width = time). Two stride-2 stages bring Ta down to T.
 """
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -105,7 +106,7 @@ class AudioEncoder(nnx.Module):
 
   def __call__(self, mfcc: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
     """mfcc: (B, Ta, F); mask: (B, Ta) valid audio frames. Returns (B, T, C) and its mask."""
-    x = jnp.swapaxes(mfcc, 1, 2)[..., None].astype(self.dtype)
+    x = einops.rearrange(mfcc, "b t f -> b f t 1").astype(self.dtype)
     m = mask[:, None, :]
     x = self.conv1(layers.zero_invalid(x, m))
     x = jax.nn.relu(self.bn1(x, m, train=train))

@@ -10,6 +10,7 @@ axis, e.g. (B, T) for (B, T, C) activations or (B, T, 1, 1) for (B, T, H, W, C).
 
 import math
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -138,7 +139,7 @@ class MultiHeadAttention(nnx.Module):
     rngs: nnx.Rngs | None,
   ) -> jax.Array:
     """query: (B, Tq, D); key_value: (B, Tk, D); key_mask: (B, Tk)."""
-    split = lambda x: x.reshape(*x.shape[:-1], self.num_heads, -1)
+    split = lambda x: einops.rearrange(x, "b t (heads d) -> b t heads d", heads=self.num_heads)
     q, k, v = split(self.query(query)), split(self.key(key_value)), split(self.value(key_value))
     q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=STATS_DTYPE)
@@ -148,7 +149,7 @@ class MultiHeadAttention(nnx.Module):
       keep = jax.random.bernoulli(rngs.dropout(), 1.0 - self.dropout_rate, weights.shape)
       weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-    return self.out(out.reshape(*out.shape[:-2], -1))
+    return self.out(einops.rearrange(out, "b q heads d -> b q (heads d)"))
 
 
 class AttentionLayer(nnx.Module):

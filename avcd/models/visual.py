@@ -9,6 +9,7 @@ padding at its ends (the reference's behaviour at batch size 1), so scores do no
 batch composition.
 """
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -115,14 +116,14 @@ class VisualFrontend(nnx.Module):
     half = STEM_FRAMES // 2
     padded = jnp.pad(x, ((0, 0), (half, half), (0, 0), (0, 0)))
     neighbours = jnp.stack([padded[:, k : k + t] for k in range(STEM_FRAMES)], axis=-1)
-    x = self.stem(neighbours.reshape(b * t, *neighbours.shape[2:]))
-    frame_mask = mask.reshape(b * t, 1, 1)
+    x = self.stem(einops.rearrange(neighbours, "b t h w k -> (b t) h w k"))
+    frame_mask = einops.rearrange(mask, "b t -> (b t) 1 1")
     x = jax.nn.relu(self.bn3d(x, frame_mask, train=train))
     x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for layer in self.resnet:
       x = layer(x, frame_mask, train=train)
     x = jnp.mean(x.astype(layers.STATS_DTYPE), axis=(1, 2)).astype(x.dtype)
-    return x.reshape(b, t, -1)
+    return einops.rearrange(x, "(b t) c -> b t c", b=b)
 
 
 class TemporalBlock(nnx.Module):

@@ -410,7 +410,7 @@ def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   frames = np.arange(record["num_frames"])
-  figure, axis = plt.subplots(figsize=(8, 3.2), layout="constrained")
+  figure, axis = plt.subplots(figsize=(8, 3.6), layout="constrained")
   axis.plot(
     (frames + 0.5) / schema.FPS, record["frame_probabilities"], color="0.7", lw=0.8, label="frame"
   )
@@ -432,7 +432,10 @@ def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
     ylabel="P(fake)",
     title=f"{pathlib.Path(record['path']).name}: P(fake) {record['probability']:.3f}",
   )
-  axis.legend(loc="upper right", fontsize="small", ncols=4)
+  # Outside the axes, so that it never covers the curves.
+  axis.legend(
+    loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize="small", ncols=4, frameon=False
+  )
   figure.savefig(path, dpi=100)
   plt.close(figure)
 

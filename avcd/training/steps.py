@@ -11,6 +11,7 @@ that is compiled ahead of time, benchmarked and tested is the program that train
 import dataclasses
 import time
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -88,7 +89,7 @@ def _microbatches(batch: dict, count: int) -> dict:
   def split(x):
     if x.shape[0] % count:
       raise ValueError(f"batch of {x.shape[0]} rows does not split into {count} micro-batches")
-    return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+    return einops.rearrange(x, "(rows micro) ... -> micro rows ...", micro=count)
 
   return jax.tree.map(split, batch)
 

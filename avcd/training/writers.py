@@ -1,8 +1,8 @@
-"""Metric writers: JSON lines always, plus clu's TensorBoard writer when TensorFlow is installed.
+"""Metric writers: JSON lines and TensorBoard event files, in every install.
 
-clu's `metric_writers` package imports TensorFlow at import time, so the core install (no TF)
-writes JSON lines only; with the `tf` extra, scalars also go through clu's writer to TensorBoard.
-Only process 0 writes.
+WORKDIR/metrics.jsonl holds one JSON object per write (readable while the run goes on, and by
+any tool); WORKDIR/tensorboard/ holds the same scalars as TensorBoard events, written with
+tensorboardX (protobuf and numpy only: no TensorFlow). Only process 0 writes.
 """
 
 import json
@@ -11,11 +11,10 @@ import pathlib
 import time
 
 import jax
-from absl import logging
 
 
 class JsonLinesWriter:
-  """Appends one JSON object per write to WORKDIR/metrics.jsonl (clu MetricWriter methods)."""
+  """Appends one JSON object per write to WORKDIR/metrics.jsonl."""
 
   def __init__(self, path: pathlib.Path):
     self._path = pathlib.Path(path)
@@ -40,21 +39,40 @@ class JsonLinesWriter:
     self._file.close()
 
 
+class TensorBoardWriter:
+  """Scalars and the hyperparameters (as text) in TensorBoard's event files."""
+
+  def __init__(self, directory: pathlib.Path):
+    import tensorboardX  # pylint: disable=g-import-not-at-top  (0.3 s; help stays instant)
+
+    self._writer = tensorboardX.SummaryWriter(str(directory), flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    for key, value in scalars.items():
+      self._writer.add_scalar(key, float(value), int(step))
+
+  def write_hparams(self, hparams: dict) -> None:
+    self._writer.add_text("hparams", f"```\n{json.dumps(hparams, indent=2, default=str)}\n```")
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricWriters:
-  """Fans out to the JSON-lines writer and, if available, clu's TensorBoard writer."""
+  """Fans out to the JSON-lines and the TensorBoard writer (process 0 only)."""
 
   def __init__(self, workdir: str | pathlib.Path):
     self._writers = []
     if jax.process_index() != 0:
       return
     workdir = pathlib.Path(workdir)
-    self._writers.append(JsonLinesWriter(workdir / "metrics.jsonl"))
-    try:
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      logging.info("TensorFlow/TensorBoard not installed: writing metrics.jsonl only")
-    else:
-      self._writers.append(metric_writers.SummaryWriter(str(workdir / "tensorboard")))
+    self._writers += [
+      JsonLinesWriter(workdir / "metrics.jsonl"),
+      TensorBoardWriter(workdir / "tensorboard"),
+    ]
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     for writer in self._writers:

@@ -25,8 +25,8 @@ from typing import Sequence
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines import clip_builder, schema
-from data_pipelines.corpora import beam_extraction, clip_store, extraction, progress, sources
+from data_pipelines import clip_builder, progress, schema
+from data_pipelines.corpora import beam_extraction, clip_store, extraction, sources
 
 
 class NoUsableClips(RuntimeError):

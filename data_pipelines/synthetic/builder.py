@@ -14,7 +14,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import clip_builder, schema
+from data_pipelines import clip_builder, progress, schema
 from data_pipelines.synthetic import generator
 
 # Fields added after corpora were first built: named only when they differ from their default,
@@ -32,6 +32,9 @@ def config_name(spec: generator.SyntheticSpec) -> str:
     text = ".".join(map(str, value)) if isinstance(value, tuple) else repr(value)
     parts.append(f"{field.name}{text}")
   return "-".join(parts)
+
+
+_PROGRESS_INTERVAL_S = 15.0
 
 
 class SyntheticConfig(tfds.core.BuilderConfig):
@@ -62,8 +65,13 @@ class SyntheticAV(clip_builder.ClipBuilder):
     }
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
-    for example in generator.generate_examples(self.builder_config.spec, split):
+    spec = self.builder_config.spec
+    counter = progress.Progress(
+      f"synthetic corpus, {split}", spec.num_clips(split), interval_s=_PROGRESS_INTERVAL_S
+    )
+    for example in generator.generate_examples(spec, split):
       yield example["id"], example
+      counter.step()
 
 
 def dataset_name(spec: generator.SyntheticSpec) -> str:
@@ -74,5 +82,6 @@ def dataset_name(spec: generator.SyntheticSpec) -> str:
 def build(spec: generator.SyntheticSpec, data_dir: str) -> SyntheticAV:
   """The prepared builder of `spec` under data_dir; splits with no clips are left out."""
   builder = SyntheticAV(config=SyntheticConfig(spec), data_dir=data_dir, file_format="array_record")
+  tfds.disable_progress_bar()  # the builder logs its own progress lines
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

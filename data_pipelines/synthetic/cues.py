@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 
 import cv2
+import einops
 import numpy as np
 import scipy.ndimage
 import scipy.stats
@@ -71,7 +72,7 @@ CUES = (
 
 def frame_energy(example: dict) -> np.ndarray:
   """MFCC c0 (python_speech_features' log frame energy) averaged per video frame."""
-  return example["mfcc"][:, 0].reshape(example["num_frames"], -1).mean(axis=1)
+  return einops.reduce(example["mfcc"][:, 0], "(t rows) -> t", "mean", t=example["num_frames"])
 
 
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -91,7 +92,7 @@ def _lagged_correlation(opening: np.ndarray, energy: np.ndarray, lag: int) -> fl
 
 def _band_power(example: dict) -> callable:
   power = np.square(example["stft"].astype(np.float32))
-  power = power.reshape(example["num_frames"], -1, power.shape[-1]).sum(axis=1)
+  power = einops.reduce(power, "(t rows) f -> t f", "sum", t=example["num_frames"])
   bins = np.arange(power.shape[-1]) * _BIN_HZ
   return lambda low, high: power[:, (bins >= low) & (bins < high)].sum(axis=1)
 

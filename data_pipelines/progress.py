@@ -46,3 +46,10 @@ class Progress:
       rate,
       eta,
     )
+
+
+def duration(seconds: float) -> str:
+  """H:MM:SS, or M:SS under an hour."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
