@@ -1,0 +1,224 @@
+"""Whether a detector's P(fake) can be read as a probability, and a map that makes it so.
+
+Measures, per split: expected calibration error with equal-width bins (the usual ECE: bins of
+[0, 1] of the same width, each weighted by its share of clips) and with equal-mass bins (bins of
+the same number of clips, which does not leave the extreme bins nearly empty), the Brier score,
+and a reliability diagram.
+
+The map is fitted on a validation split and stored beside the checkpoints, in
+WORKDIR/calibration.json: temperature scaling (one parameter, T: P = sigmoid(d / T) where d is
+the clip's fake-minus-real logit), or Platt scaling (two: P = sigmoid(a d + b)). Either keeps the
+ranking of clips, hence every AUC; it changes P(fake), what a threshold of 0.5 decides, and ECE.
+`avcd eval`, `avcd export` (the SavedModel's `probability`) and `avcd predict` apply it when the
+file is there and belongs to the checkpoint they read.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+
+CALIBRATION_FILE = "calibration.json"
+METHODS = ("temperature", "platt")
+DEFAULT_BINS = 15
+
+
+def logit(probabilities: np.ndarray) -> np.ndarray:
+  """d = log p - log(1 - p), the fake-minus-real clip logit a P(fake) came from."""
+  p = np.clip(np.asarray(probabilities, np.float64), 1e-12, 1 - 1e-12)
+  return np.log(p) - np.log1p(-p)
+
+
+def _bins(probabilities: np.ndarray, num_bins: int, scheme: str) -> np.ndarray:
+  """Per clip, its bin: equal-width bins of [0, 1], or equal-mass bins of the sorted clips."""
+  if scheme == "width":
+    return np.minimum((probabilities * num_bins).astype(int), num_bins - 1)
+  if scheme == "mass":
+    order = np.argsort(probabilities, kind="stable")
+    bins = np.empty(len(probabilities), int)
+    bins[order] = np.arange(len(probabilities)) * num_bins // max(len(probabilities), 1)
+    return bins
+  raise ValueError(f"unknown binning {scheme!r}: 'width' or 'mass'")
+
+
+def expected_calibration_error(
+  labels: np.ndarray,
+  probabilities: np.ndarray,
+  *,
+  num_bins: int = DEFAULT_BINS,
+  scheme: str = "width",
+) -> float:
+  """sum over bins b of (n_b / N) |mean label in b - mean P(fake) in b| (empty bins count 0)."""
+  labels = np.asarray(labels, np.float64)
+  probabilities = np.asarray(probabilities, np.float64)
+  if labels.size == 0:
+    return float("nan")
+  bins = _bins(probabilities, num_bins, scheme)
+  counts = np.bincount(bins, minlength=num_bins)
+  observed = np.bincount(bins, weights=labels, minlength=num_bins)
+  predicted = np.bincount(bins, weights=probabilities, minlength=num_bins)
+  filled = counts > 0
+  gaps = np.abs(observed[filled] - predicted[filled])  # sums: |n_b mean_y - n_b mean_p|
+  return float(gaps.sum() / labels.size)
+
+
+def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+  """Mean squared difference of P(fake) and the label."""
+  labels = np.asarray(labels, np.float64)
+  return float(np.mean((np.asarray(probabilities, np.float64) - labels) ** 2))
+
+
+def reliability(
+  labels: np.ndarray, probabilities: np.ndarray, num_bins: int = DEFAULT_BINS
+) -> dict:
+  """Per equal-width bin: clip count, mean P(fake), observed share of fakes (NaN when empty)."""
+  labels = np.asarray(labels, np.float64)
+  probabilities = np.asarray(probabilities, np.float64)
+  bins = _bins(probabilities, num_bins, "width")
+  counts = np.bincount(bins, minlength=num_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_p = np.bincount(bins, weights=probabilities, minlength=num_bins) / counts
+    observed = np.bincount(bins, weights=labels, minlength=num_bins) / counts
+  return dict(
+    edges=np.linspace(0, 1, num_bins + 1).tolist(),
+    counts=counts.tolist(),
+    mean_probability=mean_p.tolist(),
+    observed=observed.tolist(),
+  )
+
+
+def split_calibration(
+  labels: np.ndarray, probabilities: np.ndarray, num_bins: int = DEFAULT_BINS
+) -> dict:
+  """What the reports record of a split: both ECEs, the Brier score and the diagram's bins."""
+  return dict(
+    ece=expected_calibration_error(labels, probabilities, num_bins=num_bins, scheme="width"),
+    ece_equal_mass=expected_calibration_error(
+      labels, probabilities, num_bins=num_bins, scheme="mass"
+    ),
+    brier=brier_score(labels, probabilities),
+    num_bins=num_bins,
+    reliability=reliability(labels, probabilities, num_bins),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+  """P(fake) = sigmoid(scale * d + bias), d the clip's fake-minus-real logit.
+
+  Temperature scaling is scale = 1 / T, bias 0. `step` is the checkpoint step it was fitted for.
+  """
+
+  method: str
+  scale: float
+  bias: float
+  fitted_on: str
+  num_clips: int
+  step: int | None = None
+
+  @property
+  def temperature(self) -> float:
+    return 1.0 / self.scale
+
+  def apply(self, probabilities: np.ndarray) -> np.ndarray:
+    return scipy.special.expit(self.scale * logit(probabilities) + self.bias)
+
+  def save(self, workdir: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(workdir) / CALIBRATION_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+  @classmethod
+  def load(cls, workdir: str | pathlib.Path, step: int | None = None) -> "Calibration | None":
+    """The workdir's calibration if there is one and it was fitted for `step` (any if None)."""
+    path = pathlib.Path(workdir) / CALIBRATION_FILE
+    if not path.is_file():
+      return None
+    calibration = cls(**json.loads(path.read_text()))
+    if step is not None and calibration.step is not None and calibration.step != step:
+      return None
+    return calibration
+
+
+def fit(
+  labels: np.ndarray,
+  probabilities: np.ndarray,
+  *,
+  method: str = "temperature",
+  fitted_on: str = "",
+  step: int | None = None,
+) -> Calibration:
+  """The map of `method` minimising the negative log-likelihood of the labels."""
+  if method not in METHODS:
+    raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
+  y = np.asarray(labels, np.float64)
+  if y.size == 0 or y.min() == y.max():
+    raise ValueError(
+      f"calibration needs real and fake clips; {fitted_on or 'the split'} has "
+      f"{int(y.size - y.sum())} real and {int(y.sum())} fake"
+    )
+  d = logit(probabilities)
+
+  def nll(scale, bias):
+    z = scale * d + bias
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+  if method == "temperature":
+    # log T in a wide bracket: T from 1/100 (sharpen) to 100 (soften).
+    result = scipy.optimize.minimize_scalar(
+      lambda log_t: nll(math.exp(-log_t), 0.0),
+      bounds=(-math.log(100), math.log(100)),
+      method="bounded",
+    )
+    scale, bias = math.exp(-result.x), 0.0
+  else:
+    result = scipy.optimize.minimize(
+      lambda v: nll(v[0], v[1]),
+      x0=np.array([1.0, 0.0]),
+      method="Nelder-Mead",
+      options=dict(xatol=1e-6, fatol=1e-9),
+    )
+    scale, bias = (float(v) for v in result.x)
+  return Calibration(method, float(scale), float(bias), fitted_on, int(y.size), step)
+
+
+def plot_reliability(
+  before: dict, after: dict | None, path: str | pathlib.Path, split: str
+) -> None:
+  """Reliability diagram (observed share of fakes against mean P(fake), per bin) with the clip
+  counts below; the calibrated probabilities beside the raw ones when there are both."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  figure = Figure(figsize=(5.6, 6.2), layout="constrained")
+  top, bottom = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+  top.plot([0, 1], [0, 1], color="0.6", linestyle=":", label="perfectly calibrated")
+  centres = np.convolve(before["reliability"]["edges"], [0.5, 0.5], "valid")
+  width = 1.0 / before["num_bins"]
+  for result, colour, name, offset in (
+    (before, "tab:red", "raw", -0.2),
+    (after, "tab:blue", "calibrated", 0.2),
+  ):
+    if result is None:
+      continue
+    bins = result["reliability"]
+    top.plot(
+      bins["mean_probability"],
+      bins["observed"],
+      "o-",
+      color=colour,
+      label=f"{name}: ECE {100 * result['ece']:.1f}%, Brier {result['brier']:.3f}",
+    )
+    bottom.bar(centres + offset * width, bins["counts"], width=0.4 * width, color=colour)
+  top.set(
+    xlim=(0, 1), ylim=(0, 1), ylabel="observed share of fakes", title=f"Reliability, split {split}"
+  )
+  top.legend(fontsize="small", loc="upper left")
+  top.grid(alpha=0.3)
+  bottom.set(xlabel="P(fake) (bin of width %.2f)" % width, ylabel="clips", yscale="symlog")
+  figure.savefig(path, dpi=110)

@@ -1,0 +1,71 @@
+"""Calibration: ECE against a brute-force count, Brier, and a fitted map that lowers ECE."""
+
+import numpy as np
+import pytest
+
+from avcd.evaluation import calibration
+
+
+def brute_force_ece(labels, probabilities, num_bins, scheme):
+  """ECE clip by clip: each clip's bin from scratch, then the weighted gap of every bin."""
+  n = len(labels)
+  if scheme == "width":
+    bin_of = [min(int(p * num_bins), num_bins - 1) for p in probabilities]
+  else:
+    order = sorted(range(n), key=lambda i: (probabilities[i], i))
+    bin_of = [0] * n
+    for rank, i in enumerate(order):
+      bin_of[i] = rank * num_bins // n
+  total = 0.0
+  for b in range(num_bins):
+    members = [i for i in range(n) if bin_of[i] == b]
+    if members:
+      gap = abs(sum(labels[i] for i in members) - sum(probabilities[i] for i in members))
+      total += gap / n
+  return total
+
+
+@pytest.mark.parametrize("scheme", ["width", "mass"])
+@pytest.mark.parametrize("num_bins", [1, 10, 15])
+def test_ece_equals_a_brute_force_count(scheme, num_bins):
+  rng = np.random.default_rng(num_bins)
+  probabilities = rng.random(257)
+  labels = (rng.random(257) < probabilities**2).astype(int)  # overconfident
+  got = calibration.expected_calibration_error(
+    labels, probabilities, num_bins=num_bins, scheme=scheme
+  )
+  assert got == pytest.approx(brute_force_ece(labels, probabilities, num_bins, scheme), abs=1e-12)
+
+
+def test_perfect_and_worst_calibration():
+  labels = np.array([0, 0, 1, 1])
+  assert calibration.expected_calibration_error(labels, labels.astype(float)) == 0.0
+  assert calibration.expected_calibration_error(labels, 1.0 - labels) == pytest.approx(1.0)
+  assert calibration.brier_score(labels, np.full(4, 0.5)) == pytest.approx(0.25)
+
+
+def _overconfident(rng, size):
+  """Clips whose true fake probability is sigmoid(d / 3) but whose model says sigmoid(d)."""
+  d = rng.normal(0.0, 4.0, size)
+  labels = (rng.random(size) < 1 / (1 + np.exp(-d / 3))).astype(int)
+  return labels, 1 / (1 + np.exp(-d))
+
+
+@pytest.mark.parametrize("method", calibration.METHODS)
+def test_a_map_fitted_on_validation_lowers_ece_and_keeps_the_ranking(method, tmp_path):
+  rng = np.random.default_rng(0)
+  val_labels, val_p = _overconfident(rng, 4000)
+  test_labels, test_p = _overconfident(rng, 4000)
+  fitted = calibration.fit(val_labels, val_p, method=method, fitted_on="validation", step=7)
+  if method == "temperature":
+    assert fitted.temperature == pytest.approx(3.0, rel=0.1) and fitted.bias == 0.0
+  for labels, p in ((val_labels, val_p), (test_labels, test_p)):
+    before = calibration.expected_calibration_error(labels, p)
+    after = calibration.expected_calibration_error(labels, fitted.apply(p))
+    assert after < before / 3, (before, after)
+  assert np.array_equal(np.argsort(fitted.apply(test_p)), np.argsort(test_p))
+  fitted.save(tmp_path)
+  assert calibration.Calibration.load(tmp_path, step=7) == fitted
+  assert calibration.Calibration.load(tmp_path, step=8) is None  # another checkpoint's
+  with pytest.raises(ValueError, match="real and fake"):
+    calibration.fit(np.ones(5), np.full(5, 0.9))
