@@ -8,7 +8,7 @@ runs once the corpus is prepared.
 
 import ml_collections
 
-from avcd.evaluation import evaluate, metrics
+from avcd.evaluation import calibration, evaluate, metrics
 from avcd.teachers import frozen
 from avcd.training import losses, steps
 from data_pipelines import split_index
@@ -90,6 +90,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     )
   _at_least(evaluation.every_steps, 0, "eval.every_steps")
   _at_least(evaluation.frame_budget, 1, "eval.frame_budget")
+  _one_of(evaluation.calibration_method, calibration.METHODS, "eval.calibration_method")
 
   optim = config.optim
   _at_least(optim.learning_rate, 0, "optim.learning_rate")
@@ -110,10 +111,9 @@ def check_splits(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError when a split the config reads is not in its prepared corpus."""
   wanted = [("data.train_split", config.data.builder, config.data.train_split)]
   wanted += [("eval.splits", *evaluate.split_source(config, s)) for s in config.eval.splits]
-  if config.eval.threshold_split:
-    wanted.append(
-      ("eval.threshold_split", *evaluate.split_source(config, config.eval.threshold_split))
-    )
+  for field in ("threshold_split", "calibration_split"):
+    if config.eval[field]:
+      wanted.append((f"eval.{field}", *evaluate.split_source(config, config.eval[field])))
   for field, builder, split in wanted:
     try:
       split_index.open_split(builder, config.data.data_dir, split)

@@ -170,6 +170,11 @@ def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
       every_steps=0,  # 0: only at the end
       frame_budget=4000,
       threshold_split="",  # choose the decision threshold on this split ('' = 0.5 only)
+      # Fit a calibration map of P(fake) on this split ('' = none; a map saved earlier for the
+      # checkpoint is applied) by this method: 'temperature' or 'platt'
+      # (avcd/evaluation/calibration.py).
+      calibration_split="",
+      calibration_method="temperature",
       # The leading-silence shortcut (FakeAVCeleb fakes open with a silence that alone gives them
       # away): 'keep' scores whole clips, 'trim' from the first non-silent frame; list both to
       # report results with and without it.

@@ -148,7 +148,13 @@ def _train_and_evaluate(
   def run_evaluation(at_step: int) -> dict:
     """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""
     results = evaluate.evaluate_splits(
-      predict_fn, state.params, state.batch_stats, config, mesh, workdir
+      predict_fn,
+      state.params,
+      state.batch_stats,
+      config,
+      mesh,
+      workdir,
+      source=dict(checkpoint_dir=str(checkpointer.directory), step=at_step),
     )
     scalars = {
       f"{split}/{k}": v

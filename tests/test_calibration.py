@@ -45,27 +45,45 @@ def test_perfect_and_worst_calibration():
 
 
 def _overconfident(rng, size):
-  """Clips whose true fake probability is sigmoid(d / 3) but whose model says sigmoid(d)."""
+  """Logits d of clips whose true fake probability is sigmoid(d / 3) (the model says sigmoid(d))."""
   d = rng.normal(0.0, 4.0, size)
   labels = (rng.random(size) < 1 / (1 + np.exp(-d / 3))).astype(int)
-  return labels, 1 / (1 + np.exp(-d))
+  return labels, d
+
+
+def _sigmoid(d):
+  return 1 / (1 + np.exp(-d))
 
 
 @pytest.mark.parametrize("method", calibration.METHODS)
-def test_a_map_fitted_on_validation_lowers_ece_and_keeps_the_ranking(method, tmp_path):
+def test_a_map_fitted_on_validation_lowers_ece_and_keeps_the_ranking(method):
   rng = np.random.default_rng(0)
-  val_labels, val_p = _overconfident(rng, 4000)
-  test_labels, test_p = _overconfident(rng, 4000)
-  fitted = calibration.fit(val_labels, val_p, method=method, fitted_on="validation", step=7)
+  val_labels, val_d = _overconfident(rng, 4000)
+  test_labels, test_d = _overconfident(rng, 4000)
+  fitted = calibration.fit(val_labels, val_d, method=method, fitted_on="validation")
   if method == "temperature":
     assert fitted.temperature == pytest.approx(3.0, rel=0.1) and fitted.bias == 0.0
-  for labels, p in ((val_labels, val_p), (test_labels, test_p)):
-    before = calibration.expected_calibration_error(labels, p)
-    after = calibration.expected_calibration_error(labels, fitted.apply(p))
+  for labels, d in ((val_labels, val_d), (test_labels, test_d)):
+    before = calibration.expected_calibration_error(labels, _sigmoid(d))
+    after = calibration.expected_calibration_error(labels, fitted.apply(d))
     assert after < before / 3, (before, after)
-  assert np.array_equal(np.argsort(fitted.apply(test_p)), np.argsort(test_p))
-  fitted.save(tmp_path)
-  assert calibration.Calibration.load(tmp_path, step=7) == fitted
-  assert calibration.Calibration.load(tmp_path, step=8) is None  # another checkpoint's
-  with pytest.raises(ValueError, match="real and fake"):
-    calibration.fit(np.ones(5), np.full(5, 0.9))
+  assert np.array_equal(np.argsort(fitted.apply(test_d)), np.argsort(test_d))
+  with pytest.raises(ValueError, match="2 real and 0 fake"):
+    calibration.fit(np.zeros(2), np.ones(2))
+
+
+def test_a_map_is_found_only_for_the_checkpoint_it_was_fitted_for(tmp_path):
+  run = tmp_path / "run"
+  (run / "checkpoints").mkdir(parents=True)
+  source = dict(checkpoint_dir=str(run / "checkpoints"), step=7)
+  labels, d = _overconfident(np.random.default_rng(1), 500)
+  fitted = calibration.fit(labels, d, fitted_on="validation", source=source)
+  fitted.save(run)
+  assert calibration.find(source) == fitted  # beside the checkpoints
+  assert calibration.find(dict(source, step=8)) is None  # another step's weights
+  elsewhere = dict(checkpoint_dir=str(tmp_path / "other" / "checkpoints"), step=7)
+  assert calibration.find(elsewhere) is None
+  assert calibration.find(elsewhere, run) is None  # found, but fitted for another checkpoint
+  (run / calibration.CALIBRATION_FILE).write_text("{}")
+  with pytest.raises(ValueError, match="calibration.json: not a calibration"):
+    calibration.find(source)

@@ -1,13 +1,16 @@
 """Evaluation over whole splits: every clip scored once, silence variants, cross-corpus splits."""
 
 import csv
+import dataclasses
 import pathlib
 
 import jax
+import ml_collections
+import numpy as np
 import pytest
 
 from avcd import config_checks, config_lib
-from avcd.evaluation import evaluate
+from avcd.evaluation import calibration, evaluate
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import corpus_setup, split_index
 
@@ -36,11 +39,12 @@ def evaluated(tmp_path_factory):
   results = evaluate.evaluate_splits(
     predict_fn, state.params, state.batch_stats, config, mesh, workdir
   )
-  return config, workdir, results
+  model = (predict_fn, state.params, state.batch_stats, mesh)
+  return config, workdir, results, model
 
 
 def test_every_clip_is_scored_exactly_once(evaluated):
-  config, workdir, results = evaluated
+  config, workdir, results, _ = evaluated
   index = split_index.load_index(
     split_index.open_split(config.data.builder, config.data.data_dir, "test")
   )
@@ -51,10 +55,37 @@ def test_every_clip_is_scored_exactly_once(evaluated):
 
 
 def test_leading_silence_variants_each_get_a_report(evaluated):
-  _, workdir, results = evaluated
+  _, workdir, results, _ = evaluated
   assert set(results) == {"test", "test-silence_trimmed"}
   for name in results:
     assert (workdir / "eval" / name / "metrics.json").exists()
+
+
+def test_a_map_fitted_for_a_checkpoint_is_saved_and_applied_to_it_only(evaluated, tmp_path):
+  config, _, uncalibrated, model = evaluated
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.calibration_split = "test"
+  source = dict(checkpoint_dir=str(tmp_path / "checkpoints"), step=3)
+  fitted = evaluate.evaluate_splits(*model[:3], config, model[3], tmp_path, source=source)
+  saved = calibration.Calibration.load(tmp_path)
+  assert saved.fitted_on == "test" and (saved.step, saved.num_clips) == (3, 7)
+  assert fitted["test"]["calibration"]["map"] == dataclasses.asdict(saved)
+  assert fitted["test"]["auc"] == uncalibrated["test"]["auc"]  # the ranking is kept
+  rows = list(csv.DictReader((tmp_path / "eval" / "test" / "scores.csv").open()))
+  logits = np.array([float(r["logit"]) for r in rows])
+  np.testing.assert_allclose([float(r["probability"]) for r in rows], saved.apply(logits))
+
+  # Without a calibration split, the saved map is applied to its own checkpoint, and only to it.
+  config.eval.calibration_split = ""
+  again = evaluate.evaluate_splits(*model[:3], config, model[3], tmp_path, source=source)
+  assert again["test"]["calibration"]["map"] == fitted["test"]["calibration"]["map"]
+  assert again["test"]["calibration"]["calibrated"]["ece"] == pytest.approx(
+    fitted["test"]["calibration"]["calibrated"]["ece"]
+  )
+  other = evaluate.evaluate_splits(
+    *model[:3], config, model[3], tmp_path, source=dict(source, step=4)
+  )
+  assert other["test"]["calibration"]["map"] is None
 
 
 def test_split_specs_name_other_corpora():

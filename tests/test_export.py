@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from avcd import checkpoints, config_lib
+from avcd.evaluation import calibration
 from avcd.serving import export
 from avcd.training import state as ts, steps
 from tests.conftest import REPO
@@ -61,7 +62,7 @@ def random_batch(rng: np.random.Generator, num_frames: list[int], length: int) -
 
 def assert_outputs_close(got: dict, want: dict, num_frames: np.ndarray) -> None:
   """Clip outputs everywhere, frame logits on valid frames (padding's carry no meaning)."""
-  for key in ("probability", "score"):
+  for key in ("probability", "raw_probability", "logit", "score"):
     np.testing.assert_allclose(got[key], want[key], rtol=0, atol=TOLERANCE, err_msg=key)
   for row, count in enumerate(num_frames):
     np.testing.assert_allclose(
@@ -77,8 +78,13 @@ def assert_outputs_close(got: dict, want: dict, num_frames: np.ndarray) -> None:
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   config, state = write_training_checkpoint(workdir)
+  # A calibration map of this checkpoint, as `avcd eval` saves one: the export bakes it in.
+  fitted = calibration.Calibration(
+    "platt", 0.5, 0.3, "validation", 100, checkpoint_dir=str(workdir / "checkpoints"), step=STEP
+  )
+  fitted.save(workdir)
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_student(config.model, config.seed)))
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef))
+  predict_fn = jax.jit(steps.make_predict_fn(graphdef, fitted))
 
   def jax_outputs(batch):
     return {k: np.asarray(v) for k, v in predict_fn(state.params, state.batch_stats, batch).items()}
@@ -108,6 +114,7 @@ def saved_model(run, tmp_path_factory):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"step {STEP} (state)" in result.stdout
+  assert "probability: calibrated (Platt scale 0.5, bias 0.3" in result.stdout
   return output
 
 
@@ -132,7 +139,14 @@ def test_metadata_records_signature_source_and_config(run, saved_model):
     faces=dict(dtype="uint8", shape=["B", "T", 112, 112]),
     num_frames=dict(dtype="int32", shape=["B"]),
   )
-  assert set(metadata["signature"]["outputs"]) == {"probability", "score", "frame_logits"}
+  assert set(metadata["signature"]["outputs"]) == {
+    "probability",
+    "raw_probability",
+    "logit",
+    "score",
+    "frame_logits",
+  }
+  assert metadata["calibration"]["method"] == "platt"
   assert metadata["features"]["fps"] == 25.0
   assert checkpoints.config_from_json(metadata["config"]) == run["config"]
 
@@ -197,7 +211,7 @@ def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
     check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  got = {name: np.load(outdir / f"{name}.npy") for name in ("probability", "score", "frame_logits")}
+  got = {name: np.load(path) for path in outdir.glob("*.npy") for name in [path.stem]}
   assert_outputs_close(got, run["jax_outputs"](batch), batch["num_frames"])
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from avcd import checkpoints, config_lib
+from avcd.evaluation import calibration
 from avcd.serving import export, predict
 from avcd.training import state as ts
 from data_pipelines.features import face_crop, video
@@ -213,9 +214,34 @@ def test_checkpoint_and_saved_model_score_alike(predicted, model, media):
   # One window as long as the clip: a single shape to compile.
   record = predict.score_clip(scorer, inputs, predict.PredictOptions(window=60))
   exported = predicted["records"]["face"]
-  for key in ("score", "probability"):
+  for key in ("score", "probability", "raw_probability"):
     np.testing.assert_allclose(record[key], exported[key], rtol=0, atol=1e-4)
   np.testing.assert_allclose(record["frame_scores"], exported["frame_scores"], rtol=0, atol=1e-4)
+  assert record["probability"] == record["raw_probability"]  # no calibration map
+
+
+def test_a_calibration_map_of_the_checkpoint_is_applied(model, media):
+  inputs = predict.clip_inputs(media["paths"]["face"], predict.PredictOptions())
+  options = predict.PredictOptions(window=60)
+  raw = predict.score_clip(predict.CheckpointScorer(model["checkpoint"]), inputs, options)
+  fitted = calibration.Calibration(
+    "platt", 2.0, -1.0, "validation", 10, checkpoint_dir=str(model["checkpoint"]), step=0
+  )
+  path = fitted.save(model["checkpoint"].parent)  # beside the checkpoint, as in a training run
+  try:
+    scorer = predict.CheckpointScorer(model["checkpoint"])
+    record = predict.score_clip(scorer, inputs, options)
+    uncalibrated = predict.CheckpointScorer(model["checkpoint"], calibrate=False)
+    assert predict.score_clip(uncalibrated, inputs, options)["probability"] == pytest.approx(
+      raw["probability"]
+    )
+  finally:
+    path.unlink()
+  assert scorer.source["calibration"]["method"] == "platt"
+  logit = np.log(raw["raw_probability"]) - np.log1p(-raw["raw_probability"])
+  assert record["raw_probability"] == pytest.approx(raw["raw_probability"], abs=1e-6)
+  assert record["probability"] == pytest.approx(1 / (1 + np.exp(1.0 - 2.0 * logit)), abs=1e-5)
+  assert record["windows"][0]["probability"] == pytest.approx(record["probability"])
 
 
 def test_without_detection_every_video_has_its_whole_frames_as_faces(media):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from avcd.evaluation import metrics, reports
+from avcd.evaluation import calibration, metrics, reports
 
 CATEGORY_OF_METHOD = {
   "real": "RealVideo-RealAudio",
@@ -16,7 +16,14 @@ CATEGORY_OF_METHOD = {
   "wav2lip": "FakeVideo-FakeAudio",
   "rtvc": "RealVideo-FakeAudio",
 }
-REPORT_FILES = ("metrics.json", "scores.csv", "metrics.md", "roc.png", "score_histograms.png")
+REPORT_FILES = (
+  "metrics.json",
+  "scores.csv",
+  "metrics.md",
+  "roc.png",
+  "score_histograms.png",
+  "reliability.png",
+)
 NUM_RESAMPLES = 200
 
 
@@ -37,6 +44,7 @@ def make_records(num_clips=600, seed=0, with_categories=True):
         category=CATEGORY_OF_METHOD[method] if with_categories else "",
         label=label,
         score=score,
+        logit=score,
         probability=1 / (1 + math.exp(-score)),
       )
     )
@@ -112,13 +120,37 @@ def test_scores_csv_round_trips_and_reproduces_the_metrics(report):
   assert {key: loaded["at_chosen_threshold"][key] for key in metrics.METRIC_KEYS} == at_chosen
 
 
-def test_missing_category_reads_back_empty(tmp_path):
+def test_missing_category_reads_back_empty_and_a_missing_logit_is_recovered(tmp_path):
   records = [dict(id="a", dataset="lrs2", method="real", label=0, score=-1.5, probability=0.2)]
   reports.write_scores_csv(records, tmp_path / "scores.csv")
-  assert reports.read_scores_csv(tmp_path / "scores.csv")[0]["category"] == ""
+  read_back = reports.read_scores_csv(tmp_path / "scores.csv")[0]
+  assert read_back["category"] == ""
+  assert read_back["logit"] == pytest.approx(math.log(0.2 / 0.8))
 
 
-@pytest.mark.parametrize("name", ("roc.png", "score_histograms.png"))
+def test_calibration_section_before_and_after_a_map(report, tmp_path):
+  records, out_dir, result, _ = report
+  labels = np.array([r["label"] for r in records])
+  logits = np.array([r["logit"] for r in records])
+  section = strict_json(out_dir / "metrics.json")["calibration"]
+  assert section["map"] is None and section["calibrated"] is None
+  assert section["raw"]["ece"] == pytest.approx(
+    calibration.expected_calibration_error(labels, 1 / (1 + np.exp(-logits)))
+  )
+  assert "no calibration map applied" in (out_dir / "metrics.md").read_text()
+
+  fitted = calibration.fit(labels, logits, method="platt", fitted_on="val")
+  calibrated = [dict(r, probability=float(p)) for r, p in zip(records, fitted.apply(logits))]
+  after = reports.write_report(
+    calibrated, tmp_path, split="test", calibration=fitted, num_resamples=NUM_RESAMPLES
+  )["calibration"]
+  assert after["map"]["method"] == "platt" and after["raw"] == section["raw"]
+  assert after["calibrated"]["ece"] < section["raw"]["ece"]  # fitted on these very clips
+  assert after["calibrated"]["brier"] < section["raw"]["brier"]
+  assert "Platt scale" in (tmp_path / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("name", ("roc.png", "score_histograms.png", "reliability.png"))
 def test_plots_are_real_images(report, name):
   _, out_dir, _, _ = report
   pixels = image.imread(out_dir / name)

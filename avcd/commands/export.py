@@ -26,6 +26,12 @@ _PLATFORMS = flags.DEFINE_list(
   "XLA platforms (cpu, cuda, rocm, tpu) to lower the model for; the SavedModel runs on these only.",
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty --output.")
+_CALIBRATE = flags.DEFINE_bool(
+  "calibrate",
+  True,
+  "Apply the run's calibration map (WORKDIR/calibration.json from `avcd eval` with "
+  "eval.calibration_split) to the `probability` output when it was fitted for this checkpoint.",
+)
 flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -49,6 +55,7 @@ def main(argv):
   cli.writable_directory("output", _OUTPUT.value)
   import time  # pylint: disable=g-import-not-at-top
 
+  from avcd.evaluation import calibration  # pylint: disable=g-import-not-at-top
   from avcd.serving import export  # pylint: disable=g-import-not-at-top
   from avcd.training import state as ts  # pylint: disable=g-import-not-at-top
 
@@ -57,13 +64,26 @@ def main(argv):
     student = ts.restore_student(_WORKDIR.value, _CHECKPOINT.value)
   except FileNotFoundError as e:
     raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
+  try:
+    fitted = calibration.find(student.source, _WORKDIR.value) if _CALIBRATE.value else None
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   metadata = export.export_saved_model(
-    student, _OUTPUT.value, platforms=tuple(_PLATFORMS.value), overwrite=_OVERWRITE.value
+    student,
+    _OUTPUT.value,
+    platforms=tuple(_PLATFORMS.value),
+    overwrite=_OVERWRITE.value,
+    calibration=fitted,
   )
   source = metadata["source"]
   print(
     f"exported {source['checkpoint_dir']} step {source['step']} ({source['item']}) to "
     f"{_OUTPUT.value} in {time.perf_counter() - start:.1f} s for {','.join(_PLATFORMS.value)}"
+  )
+  print(
+    f"probability: calibrated ({fitted.describe()})"
+    if fitted
+    else "probability: uncalibrated (no calibration map for this checkpoint; see docs/serving.md)"
   )
   print(export.describe_signature(metadata["signature"]))
 

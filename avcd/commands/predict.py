@@ -29,6 +29,12 @@ _NO_DETECT = flags.DEFINE_bool(
   "Take the whole frame as the face (already face-cropped corpora such as "
   "FakeAVCeleb and CMDFD) instead of detecting it.",
 )
+_CALIBRATE = flags.DEFINE_bool(
+  "calibrate",
+  True,
+  "With --workdir: apply the run's calibration map (WORKDIR/calibration.json) to P(fake) when it "
+  "was fitted for the checkpoint scored (a SavedModel carries its own from `avcd export`).",
+)
 flags.DEFINE_alias("saved-model", "saved_model")
 flags.DEFINE_alias("no-detect", "no_detect")
 _OUTPUT = flags.DEFINE_string(
@@ -104,8 +110,10 @@ def main(argv):
     scorer = predict.SavedModelScorer(_SAVED_MODEL.value)
   else:
     try:
-      scorer = predict.CheckpointScorer(_WORKDIR.value, _CHECKPOINT.value)
-    except FileNotFoundError as e:
+      scorer = predict.CheckpointScorer(
+        _WORKDIR.value, _CHECKPOINT.value, calibrate=_CALIBRATE.value
+      )
+    except (FileNotFoundError, ValueError) as e:
       raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
   records = predict.predict_videos(scorer, videos, options)
   for record in records:

@@ -5,12 +5,12 @@ Measures, per split: expected calibration error with equal-width bins (the usual
 the same number of clips, which does not leave the extreme bins nearly empty), the Brier score,
 and a reliability diagram.
 
-The map is fitted on a validation split and stored beside the checkpoints, in
-WORKDIR/calibration.json: temperature scaling (one parameter, T: P = sigmoid(d / T) where d is
-the clip's fake-minus-real logit), or Platt scaling (two: P = sigmoid(a d + b)). Either keeps the
-ranking of clips, hence every AUC; it changes P(fake), what a threshold of 0.5 decides, and ECE.
-`avcd eval`, `avcd export` (the SavedModel's `probability`) and `avcd predict` apply it when the
-file is there and belongs to the checkpoint they read.
+The map is fitted on a validation split (`eval.calibration_split`) and stored beside the
+checkpoints, in WORKDIR/calibration.json: temperature scaling (one parameter, T: P = sigmoid(d / T)
+where d is the clip's fake-minus-real logit), or Platt scaling (two: P = sigmoid(a d + b)). Either
+keeps the ranking of clips, hence every AUC; it changes P(fake) and ECE, and Platt scaling also
+what a threshold of 0.5 decides. `avcd eval`, `avcd export` (the SavedModel's `probability`) and
+`avcd predict` apply it when it is there and was fitted for the checkpoint they read.
 """
 
 import dataclasses
@@ -28,7 +28,8 @@ DEFAULT_BINS = 15
 
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
-  """d = log p - log(1 - p), the fake-minus-real clip logit a P(fake) came from."""
+  """d = log p - log(1 - p), the fake-minus-real clip logit a P(fake) came from (exact only
+  away from 0 and 1: records carry the logit itself)."""
   p = np.clip(np.asarray(probabilities, np.float64), 1e-12, 1 - 1e-12)
   return np.log(p) - np.log1p(-p)
 
@@ -110,7 +111,9 @@ def split_calibration(
 class Calibration:
   """P(fake) = sigmoid(scale * d + bias), d the clip's fake-minus-real logit.
 
-  Temperature scaling is scale = 1 / T, bias 0. `step` is the checkpoint step it was fitted for.
+  Temperature scaling is scale = 1 / T, bias 0 (it never changes which side of 0.5 a clip is on).
+  `checkpoint_dir` and `step` name the checkpoint it was fitted for: a map belongs to one set of
+  weights, so it is applied only to that checkpoint.
   """
 
   method: str
@@ -118,43 +121,71 @@ class Calibration:
   bias: float
   fitted_on: str
   num_clips: int
+  checkpoint_dir: str | None = None
   step: int | None = None
 
   @property
   def temperature(self) -> float:
     return 1.0 / self.scale
 
-  def apply(self, probabilities: np.ndarray) -> np.ndarray:
-    return scipy.special.expit(self.scale * logit(probabilities) + self.bias)
+  def apply(self, logits: np.ndarray) -> np.ndarray:
+    """Calibrated P(fake) of clips with fake-minus-real logits `logits`."""
+    return scipy.special.expit(self.scale * np.asarray(logits, np.float64) + self.bias)
 
-  def save(self, workdir: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(workdir) / CALIBRATION_FILE
+  def describe(self) -> str:
+    if self.method == "temperature":
+      return f"temperature {self.temperature:.3g} fitted on {self.fitted_on}"
+    return f"Platt scale {self.scale:.3g}, bias {self.bias:.3g}, fitted on {self.fitted_on}"
+
+  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(directory) / CALIBRATION_FILE
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
     partial.replace(path)
     return path
 
   @classmethod
-  def load(cls, workdir: str | pathlib.Path, step: int | None = None) -> "Calibration | None":
-    """The workdir's calibration if there is one and it was fitted for `step` (any if None)."""
-    path = pathlib.Path(workdir) / CALIBRATION_FILE
+  def load(cls, directory: str | pathlib.Path) -> "Calibration | None":
+    """DIRECTORY/calibration.json, or None when there is none."""
+    path = pathlib.Path(directory) / CALIBRATION_FILE
     if not path.is_file():
       return None
-    calibration = cls(**json.loads(path.read_text()))
-    if step is not None and calibration.step is not None and calibration.step != step:
-      return None
-    return calibration
+    try:
+      return cls(**json.loads(path.read_text()))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{path}: not a calibration written by avcd ({e})") from e
+
+  def fits(self, source: dict) -> bool:
+    """Whether this map was fitted for the checkpoint `source` (checkpoint_dir, step) names."""
+    return self.step == source["step"] and _same_path(self.checkpoint_dir, source["checkpoint_dir"])
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+  return a is not None and b is not None and pathlib.Path(a).resolve() == pathlib.Path(b).resolve()
+
+
+def find(source: dict, *directories: str | pathlib.Path) -> Calibration | None:
+  """The calibration fitted for the checkpoint `source` names (a restored student's source:
+  checkpoint_dir and step): looked for in `directories` and in the run directory holding the
+  checkpoints; None when none of them has one for that checkpoint."""
+  candidates = [*directories, pathlib.Path(source["checkpoint_dir"]).parent]
+  for directory in dict.fromkeys(pathlib.Path(d).absolute() for d in candidates):
+    calibration = Calibration.load(directory)
+    if calibration is not None and calibration.fits(source):
+      return calibration
+  return None
 
 
 def fit(
   labels: np.ndarray,
-  probabilities: np.ndarray,
+  logits: np.ndarray,
   *,
   method: str = "temperature",
   fitted_on: str = "",
-  step: int | None = None,
+  source: dict | None = None,
 ) -> Calibration:
-  """The map of `method` minimising the negative log-likelihood of the labels."""
+  """The map of `method` minimising the negative log-likelihood of the labels given the clips'
+  fake-minus-real logits; `source` (checkpoint_dir, step) names the checkpoint they came from."""
   if method not in METHODS:
     raise ValueError(f"unknown calibration method {method!r}; choose one of {METHODS}")
   y = np.asarray(labels, np.float64)
@@ -163,7 +194,7 @@ def fit(
       f"calibration needs real and fake clips; {fitted_on or 'the split'} has "
       f"{int(y.size - y.sum())} real and {int(y.sum())} fake"
     )
-  d = logit(probabilities)
+  d = np.asarray(logits, np.float64)
 
   def nll(scale, bias):
     z = scale * d + bias
@@ -185,14 +216,22 @@ def fit(
       options=dict(xatol=1e-6, fatol=1e-9),
     )
     scale, bias = (float(v) for v in result.x)
-  return Calibration(method, float(scale), float(bias), fitted_on, int(y.size), step)
+  source = source or {}
+  return Calibration(
+    method,
+    float(scale),
+    float(bias),
+    fitted_on,
+    int(y.size),
+    checkpoint_dir=source.get("checkpoint_dir"),
+    step=source.get("step"),
+  )
 
 
-def plot_reliability(
-  before: dict, after: dict | None, path: str | pathlib.Path, split: str
-) -> None:
+def plot_reliability(before: dict, after: dict | None, save, split: str) -> None:
   """Reliability diagram (observed share of fakes against mean P(fake), per bin) with the clip
-  counts below; the calibrated probabilities beside the raw ones when there are both."""
+  counts below; the calibrated probabilities beside the raw ones when there are both. `save`
+  receives the matplotlib Figure."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   figure = Figure(figsize=(5.6, 6.2), layout="constrained")
@@ -221,4 +260,4 @@ def plot_reliability(
   top.legend(fontsize="small", loc="upper left")
   top.grid(alpha=0.3)
   bottom.set(xlabel="P(fake) (bin of width %.2f)" % width, ylabel="clips", yscale="symlog")
-  figure.savefig(path, dpi=110)
+  save(figure)

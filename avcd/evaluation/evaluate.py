@@ -10,10 +10,11 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+import scipy.special
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd.evaluation import metrics, reports
+from avcd.evaluation import calibration as calibration_lib, metrics, reports
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import corpus_setup, loader, split_index
 
@@ -43,7 +44,7 @@ def score_split(
   *,
   trim_leading_silence: bool = False,
 ) -> list[dict]:
-  """Per-clip records (id, dataset, method, category, label, score, probability) of `split`.
+  """Per-clip records (reports.RECORD_FIELDS) of `split`, with uncalibrated probabilities.
 
   With trim_leading_silence, each clip is scored from its first non-silent frame on.
   """
@@ -58,14 +59,12 @@ def score_split(
     process_count=jax.process_count(),
     batch_multiple=sharding.local_batch_multiple(mesh),
   )
-  scores, probabilities, records = [], [], []
+  scores, logits, records = [], [], []
   for batch in dataset:
     inputs = sharding.global_batch({k: batch[k] for k in steps.MODEL_INPUTS}, mesh)
     out = predict_fn(params, batch_stats, inputs)
     scores.append(np.asarray(multihost_utils.process_allgather(out["score"], tiled=True)))
-    probabilities.append(
-      np.asarray(multihost_utils.process_allgather(out["probability"], tiled=True))
-    )
+    logits.append(np.asarray(multihost_utils.process_allgather(out["logit"], tiled=True)))
     records.append(np.asarray(multihost_utils.process_allgather(batch["record"], tiled=True)))
   records = np.concatenate(records)
   keep = records >= 0
@@ -76,7 +75,8 @@ def score_split(
       f"{split}: scored {keep.sum()} rows for {len(index)} clips; every clip "
       "must be scored exactly once"
     )
-  score, probability = np.concatenate(scores)[keep], np.concatenate(probabilities)[keep]
+  score, logit = np.concatenate(scores)[keep], np.concatenate(logits)[keep].astype(np.float64)
+  probability = scipy.special.expit(logit)
   return [
     dict(
       id=str(clips["id"][i]),
@@ -85,10 +85,19 @@ def score_split(
       category=str(clips["category"][i]),
       label=int(clips["label"][i]),
       score=float(score[i]),
+      logit=float(logit[i]),
       probability=float(probability[i]),
     )
     for i in range(len(score))
   ]
+
+
+def calibrated(records: list[dict], calibration: calibration_lib.Calibration | None) -> list[dict]:
+  """The records with `probability` the calibrated P(fake) (unchanged without a map)."""
+  if calibration is None:
+    return records
+  probabilities = calibration.apply(np.array([r["logit"] for r in records]))
+  return [dict(r, probability=float(p)) for r, p in zip(records, probabilities)]
 
 
 def evaluate_splits(
@@ -99,29 +108,55 @@ def evaluate_splits(
   mesh,
   workdir: str | pathlib.Path,
   *,
+  source: dict | None = None,
   write: bool = True,
 ) -> dict[str, dict]:
   """Scores every split in `eval.splits` and returns {report name: metrics}.
 
   Each split is scored once per `eval.leading_silence` variant: 'keep' reports as SPLIT, 'trim'
   (clips scored from their first non-silent frame) as SPLIT-silence_trimmed; reports go to
-  WORKDIR/eval/NAME. With `eval.threshold_split`, the threshold chosen there (same variant) is
-  applied to the other splits too.
+  WORKDIR/eval/NAME.
+
+  Calibration: with `eval.calibration_split`, a map (`eval.calibration_method`) is fitted there on
+  whole clips and saved as WORKDIR/calibration.json for the checkpoint `source` (checkpoint_dir,
+  step) names; without it, a map saved earlier for that checkpoint is used if there is one.
+  Either way every split's P(fake) is the calibrated one, and its reports show the calibration
+  before and after. With `eval.threshold_split`, the threshold chosen there (same variant, after
+  calibration) is applied to the other splits too. A split named more than once is scored once.
   """
+  scored = {}
+
+  def records_of(split: str, trim: bool) -> list[dict]:
+    if (split, trim) not in scored:
+      scored[split, trim] = score_split(
+        predict_fn, params, batch_stats, cfg, split, mesh, trim_leading_silence=trim
+      )
+    return scored[split, trim]
+
+  calibration = None
+  if cfg.eval.calibration_split:
+    records = records_of(cfg.eval.calibration_split, False)
+    calibration = calibration_lib.fit(
+      [r["label"] for r in records],
+      [r["logit"] for r in records],
+      method=cfg.eval.calibration_method,
+      fitted_on=cfg.eval.calibration_split,
+      source=source,
+    )
+    logging.info("calibration: %s", calibration.describe())
+    if write and jax.process_index() == 0:
+      calibration.save(workdir)
+  elif source is not None:
+    calibration = calibration_lib.find(source, workdir)
+    if calibration is not None:
+      logging.info("applying the saved calibration (%s)", calibration.describe())
+
   results = {}
   for variant in cfg.eval.leading_silence:
     trim = variant == "trim"
     chosen_threshold = None
     if cfg.eval.threshold_split:
-      records = score_split(
-        predict_fn,
-        params,
-        batch_stats,
-        cfg,
-        cfg.eval.threshold_split,
-        mesh,
-        trim_leading_silence=trim,
-      )
+      records = calibrated(records_of(cfg.eval.threshold_split, trim), calibration)
       chosen_threshold = metrics.choose_threshold(
         np.array([r["label"] for r in records]),
         np.array([r["probability"] for r in records]),
@@ -129,11 +164,12 @@ def evaluate_splits(
       )
     for split in cfg.eval.splits:
       name = report_name(split) + LEADING_SILENCE[variant]
-      records = score_split(
-        predict_fn, params, batch_stats, cfg, split, mesh, trim_leading_silence=trim
-      )
+      records = calibrated(records_of(split, trim), calibration)
       kwargs = dict(
-        split=name, chosen_threshold=chosen_threshold, threshold_split=cfg.eval.threshold_split
+        split=name,
+        chosen_threshold=chosen_threshold,
+        threshold_split=cfg.eval.threshold_split,
+        calibration=calibration,
       )
       if write and jax.process_index() == 0:
         out_dir = pathlib.Path(workdir) / "eval" / name
@@ -162,7 +198,9 @@ def evaluate_checkpoint(
   student = ts.restore_student(path, step, config=config, mesh=mesh)
   config = corpus_setup.prepare_corpus(config, workdir)
   predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
-  results = evaluate_splits(predict_fn, student.params, student.batch_stats, config, mesh, workdir)
+  results = evaluate_splits(
+    predict_fn, student.params, student.batch_stats, config, mesh, workdir, source=student.source
+  )
   if jax.process_index() == 0:
     source = student.source
     print(summary(results, workdir, f"checkpoint {source['checkpoint_dir']}/{source['step']}"))
@@ -179,6 +217,7 @@ def summary(results: dict[str, dict], workdir: str | pathlib.Path, source: str) 
       f"\n## {split} ({source})\n",
       reports.markdown_table(result),
       "",
+      reports.calibration_line(result),
       f"reports in {directory}: {', '.join(reports.REPORT_FILES)}",
     ]
   return "\n".join(lines)

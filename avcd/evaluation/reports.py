@@ -1,23 +1,29 @@
 """Evaluation reports of one split from its per-clip records: JSON, CSV, Markdown and plots.
 
 A record is a mapping with the keys of RECORD_FIELDS: id, dataset, method, category ('' when the
-corpus has none), label (0 real, 1 fake), score (ranking score, e.g. the mean fake logit) and
-probability (fake probability). write_report writes, under its output directory:
+corpus has none), label (0 real, 1 fake), score (ranking score, e.g. the mean fake logit), logit
+(the clip's fake-minus-real logit, whose sigmoid is the uncalibrated P(fake)) and probability
+(P(fake), calibrated when a calibration map was applied). write_report writes, under its output
+directory:
   * metrics.json: the overall metrics at threshold 0.5 as top-level keys
     (avcd.evaluation.metrics.METRIC_KEYS),
     'per_method' and (when categories are present) 'per_category' at 0.5, 'intervals' (bootstrap
     CIs of auc / ap / eer overall, per method and per category), and, when a threshold chosen on
-    another split is given, 'at_chosen_threshold' with the same metrics at that threshold. NaN is
-    written as null, so the file is strict JSON.
+    another split is given, 'at_chosen_threshold' with the same metrics at that threshold, and
+    'calibration': the map applied (or null), and ECE (equal-width and equal-mass bins), Brier
+    score and reliability bins of the raw and of the calibrated P(fake). NaN is written as null,
+    so the file is strict JSON.
   * scores.csv: one row per clip with RECORD_FIELDS, enough to recompute everything.
   * metrics.md: tables laid out like the paper's (methods as columns, metrics as rows, in %).
   * roc.png: the ROC curve of each method (all reals vs its fakes) and of the whole split.
   * score_histograms.png: per method, histograms of the reals' and that method's fakes' scores.
+  * reliability.png: the reliability diagram of P(fake), raw and (when applied) calibrated.
 Every file is written to a temporary file in the same directory and renamed into place.
 Only numpy, scikit-learn and matplotlib are used (no JAX, no model).
 """
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -28,12 +34,13 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import scipy.special
 from matplotlib.figure import Figure
 from sklearn import metrics as sk_metrics
 
-from avcd.evaluation import metrics
+from avcd.evaluation import calibration as calibration_lib, metrics
 
-RECORD_FIELDS = ("id", "dataset", "method", "category", "label", "score", "probability")
+RECORD_FIELDS = ("id", "dataset", "method", "category", "label", "score", "logit", "probability")
 OVERALL = "All"  # column of the whole split in the Markdown tables
 
 # Rows of the Markdown tables: (label, metric key); ranking metrics carry their bootstrap CI.
@@ -49,7 +56,10 @@ _THRESHOLD_ROWS = (
 
 
 def _normalised(record: Mapping) -> dict:
-  """A record with exactly RECORD_FIELDS, typed (a missing or None category becomes '')."""
+  """A record with exactly RECORD_FIELDS, typed (a missing or None category becomes ''; a missing
+  logit, as in reports written before it was recorded, is recovered from the probability)."""
+  probability = float(record["probability"])
+  logit = record.get("logit")
   return dict(
     id=str(record["id"]),
     dataset=str(record["dataset"]),
@@ -57,7 +67,8 @@ def _normalised(record: Mapping) -> dict:
     category=str(record.get("category") or ""),
     label=int(record["label"]),
     score=float(record["score"]),
-    probability=float(record["probability"]),
+    logit=float(calibration_lib.logit(probability) if logit in (None, "") else logit),
+    probability=probability,
   )
 
 
@@ -68,6 +79,7 @@ def _columns(records: Sequence[Mapping]) -> dict[str, np.ndarray]:
     category=np.asarray([record["category"] for record in records], dtype=object),
     label=np.asarray([record["label"] for record in records], dtype=np.int64),
     score=np.asarray([record["score"] for record in records], dtype=np.float64),
+    logit=np.asarray([record["logit"] for record in records], dtype=np.float64),
     probability=np.asarray([record["probability"] for record in records], dtype=np.float64),
   )
 
@@ -92,11 +104,14 @@ def split_metrics(
   split: str,
   chosen_threshold: float | None = None,
   threshold_split: str = "",
+  calibration: calibration_lib.Calibration | None = None,
   num_resamples: int = 1000,
   confidence: float = 0.95,
   seed: int = 0,
 ) -> dict:
-  """The metrics.json content (see the module docstring) of one split's records, NaN kept."""
+  """The metrics.json content (see the module docstring) of one split's records, NaN kept.
+
+  `calibration`: the map the records' probabilities were calibrated with, if any."""
   records = [_normalised(record) for record in records]
   columns = _columns(records)
   result = {"split": split}
@@ -132,7 +147,36 @@ def split_metrics(
     at_chosen = _breakdowns(columns, chosen_threshold, split)
     at_chosen["threshold_split"] = threshold_split
     result["at_chosen_threshold"] = at_chosen
+  labels = columns["label"]
+  result["calibration"] = dict(
+    map=None if calibration is None else dataclasses.asdict(calibration),
+    raw=calibration_lib.split_calibration(labels, scipy.special.expit(columns["logit"])),
+    calibrated=None
+    if calibration is None
+    else calibration_lib.split_calibration(labels, columns["probability"]),
+  )
   return result
+
+
+def calibration_line(split_result: Mapping) -> str:
+  """One line on how far P(fake) can be read as a probability, e.g. for the end of a table."""
+  section = split_result.get("calibration")
+  if not section:
+    return ""
+
+  def measures(values):
+    return (
+      f"ECE {_percent(values['ece'])}% (equal-mass bins {_percent(values['ece_equal_mass'])}%), "
+      f"Brier {values['brier']:.4f}"
+    )
+
+  if section["map"] is None:
+    return f"Calibration of P(fake): {measures(section['raw'])}; no calibration map applied."
+  fitted = calibration_lib.Calibration(**section["map"])
+  return (
+    f"Calibration of P(fake): {measures(section['calibrated'])} with the {fitted.describe()} "
+    f"(uncalibrated: {measures(section['raw'])})."
+  )
 
 
 def _percent(value) -> str:
@@ -205,6 +249,8 @@ def _markdown_document(split_result: Mapping) -> str:
     "",
     markdown_table(split_result),
   ]
+  if split_result.get("calibration"):
+    parts += ["", calibration_line(split_result) + " Diagram: reliability.png."]
   if split_result.get("per_category"):
     parts += ["", "## Per category", "", markdown_table(split_result, breakdown="per_category")]
   return "\n".join(parts) + "\n"
@@ -250,7 +296,8 @@ def write_scores_csv(records: Sequence[Mapping], path: str | os.PathLike) -> Non
     writer.writeheader()
     for record in records:
       row = _normalised(record)
-      row["score"], row["probability"] = repr(row["score"]), repr(row["probability"])
+      for field in ("score", "logit", "probability"):
+        row[field] = repr(row[field])
       writer.writerow(row)
 
   _write_atomically(Path(path), write, binary=False)
@@ -365,7 +412,14 @@ def _score_at_probability(
   return float((below.max() + above.min()) / 2)
 
 
-REPORT_FILES = ("metrics.md", "metrics.json", "scores.csv", "roc.png", "score_histograms.png")
+REPORT_FILES = (
+  "metrics.md",
+  "metrics.json",
+  "scores.csv",
+  "roc.png",
+  "score_histograms.png",
+  "reliability.png",
+)
 
 
 def write_report(
@@ -375,11 +429,12 @@ def write_report(
   split: str,
   chosen_threshold: float | None = None,
   threshold_split: str = "",
+  calibration: calibration_lib.Calibration | None = None,
   num_resamples: int = 1000,
   confidence: float = 0.95,
   seed: int = 0,
 ) -> dict:
-  """Writes metrics.json, scores.csv, metrics.md, roc.png and score_histograms.png of one split.
+  """Writes the REPORT_FILES of one split.
 
   Args:
     records: the split's per-clip records (RECORD_FIELDS).
@@ -388,6 +443,7 @@ def write_report(
     chosen_threshold: a threshold from avcd.evaluation.metrics.choose_threshold on
       `threshold_split`; the threshold metrics are then reported at it as well as at 0.5.
     threshold_split: the split the chosen threshold comes from.
+    calibration: the map the records' probabilities were calibrated with, if any.
     num_resamples, confidence, seed: of the bootstrap intervals.
 
   Returns:
@@ -401,6 +457,7 @@ def write_report(
     split=split,
     chosen_threshold=chosen_threshold,
     threshold_split=threshold_split,
+    calibration=calibration,
     num_resamples=num_resamples,
     confidence=confidence,
     seed=seed,
@@ -417,4 +474,10 @@ def write_report(
   columns = _columns(records)
   _plot_roc(columns, out_dir / "roc.png", split)
   _plot_score_histograms(columns, out_dir / "score_histograms.png", split)
+  calibration_lib.plot_reliability(
+    result["calibration"]["raw"],
+    result["calibration"]["calibrated"],
+    lambda figure: _save_figure(figure, out_dir / "reliability.png"),
+    split,
+  )
   return result

@@ -8,7 +8,11 @@ export serves every batch size and length):
   inputs   mfcc          float32  (B, 4T, 13)        MFCC, 4 rows per video frame at 25 fps
            faces         uint8    (B, T, 112, 112)   grey face crops
            num_frames    int32    (B,)               valid frames per clip; later ones are padding
-  outputs  probability   float32  (B,)               fake probability: softmax(clip logits)[1]
+  outputs  probability   float32  (B,)               P(fake): raw_probability, calibrated when
+                                                     the run has a calibration map for this
+                                                     checkpoint (WORKDIR/calibration.json)
+           raw_probability float32 (B,)              softmax(clip logits)[1], uncalibrated
+           logit         float32  (B,)               fake-minus-real clip logit
            score         float32  (B,)               clip score: the fake-class clip logit, i.e.
                                                      the mean over valid frames of the frames'
                                                      fake-class logits (the reference's score)
@@ -27,6 +31,7 @@ past corrupt steps) that every command shares. TensorFlow is imported only insid
 export_saved_model.
 """
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -69,6 +74,8 @@ def signature(features: dict) -> dict:
     ),
     outputs=dict(
       probability=dict(dtype="float32", shape=["B"]),
+      raw_probability=dict(dtype="float32", shape=["B"]),
+      logit=dict(dtype="float32", shape=["B"]),
       score=dict(dtype="float32", shape=["B"]),
       frame_logits=dict(dtype="float32", shape=["B", "T", 2]),
     ),
@@ -87,11 +94,12 @@ def describe_signature(spec: dict) -> str:
   return f"{spec['name']}\n  inputs\n{tensors('inputs')}\n  outputs\n{tensors('outputs')}"
 
 
-def serving_function(student: ts.RestoredStudent):
+def serving_function(student: ts.RestoredStudent, calibration=None):
   """(fn(weights, mfcc, faces, num_frames) -> outputs, weights): the predict function of the
-  student over a flat list of its parameter and statistic arrays."""
+  student (with `calibration` applied to `probability`) over a flat list of its parameter and
+  statistic arrays."""
   weights, treedef = jax.tree.flatten((student.params, student.batch_stats))
-  predict_fn = steps.make_predict_fn(student.graphdef)
+  predict_fn = steps.make_predict_fn(student.graphdef, calibration)
 
   def serve(weights, mfcc, faces, num_frames):
     params, batch_stats = jax.tree.unflatten(treedef, weights)
@@ -139,11 +147,14 @@ def export_saved_model(
   *,
   platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
   overwrite: bool = False,
+  calibration=None,
 ) -> dict:
   """Writes the SavedModel and its metadata file to `output`; returns the metadata.
 
   Args:
     student: the restored student.
+    calibration: an avcd.evaluation.calibration.Calibration for this checkpoint, baked into the
+      `probability` output; None exports the raw probability as `probability`.
     output: the SavedModel directory; it must be empty or absent unless `overwrite`.
     platforms: the XLA platforms ('cpu', 'cuda', 'tpu') the model is lowered for; the SavedModel
       runs only on these.
@@ -162,7 +173,7 @@ def export_saved_model(
     features["face_size"],
     features["num_mfcc"],
   )
-  serve, weights = serving_function(student)
+  serve, weights = serving_function(student, calibration)
   tf_serve = jax2tf.convert(
     serve,
     with_gradient=False,
@@ -192,6 +203,7 @@ def export_saved_model(
     source=student.source,
     platforms=list(platforms),
     signature=signature(features),
+    calibration=None if calibration is None else dataclasses.asdict(calibration),
     features=features,
     config=json.loads(student.config.to_json_best_effort()),
   )

@@ -15,7 +15,9 @@ Per video:
      last window ends at the clip's end; a clip no longer than one window is its only window).
 
 The clip score is the reference's: the mean over frames of the frames' fake-class logits; the
-probability is softmax of the mean logits, class 1 (fake).
+raw probability is softmax of the mean logits, class 1 (fake); the probability is the raw one, or
+the calibrated one when the checkpoint's run holds a calibration map fitted for it
+(avcd/evaluation/calibration.py; a SavedModel carries it from `avcd export`).
 
 Lengths: clips shorter than `min_frames` (default 25, one second) are not scored: a few frames say
 little about lip sync and the networks were trained on clips of 1 s and more. Clips longer than
@@ -38,6 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from avcd.evaluation import calibration
 from avcd.serving import export
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import clips, schema
@@ -75,7 +78,8 @@ class PredictOptions:
 
 class Scorer(Protocol):
   """A model: (mfcc (B, 4T, 13), faces (B, T, 112, 112), num_frames (B,)) -> numpy outputs
-  `probability` (B,), `score` (B,), `frame_logits` (B, T, 2)."""
+  `probability` (B,) (calibrated when the model's run has a map for it), `raw_probability` (B,),
+  `score` (B,), `frame_logits` (B, T, 2)."""
 
   features: dict  # export.feature_settings
   source: dict  # where the model came from, for the JSON
@@ -88,14 +92,19 @@ class Scorer(Protocol):
 class CheckpointScorer:
   """The student of a training run or model checkpoint, run by JAX."""
 
-  def __init__(self, workdir: str | pathlib.Path, step: int | None = None):
+  def __init__(self, workdir: str | pathlib.Path, step: int | None = None, *, calibrate=True):
     student = ts.restore_student(workdir, step)
     self.features = export.feature_settings(student.config)
-    self.source = dict(kind="checkpoint", **student.source)
+    fitted = calibration.find(student.source, workdir) if calibrate else None
+    self.source = dict(
+      kind="checkpoint",
+      **student.source,
+      calibration=None if fitted is None else dataclasses.asdict(fitted),
+    )
     mesh = sharding.make_mesh(
       ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.local_devices()[:1]
     )
-    self._predict = steps.make_predict_step(student.graphdef, student.shardings, mesh)
+    self._predict = steps.make_predict_step(student.graphdef, student.shardings, mesh, fitted)
     self._params, self._batch_stats = student.params, student.batch_stats
 
   def __call__(self, mfcc, faces, num_frames):
@@ -118,6 +127,7 @@ class SavedModelScorer:
       path=str(pathlib.Path(saved_model_dir).absolute()),
       avcd_version=metadata["avcd_version"],
       **metadata["source"],
+      calibration=metadata.get("calibration"),
     )
     # The signature holds the loaded object's variables only while the object lives.
     self._model = tf.saved_model.load(str(saved_model_dir))
@@ -274,6 +284,8 @@ def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> d
   num_frames = len(inputs.faces)
   whole = scorer(inputs.mfcc[None], inputs.faces[None], np.array([num_frames], np.int32))
   score, probability = float(whole["score"][0]), float(whole["probability"][0])
+  # SavedModels exported before calibration existed have no raw_probability: theirs is raw.
+  raw_probability = float(whole.get("raw_probability", whole["probability"])[0])
   frame_logits = whole["frame_logits"][0].astype(np.float64)
   frame_probability = 1.0 / (1.0 + np.exp(frame_logits[:, 0] - frame_logits[:, 1]))
 
@@ -300,6 +312,7 @@ def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> d
   return dict(
     score=score,
     probability=probability,
+    raw_probability=raw_probability,
     frame_scores=frame_logits[:, 1].tolist(),
     frame_probabilities=frame_probability.tolist(),
     windows=windows,
