@@ -52,6 +52,7 @@ def extract_clip(
   max_frames: int | None = None,
   lips_path: Callable[[manifests.ManifestRow], pathlib.Path] = lips_path_next_to_video,
   max_av_mismatch_s: float = DEFAULT_MAX_AV_MISMATCH_S,
+  media_hook: schema.MediaHook | None = None,
 ) -> dict:
   """Decodes and featurises one clip into a validated schema example.
 
@@ -69,6 +70,8 @@ def extract_clip(
     lips_path: where a row's precomputed lip features are.
     max_av_mismatch_s: reject when audio and video durations differ by more; math.inf keeps every
       clip, as the reference.
+    media_hook: sees the faces (at 25 fps, the clip's frames only) and the 16 kHz samples before
+      features are computed (data_pipelines.perturbations degrades them there).
 
   Returns:
     The example, as returned by schema.validate_example.
@@ -92,10 +95,12 @@ def extract_clip(
   num_frames = len(frames)
 
   samples = _load_usable_audio(row, row.num_frames / faces.fps, max_av_mismatch_s)
+  face_frames = faces.frames[frames]
+  if media_hook is not None:
+    face_frames, samples = media_hook(face_frames, samples)
   mfcc = audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames)
   stft = audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames)
 
-  face_frames = faces.frames[frames]
   lip_file = lips_path(row)
   lip_features = np.zeros((0, schema.LIP_DIM), np.float32)
   try:

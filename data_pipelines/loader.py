@@ -44,7 +44,14 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipelines import augment, posterior_store, schema, split_index, worker_lifetime
+from data_pipelines import (
+  augment,
+  posterior_store,
+  rebuilt_split,
+  schema,
+  split_index,
+  worker_lifetime,
+)
 
 _ROW_LABELS = ("label", "audio_label", "video_label")
 
@@ -438,14 +445,19 @@ def whole_clips_dataset(
   process_index: int,
   process_count: int,
   batch_multiple: int,
+  media_hook_factory=None,
 ) -> grain.IterDataset:
   """One pass over `split` for this process: every clip exactly once, whole, no augmentation.
 
   "Whole" is the clip's span (`clip_spans`). Batches follow the evaluation plan (module docstring)
   with `frame_budget`; every process yields the same number of batches. Look up a row's clip
-  with `split_index.load_index(split_index.open_split(...)).clips(record)`.
+  with `split_index.load_index(split_index.open_split(...)).clips(record)`. With
+  `media_hook_factory` (clip id -> schema.MediaHook), examples are made again from the clips'
+  media through their hooks instead of read from the shards (data_pipelines.rebuilt_split).
   """
   opened, index = _open(data_cfg, split)
+  if media_hook_factory is not None:
+    opened = rebuilt_split.RebuiltSplit.open(data_cfg, split, index, media_hook_factory)
   clips = _Clips.select(index, data_cfg, np.arange(len(index)))
   plan = _eval_plan(clips, _bucket_lengths(data_cfg), frame_budget, batch_multiple * process_count)
   return _pipeline(
@@ -461,6 +473,7 @@ def eval_dataset(
   process_index: int,
   process_count: int,
   batch_multiple: int,
+  media_hook_factory=None,
 ) -> grain.IterDataset:
   """The evaluation pass over `split`: `whole_clips_dataset` with `eval.frame_budget`."""
   return whole_clips_dataset(
@@ -470,4 +483,5 @@ def eval_dataset(
     process_index=process_index,
     process_count=process_count,
     batch_multiple=batch_multiple,
+    media_hook_factory=media_hook_factory,
   )

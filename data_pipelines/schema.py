@@ -10,6 +10,7 @@ content ids where the corpus knows them (the synthetic corpus) and -1 elsewhere.
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,6 +26,10 @@ UNKNOWN_PHONEME = -1
 REAL, FAKE = 0, 1
 LABEL_FIELDS = ("label", "audio_label", "video_label", "identity_label", "sync_label")
 TEXT_FIELDS = ("id", "dataset", "method", "category")
+
+# A clip's decoded media on their way to features: (faces (T, H, W) uint8 at FPS, samples float32
+# at SAMPLE_RATE on the 16-bit scale) -> the same shapes (data_pipelines.perturbations uses it).
+MediaHook = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)

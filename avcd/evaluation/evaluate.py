@@ -43,10 +43,13 @@ def score_split(
   mesh,
   *,
   trim_leading_silence: bool = False,
+  media_hook_factory=None,
 ) -> list[dict]:
   """Per-clip records (reports.RECORD_FIELDS) of `split`, with uncalibrated probabilities.
 
-  With trim_leading_silence, each clip is scored from its first non-silent frame on.
+  With trim_leading_silence, each clip is scored from its first non-silent frame on. With
+  media_hook_factory (clip id -> schema.MediaHook), each clip is made again from its media through
+  its hook (data_pipelines.rebuilt_split) instead of read from the prepared shards.
   """
   data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
   data_cfg.trim_leading_silence = trim_leading_silence
@@ -58,6 +61,7 @@ def score_split(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     batch_multiple=sharding.local_batch_multiple(mesh),
+    media_hook_factory=media_hook_factory,
   )
   scores, logits, records = [], [], []
   for batch in dataset:
@@ -181,13 +185,20 @@ def evaluate_splits(
 
 
 def evaluate_checkpoint(
-  config: ml_collections.ConfigDict, workdir: str, checkpoint: str | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  checkpoint: str | None = None,
+  *,
+  perturbations: list | None = None,
+  perturbation_seed: int = 0,
 ) -> dict[str, dict]:
   """`avcd eval`: restores a student, scores the config's splits, prints the tables.
 
   `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any
   avcd checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either
-  way. The checkpoint is found and verified before the corpus is prepared.
+  way. The checkpoint is found and verified before the corpus is prepared. `perturbations`
+  (data_pipelines.perturbations.Setting list): also score every split under each, seeded by
+  `perturbation_seed` (avcd.evaluation.robustness).
   """
   workdir = pathlib.Path(workdir).absolute()
   if checkpoint is None or str(checkpoint).isdigit():
@@ -198,12 +209,25 @@ def evaluate_checkpoint(
   student = ts.restore_student(path, step, config=config, mesh=mesh)
   config = corpus_setup.prepare_corpus(config, workdir)
   predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
-  results = evaluate_splits(
-    predict_fn, student.params, student.batch_stats, config, mesh, workdir, source=student.source
-  )
+  model = (predict_fn, student.params, student.batch_stats, config, mesh, workdir)
+  results = evaluate_splits(*model, source=student.source)
+  source = student.source
   if jax.process_index() == 0:
-    source = student.source
     print(summary(results, workdir, f"checkpoint {source['checkpoint_dir']}/{source['step']}"))
+  if perturbations:
+    from avcd.evaluation import robustness  # pylint: disable=g-import-not-at-top
+
+    fitted = next(iter(results.values()))["calibration"]["map"]
+    robust = robustness.evaluate_robustness(
+      *model,
+      perturbations,
+      seed=perturbation_seed,
+      calibration=None if fitted is None else calibration_lib.Calibration(**fitted),
+    )
+    if jax.process_index() == 0:
+      for name, result in robust.items():
+        print("\n" + robustness.markdown(result))
+        print(f"written to {workdir / 'eval' / name}: {', '.join(robustness.FILES)}")
   return results
 
 

@@ -256,12 +256,12 @@ def _markdown_document(split_result: Mapping) -> str:
   return "\n".join(parts) + "\n"
 
 
-def _json_ready(value):
+def json_ready(value):
   """Recursively: NaN / inf floats become None (strict JSON), numpy scalars Python numbers."""
   if isinstance(value, Mapping):
-    return {key: _json_ready(item) for key, item in value.items()}
+    return {key: json_ready(item) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_ready(item) for item in value]
+    return [json_ready(item) for item in value]
   if isinstance(value, np.generic):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
@@ -288,6 +288,16 @@ def _write_atomically(path: Path, write: Callable[[io.IOBase], None], *, binary:
     raise
 
 
+def write_json(path: Path, value) -> None:
+  """`value` as strict, indented JSON (NaN as null), written atomically."""
+  text = json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n"
+  _write_atomically(path, lambda file: file.write(text), binary=False)
+
+
+def write_text(path: Path, text: str) -> None:
+  _write_atomically(path, lambda file: file.write(text), binary=False)
+
+
 def write_scores_csv(records: Sequence[Mapping], path: str | os.PathLike) -> None:
   """scores.csv: a header of RECORD_FIELDS, then one row per record (floats round-trip exactly)."""
 
@@ -309,7 +319,7 @@ def read_scores_csv(path: str | os.PathLike) -> list[dict]:
     return [_normalised(row) for row in csv.DictReader(file)]
 
 
-def _save_figure(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
   _write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=120), binary=True)
 
 
@@ -352,7 +362,7 @@ def _plot_roc(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None
   axes.set_aspect("equal")
   axes.grid(alpha=0.3)
   axes.legend(loc="lower right", fontsize="small")
-  _save_figure(figure, path)
+  save_figure(figure, path)
 
 
 def _plot_score_histograms(columns: Mapping[str, np.ndarray], path: Path, split: str) -> None:
@@ -397,7 +407,7 @@ def _plot_score_histograms(columns: Mapping[str, np.ndarray], path: Path, split:
     axes.legend(fontsize="small")
   for axes in grid.flat[len(panels) :]:
     axes.set_axis_off()
-  _save_figure(figure, path)
+  save_figure(figure, path)
 
 
 def _score_at_probability(
@@ -462,22 +472,16 @@ def write_report(
     confidence=confidence,
     seed=seed,
   )
-  _write_atomically(
-    out_dir / "metrics.json",
-    lambda file: file.write(json.dumps(_json_ready(result), indent=2, allow_nan=False) + "\n"),
-    binary=False,
-  )
+  write_json(out_dir / "metrics.json", result)
   write_scores_csv(records, out_dir / "scores.csv")
-  _write_atomically(
-    out_dir / "metrics.md", lambda file: file.write(_markdown_document(result)), binary=False
-  )
+  write_text(out_dir / "metrics.md", _markdown_document(result))
   columns = _columns(records)
   _plot_roc(columns, out_dir / "roc.png", split)
   _plot_score_histograms(columns, out_dir / "score_histograms.png", split)
   calibration_lib.plot_reliability(
     result["calibration"]["raw"],
     result["calibration"]["calibrated"],
-    lambda figure: _save_figure(figure, out_dir / "reliability.png"),
+    lambda figure: save_figure(figure, out_dir / "reliability.png"),
     split,
   )
   return result

@@ -59,15 +59,20 @@ def load_audio(path) -> tuple[np.ndarray, int]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: audio file not found")
+  return decode_audio(str(path), what=str(path))
+
+
+def decode_audio(source, *, what: str) -> tuple[np.ndarray, int]:
+  """load_audio of an open file object or a path; `what` names it in errors."""
   try:
-    with av.open(str(path)) as container:
+    with av.open(source) as container:
       if not container.streams.audio:
-        raise AudioError(f"{path}: no audio stream")
+        raise AudioError(f"{what}: no audio stream")
       stream = container.streams.audio[0]
       chunks = [_to_channels_first(frame) for frame in container.decode(stream)]
       rate = stream.codec_context.sample_rate
   except av.error.FFmpegError as e:
-    raise AudioError(f"{path}: cannot decode audio: {e}") from e
+    raise AudioError(f"{what}: cannot decode audio: {e}") from e
   if not chunks:
     return np.zeros(0, np.float32), schema.SAMPLE_RATE
   samples = np.concatenate(chunks, axis=1).mean(axis=0)

@@ -169,8 +169,14 @@ def speaker_of(spec: SyntheticSpec, split: str, index: int) -> int:
   return _first_draws(spec, split, index)[3]
 
 
-def synthesize_clip(spec: SyntheticSpec, split: str, index: int) -> SyntheticClip:
-  """Clip `index` of `split`; the same for the same (spec, split, index) whatever else is made."""
+def synthesize_clip(
+  spec: SyntheticSpec, split: str, index: int, media_hook: schema.MediaHook | None = None
+) -> SyntheticClip:
+  """Clip `index` of `split`; the same for the same (spec, split, index) whatever else is made.
+
+  `media_hook(faces, samples) -> (faces, samples)` sees the rendered media before features are
+  computed (data_pipelines.perturbations degrades them there); it must keep their shapes.
+  """
   method = method_of(spec, split, index)
   rng, num_frames, cast, speaker_id = _first_draws(spec, split, index)
 
@@ -207,6 +213,8 @@ def synthesize_clip(spec: SyntheticSpec, split: str, index: int) -> SyntheticCli
     mouth_artefact=MOUTH_ARTEFACTS.get(method, ""),
   )
 
+  if media_hook is not None:
+    faces, samples = media_hook(faces, samples)
   video_label, audio_label, identity_label, sync_label = LABELS[method]
   example = {
     "id": f"{DATASET}-{split}-{index:06d}",
