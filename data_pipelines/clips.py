@@ -133,11 +133,22 @@ def extract_clip(
 
 def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndarray:
   """Indices of the source frames on screen at each schema.FPS instant of the clip."""
-  if math.isclose(source_fps, schema.FPS, rel_tol=1e-3):
-    return np.arange(num_source_frames)
-  ratio = source_fps / schema.FPS
-  count = max(1, math.floor(num_source_frames / ratio + 1e-6))
-  return np.minimum(np.floor(np.arange(count) * ratio + 1e-6).astype(int), num_source_frames - 1)
+  return frames_at_schema_rate(np.arange(num_source_frames) / source_fps, source_fps)
+
+
+def frames_at_schema_rate(times: np.ndarray, source_fps: float) -> np.ndarray:
+  """Indices of the frames on screen at each schema.FPS instant, from the frames' presentation
+  times (seconds from the first; a variable-frame-rate file's own). The clip lasts until one
+  average frame (1 / source_fps) after its last frame starts. Video at a steady 25 fps (within
+  0.1 %) keeps every frame."""
+  times = np.asarray(times, np.float64)
+  steady = len(times) < 2 or np.allclose(np.diff(times), 1.0 / source_fps, rtol=0.1)
+  if steady and math.isclose(source_fps, schema.FPS, rel_tol=1e-3):
+    return np.arange(len(times))
+  duration = times[-1] + 1.0 / source_fps
+  count = max(1, math.floor(duration * schema.FPS + 1e-6))
+  instants = np.arange(count) / schema.FPS
+  return np.maximum(np.searchsorted(times, instants + 1e-6, side="right") - 1, 0)
 
 
 def audio_problems(

