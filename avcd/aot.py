@@ -4,10 +4,12 @@ ahead of time for a target mesh, with the memory and FLOPs of every bucket.
 Each bucket length L of `data.bucket_lengths` gives the train step one static batch shape: the
 rows the loader plans for it on that mesh (`data.frame_budget // L`, rounded down to a multiple of
 the mesh's batch shards x `optim.grad_accum_steps`). Compiling every shape without running it
-shows what each device needs before a job is queued.
+shows what each device needs before a job is queued, and how long each shape takes to compile
+(loaded from the persistent compilation cache on a second run: avcd/compilation_cache.py).
 """
 
 import dataclasses
+import time
 
 import ml_collections
 
@@ -36,6 +38,7 @@ class BucketReport:
   temp_bytes: int
   code_bytes: int
   flops: float
+  compile_seconds: float  # lowering and compiling (from the compilation cache when warm)
 
   @property
   def peak_bytes(self) -> int:
@@ -58,8 +61,10 @@ def compile_buckets(
     shapes = [(length, rows) for length, rows in shapes if length in lengths]
   reports = []
   for length, rows in shapes:
-    lowered = step.lower(length, rows)
-    memory = lowered.compile().memory_analysis()
+    start = time.perf_counter()
+    compiled = step.lower(length, rows).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
     reports.append(
       BucketReport(
         length=length,
@@ -72,6 +77,7 @@ def compile_buckets(
         flops=flops.program_flops(
           step.update_fn, step.arguments(length, rows), config.optim.grad_accum_steps
         ),
+        compile_seconds=seconds,
       )
     )
   return reports
@@ -87,8 +93,8 @@ def format_reports(reports: list[BucketReport], mesh) -> str:
     "devices",
     "",
     "| length | rows | frames | arguments | outputs | aliased | temp | code | peak "
-    "| GFLOP/step | GFLOP/frame |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| GFLOP/step | GFLOP/frame | compile s |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in reports:
     frames = r.rows * r.length
@@ -96,7 +102,7 @@ def format_reports(reports: list[BucketReport], mesh) -> str:
       f"| {r.length} | {r.rows} | {frames} | {mib(r.argument_bytes)} "
       f"| {mib(r.output_bytes)} | {mib(r.alias_bytes)} | {mib(r.temp_bytes)} "
       f"| {mib(r.code_bytes)} | {mib(r.peak_bytes)} | {r.flops / 1e9:,.1f} "
-      f"| {r.flops / frames / 1e9:.3f} |"
+      f"| {r.flops / frames / 1e9:.3f} | {r.compile_seconds:.1f} |"
     )
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "bytes_limit" in stats:

@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags, logging as absl_logging
 
+from avcd import compilation_cache
+
 COMMANDS = {
   "train": ("train", "train a detector on a config, then evaluate it"),
   "eval": ("evaluate", "evaluate a checkpoint on the config's evaluation splits"),
@@ -28,6 +30,8 @@ COMMANDS = {
   "predict": ("predict", "score raw videos"),
   "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
 }
+# Commands that compile JAX programs: they take --compilation_cache (avcd/compilation_cache.py).
+COMPILING = {"train", "eval", "train-teacher", "export", "predict", "compile"}
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 EXIT_STATUS_HELP = (
   "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
@@ -209,9 +213,11 @@ def _known_failure(error: Exception) -> int | None:
   return FAILURE_EXIT if isinstance(error, tuple(known)) else None
 
 
-def _guarded(main, program: str):
+def _guarded(main, program: str, compiles: bool):
   def run(argv):
     try:
+      if compiles:
+        compilation_cache.enable()
       return main(argv)
     except Exception as e:  # pylint: disable=broad-except
       status = _known_failure(e)
@@ -237,10 +243,17 @@ def main() -> None:
   module = importlib.import_module(f"avcd.commands.{COMMANDS[command][0]}")
   # absl's --help shows the main module's docstring and flags: make them the command's.
   sys.modules["__main__"].__doc__ = f"{module.__doc__.rstrip()}\n\n{EXIT_STATUS_HELP}\n"
-  for flag in flags.FLAGS.get_flags_for_module(module.__name__):
+  own_flags = flags.FLAGS.get_flags_for_module(module.__name__)
+  if command in COMPILING:
+    own_flags.append(flags.FLAGS[compilation_cache.FLAG.name])
+  for flag in own_flags:
     flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
   program = f"avcd {command}"
-  app.run(_guarded(module.main, program), argv=[program, *argv[2:]], flags_parser=_parse_flags)
+  app.run(
+    _guarded(module.main, program, command in COMPILING),
+    argv=[program, *argv[2:]],
+    flags_parser=_parse_flags,
+  )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from avcd.training import flops
 from tests.conftest import FAST_COMPILE_FLAGS, REPO
 
 
-def test_compile_reports_memory_and_flops_without_running(tmp_path):
-  # A 2x2 mesh of fake devices: planning a mesh larger than this machine.
+def _compile(cache) -> tuple[list[float], str]:
+  """`avcd compile` of configs/tiny.py for a 2x2 mesh of fake devices (a mesh larger than this
+  machine); the cells of its one table row, and its output."""
   result = subprocess.run(
     [
       sys.executable,
@@ -26,17 +27,25 @@ def test_compile_reports_memory_and_flops_without_running(tmp_path):
       "--devices=4",
       "--mesh=2x2",
       "--lengths=16",
+      f"--compilation_cache={cache}",
     ],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=600,
-    env=dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS),
+    env=dict(
+      os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+    ),
   )
   assert result.returncode == 0, result.stderr[-5000:]
-  assert "mesh data=2 x fsdp=2 of 4 cpu devices" in result.stdout
   rows = [line for line in result.stdout.splitlines() if re.match(r"\| \d", line)]
   assert len(rows) == 1
+  return [float(cell.replace(",", "")) for cell in rows[0].strip("|").split("|")], result.stdout
+
+
+def test_compile_reports_memory_flops_and_compile_time_without_running(tmp_path):
+  cells, stdout = _compile(tmp_path / "cache")
+  assert "mesh data=2 x fsdp=2 of 4 cpu devices" in stdout
   (
     length,
     batch_rows,
@@ -49,13 +58,19 @@ def test_compile_reports_memory_and_flops_without_running(tmp_path):
     peak,
     step_gflop,
     frame_gflop,
-  ) = (float(cell.replace(",", "")) for cell in rows[0].strip("|").split("|"))
+    cold_seconds,
+  ) = cells
   # The loader's plan: frame_budget 64 // 16 = 4 rows, a multiple of the 4 batch shards.
   assert (length, batch_rows, frames) == (16, 4, 64)
   assert arguments > 0 and outputs > 0 and temp > 0
   assert 0 < aliased <= outputs  # the donated train state is written in place
   assert peak == pytest.approx(arguments + outputs - aliased + temp, abs=0.2)
   assert step_gflop > 0 and frame_gflop == pytest.approx(step_gflop / frames, abs=1e-3)
+  # A second start loads the compiled step from the persistent compilation cache.
+  assert any((tmp_path / "cache").iterdir())
+  warm, _ = _compile(tmp_path / "cache")
+  assert warm[:-1] == cells[:-1]
+  assert warm[-1] < 0.5 * cold_seconds, (cold_seconds, warm[-1])
 
 
 def test_program_flops_count_a_matmul_and_scale_with_micro_batches():

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from avcd import cli, config_lib
+from avcd import cli, compilation_cache, config_lib
 from avcd.training import flops, sharding
 
 _CONFIGS = flags.DEFINE_list(
@@ -141,6 +141,7 @@ def format_table(results: list[dict], peak_per_device: float | None) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  compilation_cache.enable()
   default_batch, default_dtypes = _platform_defaults()
   rows, length = cli.parse_pair("batch", _BATCH.value or default_batch, "BxT", "20x100")
   dtypes = _DTYPES.value or default_dtypes

@@ -40,6 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from avcd import compilation_cache
 from avcd.evaluation import statistics
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -818,8 +819,7 @@ def run_stage(
   base, stage: str, workdir: pathlib.Path, results: pathlib.Path, max_runs: int
 ) -> None:
   """Runs what `stage` still lacks (at most max_runs new runs when > 0)."""
-  jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  compilation_cache.enable(str(workdir / "compilation_cache"))
   ensure_teachers(base, 0, "standard", workdir, results)
   done = 0
   if stage == "recipe":
