@@ -103,6 +103,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   for name in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _at_least(train[name], 1, f"train.{name}")
   _at_least(train.keep_best, 0, "train.keep_best")
+  _at_least(train.profile_steps, 0, "train.profile_steps")
   _one_of(train.best_metric, metrics.CHECKPOINT_METRICS, "train.best_metric")
   _one_of(train.on_nonfinite, steps.NONFINITE_POLICIES, "train.on_nonfinite")
 

@@ -196,6 +196,9 @@ def training(*, num_epochs: int, **overrides) -> ConfigDict:
       best_metric="auc",
       init_from="",  # avcd checkpoint or converted PyTorch weights (see README)
       on_nonfinite="raise",  # 'raise' stops with the step and clip ids; 'skip' skips the update
+      # Write a jax.profiler trace of this many steps (after PROFILE_AFTER_STEPS warm-up steps) to
+      # WORKDIR/profile, for TensorBoard's profile plugin or Perfetto (docs/scaling.md).
+      profile_steps=0,
     )
   )
   cfg.update(overrides)

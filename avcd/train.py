@@ -26,6 +26,9 @@ from avcd.teachers import cache as teacher_cache, frozen, training as teacher_tr
 from avcd.training import flops, preemption, sharding, state as ts, steps, writers
 from data_pipelines import corpus_setup, loader, progress, split_index
 
+# Steps before a profile (train.profile_steps) starts: the first compiles and warms the pipeline.
+PROFILE_AFTER_STEPS = 3
+
 
 class NonFiniteLossError(FloatingPointError):
   pass
@@ -262,6 +265,8 @@ def _train_and_evaluate(
 
   watcher = preemption.PreemptionWatcher()
   cleanup.callback(watcher.close)
+  profile_first = first_step + PROFILE_AFTER_STEPS + 1
+  profile_last = min(profile_first + config.train.profile_steps - 1, total_steps)
 
   for step_number in range(first_step + 1, total_steps + 1):
     batch = next(train_iter)
@@ -269,7 +274,14 @@ def _train_and_evaluate(
       {k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, mesh
     )
     interval_flops += step_flops(state, inputs, teachers_state)
-    state, step_metrics = update_fn(state, inputs, teachers_state)
+    if config.train.profile_steps and step_number == profile_first:
+      jax.profiler.start_trace(str(workdir / "profile"))
+    with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
+      state, step_metrics = update_fn(state, inputs, teachers_state)
+    if config.train.profile_steps and step_number == profile_last:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      logging.info("profiled steps %d-%d into %s", profile_first, step_number, workdir / "profile")
     checkpointer.raise_if_failed()  # a failed background save stops the run at once
     if pending is not None:
       check(pending)  # the previous step: reading it now keeps the device busy

@@ -125,7 +125,8 @@ def _resumed_from(run: Run) -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("resume")
-  reference = _train(root, "reference")
+  # Profiled: a trace must not change what the run computes (the chain below is compared to it).
+  reference = _train(root, "reference", "--config.train.profile_steps=2")
   assert reference.returncode == 0, reference.output[-5000:]
 
   seed = random.randrange(2**32)
@@ -174,6 +175,12 @@ def _logged_metrics(workdir: pathlib.Path) -> list[dict]:
     if "loss" in record:
       records.append(record)
   return records
+
+
+def test_profile_steps_write_a_trace_of_those_steps(runs):
+  assert runs["reference"].steps_logged(r"profiled steps \d+-(\d+)") == [5]
+  traces = list((runs["root"] / "reference" / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 10_000
 
 
 def test_sigterm_checkpoints_exits_cleanly_and_the_next_start_resumes(runs):
