@@ -76,11 +76,14 @@ def _root_cause(error: BaseException) -> str:
   if isinstance(error, OSError) and error.strerror:
     return error.strerror + (f" ({error.filename})" if error.filename else "")
   text = " ".join(str(error).split())
-  # TensorStore's errors end in "[OS error 28: No space left on device]" after long context.
-  os_error = re.search(r"\[OS error \d+: ([^\]]+)\]", text)
+  # TensorStore puts the errno after long context, as "[OS error 28: No space left on device]"
+  # or as "...: No space left on device [os_error_code='28']", depending on the code path.
+  os_error = re.search(r"\[OS error (\d+): [^\]]+\]|\[os_error_code='(\d+)'\]", text)
   if os_error:
     path = re.search(r'writing (?:local file )?"([^"]+)"', text)
-    return os_error.group(1) + (f" ({path.group(1)})" if path else "")
+    return os.strerror(int(os_error.group(1) or os_error.group(2))) + (
+      f" ({path.group(1)})" if path else ""
+    )
   return text or type(error).__name__
 
 

@@ -170,6 +170,27 @@ def test_a_failed_save_is_reported_at_once_with_its_cause(tmp_path):
   checkpointer.close()
 
 
+@pytest.mark.parametrize(
+  "tensorstore_message",
+  [
+    'Error writing local file "/ckpt/4.tmp/_sharding": [OS error 28: No space left on device]',
+    # The form CI met: the errno last, after the failed lock file's write.
+    'RESOURCE_EXHAUSTED: Error writing local file "/ckpt/4.tmp/_sharding": Failed writing: '
+    '"/ckpt/4.tmp/_sharding.__lock": Failed to write 11647 bytes to file 10: No space left on '
+    "device [os_error_code='28']",
+  ],
+)
+def test_a_save_error_is_reduced_to_its_os_cause_and_path(tensorstore_message):
+  try:
+    try:
+      raise ValueError(tensorstore_message)
+    except ValueError as inner:
+      raise RuntimeError("Save Finalize thread (save_finalize) failed.") from inner
+  except RuntimeError as outer:
+    cause = checkpoints._root_cause(outer)  # pylint: disable=protected-access
+  assert cause == "No space left on device (/ckpt/4.tmp/_sharding)"
+
+
 def test_restoring_a_named_corrupt_step_raises(tmp_path):
   _saved_run(tmp_path).close()
   _flip_byte(_largest_file(tmp_path / "2"))
