@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from data_pipelines import manifests
 from tests.conftest import REPO
 
 
@@ -114,6 +115,10 @@ def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_sy
 
 def test_prepare_mistakes_are_one_line(tmp_path):
   (tmp_path / "a_file").write_text("")
+  latin1 = tmp_path / "latin1.csv"
+  latin1.write_bytes(
+    ",".join(manifests.COLUMNS.values()).encode() + b"\n" + "café,x".encode("latin-1") + b"\n"
+  )
   cases = [
     (
       [f"--output={tmp_path / 'a_file'}", f"--manifest={tmp_path / 'x.csv'}"],
@@ -133,3 +138,7 @@ def test_prepare_mistakes_are_one_line(tmp_path):
     result = avcd("prepare", *args)
     assert result.returncode == 2
     assert message in error_line(result)
+  # A manifest that cannot be read is a failure of the work (1), not of the command line.
+  result = avcd("prepare", f"--output={tmp_path / 'out'}", f"--manifest={latin1}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert f"{latin1}:2: not UTF-8 text (byte 0xe9)" in error_line(result)

@@ -139,8 +139,10 @@ def read_splits(
     check_split_name(split)
     by_id: dict[str, ClipSource] = {}
     for path in paths:
+      # read_manifest first: it names the file and line of an encoding or format error.
+      rows = manifests.read_manifest(path, path_prefix=path_prefix)
       lines = _id_lines(path)
-      for row in manifests.read_manifest(path, path_prefix=path_prefix):
+      for row in rows:
         source = ClipSource(row, str(path), lines[row.id])
         earlier = by_id.setdefault(row.id, source)
         if earlier.row != row:
