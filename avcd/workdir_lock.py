@@ -92,8 +92,10 @@ class WorkdirLock:
   def _acquire(self) -> None:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path, "a+")  # pylint: disable=consider-using-with
+    flocked = False
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      flocked = True
     except BlockingIOError:
       self._leave()
       raise self._busy(self._holder(), "it holds the lock") from None
@@ -103,7 +105,14 @@ class WorkdirLock:
     if holder and holder.get("token") is not None:
       age = time.time() - float(holder.get("heartbeat", 0))
       same_host = holder.get("host") == socket.gethostname()
-      if same_host and _alive(int(holder.get("pid", -1))) and holder.get("pid") != os.getpid():
+      # With flock held, no process of this host holds the lock: a live process with the
+      # recorded pid is another one that reused it (common in containers), not the holder.
+      if (
+        same_host
+        and not flocked
+        and _alive(int(holder.get("pid", -1)))
+        and holder.get("pid") != os.getpid()
+      ):
         self._leave()
         raise self._busy(holder, "its process is alive")
       if not same_host and age < STALE_S:

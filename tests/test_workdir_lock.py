@@ -79,6 +79,26 @@ def test_another_hosts_fresh_heartbeat_refuses_where_flock_does_not_reach(tmp_pa
     pass
 
 
+def test_a_dead_holders_pid_reused_by_a_live_process_does_not_block(tmp_path):
+  # The holder died without unlocking; its pid now belongs to another process (here: this one's
+  # parent, alive and not a lock holder), as happens when containers restart and count from 1.
+  lock_file = tmp_path / workdir_lock.LOCK_FILE
+  lock_file.write_text(
+    json.dumps(
+      dict(
+        what="avcd train",
+        host=socket.gethostname(),
+        pid=os.getppid(),
+        started="yesterday",
+        token="abc",
+        heartbeat=time.time(),
+      )
+    )
+  )
+  with workdir_lock.WorkdirLock(tmp_path) as lock:
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
 def test_avcd_train_refuses_a_workdir_in_use_before_any_work(tmp_path, holder):
   result = subprocess.run(
     [
