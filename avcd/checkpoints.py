@@ -729,7 +729,7 @@ def abstract_like(tree, shardings=None):
   )
 
 
-def restore_student(
+def restore_student_arrays(
   directory: str | pathlib.Path, state_target, expected: ml_collections.ConfigDict | None = None
 ):
   """(params, batch_stats, item) of the student in a model checkpoint or a training checkpoint.

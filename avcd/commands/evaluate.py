@@ -30,6 +30,64 @@ _PERTURBATION_SEED = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def evaluate_checkpoint(
+  config,
+  workdir: str,
+  checkpoint: str | None = None,
+  *,
+  perturbations: list | None = None,
+  perturbation_seed: int = 0,
+) -> dict[str, dict]:
+  """`avcd eval`: restores a student, scores the config's splits, prints the tables.
+
+  `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any
+  avcd checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either
+  way. The checkpoint is found and verified before the corpus is prepared. `perturbations`
+  (data_pipelines.perturbations.Setting list): also score every split under each, seeded by
+  `perturbation_seed` (avcd.evaluation.robustness).
+  """
+  # Imported here: `avcd eval --help` stays instant.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from avcd.evaluation import (  # pylint: disable=g-import-not-at-top
+    calibration as calibration_lib,
+    evaluate,
+    robustness,
+  )
+  from avcd.training import sharding, state as ts, steps  # pylint: disable=g-import-not-at-top
+  from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir).absolute()
+  if checkpoint is None or str(checkpoint).isdigit():
+    path, step = workdir / "checkpoints", None if checkpoint is None else int(checkpoint)
+  else:
+    path, step = pathlib.Path(checkpoint), None
+  mesh = sharding.make_mesh(config.mesh)
+  student = ts.restore_student(path, step, config=config, mesh=mesh)
+  config = corpus_setup.prepare_corpus(config, workdir)
+  predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
+  model = (predict_fn, student.params, student.batch_stats, config, mesh, workdir)
+  results = evaluate.evaluate_splits(*model, source=student.source)
+  source = student.source
+  if jax.process_index() == 0:
+    print(
+      evaluate.summary(results, workdir, f"checkpoint {source['checkpoint_dir']}/{source['step']}")
+    )
+  if perturbations:
+    fitted = next(iter(results.values()))["calibration"]["map"]
+    robust = robustness.evaluate_robustness(
+      *model,
+      perturbations,
+      seed=perturbation_seed,
+      calibration=None if fitted is None else calibration_lib.Calibration(**fitted),
+    )
+    if jax.process_index() == 0:
+      for name, result in robust.items():
+        print("\n" + robustness.markdown(result))
+        print(f"written to {workdir / 'eval' / name}: {', '.join(robustness.FILES)}")
+  return results
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -47,13 +105,12 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(f"--perturbations: {e}") from e
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
-  from avcd.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from avcd.training import sharding  # pylint: disable=g-import-not-at-top
 
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
   try:
-    evaluate.evaluate_checkpoint(
+    evaluate_checkpoint(
       _CONFIG.value,
       _WORKDIR.value,
       checkpoint,

@@ -15,8 +15,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from avcd.evaluation import calibration as calibration_lib, metrics, reports
-from avcd.training import sharding, state as ts, steps
-from data_pipelines import corpus_setup, loader, split_index
+from avcd.training import sharding, steps
+from data_pipelines import loader, split_index
 
 
 def split_source(cfg: ml_collections.ConfigDict, spec: str) -> tuple[str, str]:
@@ -181,53 +181,6 @@ def evaluate_splits(
         logging.info("%s: wrote %s", name, out_dir)
       else:
         results[name] = reports.split_metrics(records, **kwargs)
-  return results
-
-
-def evaluate_checkpoint(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  checkpoint: str | None = None,
-  *,
-  perturbations: list | None = None,
-  perturbation_seed: int = 0,
-) -> dict[str, dict]:
-  """`avcd eval`: restores a student, scores the config's splits, prints the tables.
-
-  `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any
-  avcd checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either
-  way. The checkpoint is found and verified before the corpus is prepared. `perturbations`
-  (data_pipelines.perturbations.Setting list): also score every split under each, seeded by
-  `perturbation_seed` (avcd.evaluation.robustness).
-  """
-  workdir = pathlib.Path(workdir).absolute()
-  if checkpoint is None or str(checkpoint).isdigit():
-    path, step = workdir / "checkpoints", None if checkpoint is None else int(checkpoint)
-  else:
-    path, step = pathlib.Path(checkpoint), None
-  mesh = sharding.make_mesh(config.mesh)
-  student = ts.restore_student(path, step, config=config, mesh=mesh)
-  config = corpus_setup.prepare_corpus(config, workdir)
-  predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
-  model = (predict_fn, student.params, student.batch_stats, config, mesh, workdir)
-  results = evaluate_splits(*model, source=student.source)
-  source = student.source
-  if jax.process_index() == 0:
-    print(summary(results, workdir, f"checkpoint {source['checkpoint_dir']}/{source['step']}"))
-  if perturbations:
-    from avcd.evaluation import robustness  # pylint: disable=g-import-not-at-top
-
-    fitted = next(iter(results.values()))["calibration"]["map"]
-    robust = robustness.evaluate_robustness(
-      *model,
-      perturbations,
-      seed=perturbation_seed,
-      calibration=None if fitted is None else calibration_lib.Calibration(**fitted),
-    )
-    if jax.process_index() == 0:
-      for name, result in robust.items():
-        print("\n" + robustness.markdown(result))
-        print(f"written to {workdir / 'eval' / name}: {', '.join(robustness.FILES)}")
   return results
 
 

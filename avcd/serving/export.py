@@ -26,8 +26,8 @@ the weights as variables, so serving needs a TensorFlow runtime with XLA. The li
 not 4 * T fails with InvalidArgumentError. `avcd_export.json` beside the SavedModel records the
 run's config, the avcd version, the signature and the feature settings predict needs.
 
-The student comes from `train_state.restore_student`, the restore path (verified, with fallback
-past corrupt steps) that every command shares. TensorFlow is imported only inside
+The student comes from `avcd.training.state.restore_student`, the restore path (verified, with
+fallback past corrupt steps) that every command shares. TensorFlow is imported only inside
 export_saved_model.
 """
 

@@ -162,7 +162,7 @@ def restore_student(
   )
   with_seed = ml_collections.ConfigDict(dict(model=config.model, seed=config.get("seed", 0)))
   graphdef, abstract, shardings, _ = abstract_train_state(with_seed, optimizer, mesh)
-  params, batch_stats, item = checkpoints.restore_student(
+  params, batch_stats, item = checkpoints.restore_student_arrays(
     step_dir, checkpoints.abstract_like(abstract, shardings), expected=config.model
   )
   return RestoredStudent(
