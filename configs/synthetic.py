@@ -4,10 +4,9 @@ r"""The built-in demo: teachers and a narrow student trained on the synthetic co
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
 claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets
-the
-corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus: lip-sync
-generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100 speakers,
-2800 test clips.
+the corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus:
+lip-sync generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100
+speakers, 2800 test clips.
 
 Generates the synthetic corpus into WORKDIR/data, trains the ASR/VSR teachers into
 WORKDIR/teachers if none are there yet, trains the student and evaluates it on the held-out
@@ -88,7 +87,10 @@ def get_config(variant: str = "demo"):
       num_speakers=64,
     ),
   )
-  config.eval = config_lib.evaluation(splits=("test",), frame_budget=1500)
+  # A temperature fitted on the validation split calibrates P(fake) (docs/evaluation.md).
+  config.eval = config_lib.evaluation(
+    splits=("test",), frame_budget=1500, calibration_split="validation"
+  )
 
   config.optim = config_lib.optimizer(learning_rate=1e-3)
   config.train = config_lib.training(num_epochs=8, log_every_steps=120, checkpoint_every_steps=480)
@@ -96,8 +98,7 @@ def get_config(variant: str = "demo"):
 
   if variant == "generalisation":
     # The claim study (docs/generalisation.md, `python -m avcd.commands.generalisation`): version 2
-    # of the
-    # corpus, whose lip-sync generators differ from real clips in content only (plus each
+    # of the corpus, whose lip-sync generators differ from real clips in content only (plus each
     # generator's own trace); ls_a trains, ls_b and ls_c are held out, ls_a_clean is ls_a without
     # its trace. About 100 speakers; the test split holds 200 clips of every method.
     config.data.synthetic = dict(
@@ -115,5 +116,5 @@ def get_config(variant: str = "demo"):
     # Whole clips (the teacher cache needs them), in two length buckets.
     config.data.update(train_window=75, bucket_lengths=(60, 75))
     config.teachers.cache = True
-    config.eval.splits = ("validation", "test")
+    config.eval.update(splits=("validation", "test"), calibration_split="")
   return config
