@@ -142,3 +142,10 @@ def test_prepare_mistakes_are_one_line(tmp_path):
   result = avcd("prepare", f"--output={tmp_path / 'out'}", f"--manifest={latin1}")
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert f"{latin1}:2: not UTF-8 text (byte 0xe9)" in error_line(result)
+
+
+def test_eval_without_a_checkpoint_says_so_before_preparing_a_corpus(tmp_path):
+  result = avcd("eval", "--config=configs/tiny.py", f"--workdir={tmp_path}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert str(tmp_path / "checkpoints") in error_line(result)
+  assert not (tmp_path / "data").exists()  # checked first: no corpus was made for nothing

@@ -341,6 +341,11 @@ def test_export_mistakes_are_one_line_before_any_work(run, tmp_path):
       [f"--workdir={run['workdir']}", f"--output={tmp_path / 'o'}", "--checkpoint=3"],
       "no checkpoint for step 3",
     ),
+    (
+      [f"--workdir={run['workdir']}", f"--output={tmp_path / 'full' / 'keep.txt'}"],
+      "is a file, not a directory",
+    ),
+    ([f"--workdir={run['workdir']}", "--output=/proc/avcd-export"], "cannot create it"),
   ]
   for args, message in cases:
     result = _avcd("export", *args)

@@ -300,6 +300,7 @@ def test_predict_mistakes_are_one_line_before_any_video_is_read(model, media, tm
     ([f"--saved-model={model['checkpoint']}"], "is not an `avcd export` output"),
     ([f"--workdir={model['checkpoint']}", "--checkpoint=5"], "no checkpoint for step 5"),
     ([f"--workdir={model['checkpoint']}", "--window=0"], "window"),
+    ([f"--workdir={model['checkpoint']}", "--output=/proc/avcd-predict"], "cannot create it"),
   ]
   for args, message in cases:
     if not any(a.startswith("--output") for a in args):
