@@ -4,14 +4,13 @@ import csv
 import dataclasses
 import pathlib
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from avcd import config_checks, config_lib
 from avcd.evaluation import calibration, evaluate
-from avcd.training import sharding, state as ts, steps
+from avcd.training import sharding, steps
 from data_pipelines import corpus_setup, split_index
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
@@ -31,11 +30,9 @@ def evaluated(tmp_path_factory):
   )
   config = corpus_setup.prepare_corpus(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
-  graphdef, abstract, shardings, init_fn = ts.abstract_train_state(
-    config, ts.make_optimizer(config.optim, 1), mesh
-  )
-  state = jax.jit(init_fn, out_shardings=shardings)()
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef))
+  step = steps.make_train_step(config, mesh)  # as avcd train builds it
+  state = step.init_state()
+  predict_fn = step.predict_step()
   results = evaluate.evaluate_splits(
     predict_fn, state.params, state.batch_stats, config, mesh, workdir
   )

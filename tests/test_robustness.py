@@ -6,14 +6,13 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from avcd import config_lib
 from avcd.evaluation import evaluate, robustness
-from avcd.training import sharding, state as ts, steps
+from avcd.training import sharding, steps
 from data_pipelines import corpus_setup, perturbations, prepare, rebuilt_split, split_index
 from tests import media_utils
 from tests.conftest import REPO
@@ -28,11 +27,9 @@ def model(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("robustness")
   config = corpus_setup.prepare_corpus(config_lib.load_config(CONFIG), workdir)
   mesh = sharding.make_mesh(config.mesh)
-  graphdef, _, shardings, init_fn = ts.abstract_train_state(
-    config, ts.make_optimizer(config.optim, 1), mesh
-  )
-  state = jax.jit(init_fn, out_shardings=shardings)()
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef))
+  step = steps.make_train_step(config, mesh)  # as avcd train builds it
+  state = step.init_state()
+  predict_fn = step.predict_step()
   return (predict_fn, state.params, state.batch_stats, config, mesh, workdir)
 
 

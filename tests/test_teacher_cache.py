@@ -39,6 +39,12 @@ def tiny_config(workdir: pathlib.Path, **overrides):
   return config
 
 
+def _with_cache(config, cache: bool):
+  config = config.copy_and_resolve_references()
+  config_lib.set_field(config, "teachers.cache", cache)
+  return config
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """The tiny config's corpus, mesh and random teachers, and their cache."""
@@ -89,16 +95,16 @@ def test_cached_posteriors_are_the_online_ones_windowed_like_the_clip(run):
 
 
 def test_a_train_step_with_the_cache_has_the_losses_of_one_running_the_teachers(run):
-  config, mesh, (graphdef_teachers, teachers_state) = run["config"], run["mesh"], run["teachers"]
+  config, mesh, (_, teachers_state) = run["config"], run["mesh"], run["teachers"]
   online_batches, cached_batches = one_epoch(config), one_epoch(config, run["cache"])
-  optimizer = ts.make_optimizer(config.optim, steps_per_epoch=len(online_batches))
-  graphdef, _, shardings, init_fn = ts.abstract_train_state(config, optimizer, mesh)
-  update_fn = steps.make_update_fn(graphdef, graphdef_teachers, optimizer, config)
-  online_step = sharding.jit_update(
-    update_fn, shardings, mesh, jax.tree.map(lambda x: x.sharding, teachers_state)
+  # Both steps as avcd train builds them: with the teachers inside, and with none at all.
+  online, cached = (
+    steps.make_train_step(_with_cache(config, cache), mesh, len(online_batches))
+    for cache in (False, True)
   )
-  cached_step = sharding.jit_update(update_fn, shardings, mesh, None)  # no teachers at all
-  state = jax.jit(init_fn, out_shardings=shardings)()
+  assert cached.teachers_state is None
+  online_step, cached_step = online.update_fn, cached.update_fn
+  state = online.init_state()
 
   def inputs(batch):
     return sharding.global_batch({k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, mesh)

@@ -5,10 +5,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from ml_collections import ConfigDict
 
 from avcd import config_lib
-from avcd.training import state as ts, steps
+from avcd.training import sharding, state as ts, steps
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 FACE = 32
@@ -31,14 +31,11 @@ def _batch(seed=0, rows=4, frames=12):
 
 
 def _setup(config):
-  optimizer = ts.make_optimizer(config.optim, steps_per_epoch=100)
-  student = ts.build_student(config.model, config.seed)
-  graphdef = nnx.graphdef(student)
-  state = ts.init_train_state(student, optimizer, config.seed)
-  teachers = ts.build_teachers(config.teachers, config.seed)
-  teachers_graphdef, *teachers_state = ts.split_model(teachers)
-  update_fn = jax.jit(steps.make_update_fn(graphdef, teachers_graphdef, optimizer, config))
-  return state, update_fn, tuple(teachers_state)
+  """The train step as avcd train builds it, on one device; its initial state and teachers."""
+  mesh = sharding.make_mesh(ConfigDict(dict(data=1, fsdp=1)), jax.local_devices()[:1])
+  step = steps.make_train_step(config, mesh, steps_per_epoch=100)
+  state, teachers_state = step.initial_arguments()
+  return state, step.update_fn, teachers_state
 
 
 def test_steps_change_parameters_and_lower_the_loss_on_a_fixed_batch():
