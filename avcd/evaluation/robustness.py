@@ -145,6 +145,11 @@ def plot(result: dict, path: pathlib.Path) -> None:
   figure.suptitle(f"AUC under degradations, split {result['split']}")
   axes_grid = figure.subplots(grid_rows, columns, squeeze=False)
   methods = sorted(clean["per_method"])
+  # One y range for every panel, down to the lowest AUC measured: below-chance AUCs (a detector
+  # whose scores a degradation inverts) must show, not fall off the axes.
+  aucs = [v for row in rows for v in (row["auc"], *row["per_method"].values())]
+  lowest = min((v for v in aucs if v is not None and not math.isnan(v)), default=1.0)
+  y_range = (min(40.0, 10 * math.floor(10 * lowest) - 2), 101)
   for axes, name in zip(axes_grid.flat, names):
     settings = by_perturbation.get(name, [])
     labels = ["clean"] + [f"{row['setting']['level']:g}" for row in settings]
@@ -164,7 +169,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
         label=method,
       )
     parameter = settings[0]["setting"]["parameter"] if settings else ""
-    axes.set(title=name, xlabel=parameter, ylabel="AUC (%)", ylim=(40, 101))
+    axes.set(title=name, xlabel=parameter, ylabel="AUC (%)", ylim=y_range)
     axes.set_xticks(positions, labels, fontsize="small")
     axes.axhline(50, color="0.7", linestyle=":", linewidth=1)
     axes.grid(alpha=0.3)
