@@ -61,7 +61,7 @@ def _scene(faces, size, face_side, path_of, angle_of=lambda t: 0.0):
       continue
     scale = face_side / 112
     matrix = cv2.getRotationMatrix2D((55.5, 55.5), angle_of(t), scale)
-    matrix[:, 2] += np.array(centre) - scale * 55.5
+    matrix[:, 2] += np.array(centre) - 55.5  # the rotation keeps (55.5, 55.5) in place: move it
     warped = cv2.warpAffine(face, matrix, (width, height), borderValue=0)
     mask = cv2.warpAffine(np.ones_like(face), matrix, (width, height), borderValue=0) > 0
     frames[t][mask] = warped[mask][:, None]
