@@ -352,3 +352,12 @@ def test_export_mistakes_are_one_line_before_any_work(run, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert message in result.stderr
   assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_the_printed_signature_keeps_each_name_apart_from_its_dtype():
+  spec = export.signature(dict(audio_frames_per_frame=4, face_size=112, num_mfcc=13))
+  lines = export.describe_signature(spec).splitlines()
+  rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("    ")}
+  assert rows["raw_probability"] == ["float32", "(B)"]
+  assert rows["mfcc"] == ["float32", "(B,", "4*T,", "13)"]
+  assert len(rows) == 8

@@ -85,9 +85,11 @@ def signature(features: dict) -> dict:
 def describe_signature(spec: dict) -> str:
   """A signature from `signature` in a few lines: name, then each input and output."""
 
+  width = 2 + max(len(name) for group in ("inputs", "outputs") for name in spec[group])
+
   def tensors(group):
     return "\n".join(
-      f"    {name:<13}{t['dtype']:<9}({', '.join(map(str, t['shape']))})"
+      f"    {name:<{width}}{t['dtype']:<9}({', '.join(map(str, t['shape']))})"
       for name, t in spec[group].items()
     )
 
