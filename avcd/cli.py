@@ -240,6 +240,10 @@ def main() -> None:
     print(f"avcd: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(USAGE_EXIT)
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())  # every logger's records
+  # TensorFlow prints a oneDNN banner from C++ at every import, past Python's logging and
+  # TF_CPP_MIN_LOG_LEVEL. avcd runs only XlaCallModule graphs in TensorFlow (exports), which
+  # XLA compiles without TensorFlow's oneDNN kernels: turning those off changes no number.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   module = importlib.import_module(f"avcd.commands.{COMMANDS[command][0]}")
   # absl's --help shows the main module's docstring and flags: make them the command's.
   sys.modules["__main__"].__doc__ = f"{module.__doc__.rstrip()}\n\n{EXIT_STATUS_HELP}\n"
