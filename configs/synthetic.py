@@ -12,10 +12,10 @@ Generates the synthetic corpus into WORKDIR/data, trains the ASR/VSR teachers in
 WORKDIR/teachers if none are there yet, trains the student and evaluates it on the held-out
 speakers of the test split (reports in WORKDIR/eval/test).
 
-Hardware: 2 CPU cores. Time: 6 min 18 s end to end (corpus 50 s, teachers 1 min, student 4 min,
-evaluation 5 s; 844 MB on disk). Result: test ROC-AUC 100.0% for every method with seed 0; the
-result depends on the seed (seed 1: 58.7%, only voice_swap learned; seed 2: 98.5%), see
-README.md.
+Hardware: 2 CPU cores. Expected time: 6 min 18 s end to end (corpus 50 s, teachers 1 min,
+student 4 min, evaluation 5 s; 844 MB on disk). Expected result: test ROC-AUC 100.0% for every
+method with seed 0; it depends on the seed (seed 1: 58.7%, only voice_swap learned; seed 2:
+98.5%), see README.md.
 """
 
 import ml_collections
