@@ -267,6 +267,16 @@ def _train_and_evaluate(
   cleanup.callback(watcher.close)
   profile_first = first_step + PROFILE_AFTER_STEPS + 1
   profile_last = min(profile_first + config.train.profile_steps - 1, total_steps)
+  if config.train.profile_steps and profile_first > total_steps:
+    logging.warning(
+      "train.profile_steps: no profile, the run ends at step %d, before step %d where profiling "
+      "would start",
+      total_steps,
+      profile_first,
+    )
+  # Stops a trace still running when the loop ends early (preemption, a non-finite loss), so the
+  # steps traced so far are written.
+  profile = cleanup.enter_context(contextlib.ExitStack())
 
   for step_number in range(first_step + 1, total_steps + 1):
     batch = next(train_iter)
@@ -276,11 +286,12 @@ def _train_and_evaluate(
     interval_flops += step_flops(state, inputs, teachers_state)
     if config.train.profile_steps and step_number == profile_first:
       jax.profiler.start_trace(str(workdir / "profile"))
+      profile.callback(jax.profiler.stop_trace)
     with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
       state, step_metrics = update_fn(state, inputs, teachers_state)
     if config.train.profile_steps and step_number == profile_last:
       jax.block_until_ready(state)
-      jax.profiler.stop_trace()
+      profile.close()  # stops the trace
       logging.info("profiled steps %d-%d into %s", profile_first, step_number, workdir / "profile")
     checkpointer.raise_if_failed()  # a failed background save stops the run at once
     if pending is not None:
