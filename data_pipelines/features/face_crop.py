@@ -15,14 +15,15 @@ a face that leaves the frame and re-enters where it left continues its track, el
 another. Tracks found on fewer than `min_detected_fraction` of the sampled frames are dropped.
 
 Choice: with one track left, that one; with several, the speaker: the track whose mouth moves
-with the audio (the correlation, over its detections, of the aligned mouth region's change from
-one detection to the next with the audio's energy between them), when one clearly leads (by at
-least 0.1); otherwise the largest face. The result says which face was chosen and why.
+with the audio (the largest absolute correlation, over its detections, of the three main modes
+(SVD) of its aligned mouth patches' appearance with the audio's log energy around each
+detection), when one clearly leads (by at least 0.1); otherwise the largest face. The result
+says which face was chosen and why.
 
 Alignment: per detection, the midpoints of the eyes and of the mouth corners and the distance
 between the eyes. Along the chosen track they are smoothed (running median over 5 detections) and
-interpolated to every frame (held before the first detection and after the last, and across gaps
-while the face is away). Each frame's crop is the similarity transform that turns the
+interpolated to every frame (held before the first detection and after the last, linearly across
+gaps while the face is away). Each frame's crop is the similarity transform that turns the
 eye-to-mouth axis upright, puts its middle at (55.5, 62.5) of the 112x112 crop and scales the
 face to the template's size: eyes 34 px apart and the mouth 39 px below them, at crop_scale 1.3
 (other values scale about the centre). That is the synthetic corpus's framing, with the mouth in
@@ -207,7 +208,7 @@ def link_tracks(detections: dict[int, list[face_detectors.Detection]]) -> list[d
       candidates = [
         (_same_face(track[max(track)], detection), index)
         for index, track in enumerate(tracks)
-        if index not in taken and frame not in track
+        if index not in taken
       ]
       score, index = max(candidates, default=(0.0, -1))
       if score > 0:
@@ -331,7 +332,8 @@ def read_video_faces(
   Args:
     path: the video file.
     detector: a key of face_detectors.DETECTORS, to find, follow and crop a face; None takes the
-      whole frame (already face-cropped corpora), which gives exactly video.read_faces's frames.
+      whole frame (already face-cropped corpora): video.read_faces's frames, except that
+      interlaced frames are deinterlaced first.
     luma: 'bt601' or 'reference_bgr', as video.read_faces.
     max_seconds: decode at most this much of the video from its start; None decodes it all.
     detect_every: run the detector on every this-many-th frame.
@@ -376,16 +378,18 @@ def read_video_faces(
         found = find(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if found:
           detections[index] = found
-          grey = cv2.cvtColor(rgb, conversion)
-          patches.update({id(d): mouth_patch(grey, d) for d in found})
+          if audio is not None:  # mouth patches serve only the speaker choice
+            grey = cv2.cvtColor(rgb, conversion)
+            patches.update({id(d): mouth_patch(grey, d) for d in found})
   if not times:
     raise video.VideoError(f"{path}: no decodable video frames")
   times = np.array(times)
   sampled = math.ceil(len(times) / detect_every)
   needed = max(1, math.ceil(min_detected_fraction * sampled))
-  tracks = [t for t in link_tracks(detections) if len(t) >= needed]
+  all_tracks = link_tracks(detections)
+  tracks = [t for t in all_tracks if len(t) >= needed]
   if not tracks:
-    most = max((len(t) for t in link_tracks(detections)), default=0)
+    most = max((len(t) for t in all_tracks), default=0)
     raise NoFaceError(
       f"{path}: no face found (a face in {most} of {sampled} sampled frames, at least "
       f"{needed} needed)"
