@@ -14,7 +14,7 @@ from avcd import checkpoints, config_lib
 from avcd.evaluation import calibration
 from avcd.serving import export, options, predict
 from avcd.training import state as ts
-from data_pipelines.features import face_crop, video
+from data_pipelines.features import face_crop, face_detectors, video
 from data_pipelines.synthetic import generator
 from tests import media_utils
 from tests.conftest import REPO
@@ -238,6 +238,8 @@ def test_predict_options_default_to_the_face_pipeline_s_defaults():
     face_crop.DEFAULT_DETECTOR,
     face_crop.DEFAULT_CROP_SCALE,
   )
+  # The light options module names the detectors without importing OpenCV: the same set.
+  assert set(options.DETECTORS) == {*face_detectors.DETECTORS, "none"}
   with pytest.raises(ValueError, match="detector must be one of"):
     options.PredictOptions(detector="dlib")
 

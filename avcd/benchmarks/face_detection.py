@@ -35,7 +35,9 @@ from data_pipelines.features import face_crop, face_detectors
 from data_pipelines.synthetic import generator
 
 _VIDEOS = flags.DEFINE_list("videos", [], "Real videos to add to the generated scenes.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed passes per video and detector (median).")
+_REPEATS = flags.DEFINE_integer(
+  "repeats", 5, "Timed passes per video and detector (median).", lower_bound=1
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for face_detection.{json,md}.")
 
 DETECTORS = ("yunet", "haar")

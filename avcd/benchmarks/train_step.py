@@ -14,6 +14,10 @@ long; no corpus is read. FLOPs come from XLA's cost analysis of the same program
 (`avcd.training.flops`); MFU is against the device's dense bf16 peak (`--peak_tflops` for a
 device not in `avcd.training.flops`' table).
 
+The compile column times `lower().compile()`; with JAX's persistent compilation cache on (the
+default, avcd/compilation_cache.py) a rerun reads the program from the cache and reports that
+time instead: pass `--compilation_cache=off` to time a cold compile.
+
 The ratio column compares each row with the same config, step and teacher variant in float32 at
 the same batch: what the compute dtype buys. Configs are not compared with each other: tiny is a
 test model, not a smaller detector.
@@ -149,9 +153,9 @@ def measure(row: Row, rows: int, length: int, *, steps: int, warmup: int) -> dic
     sharding.global_batch(train_steps.random_train_batch(step.batch(length, rows), rng), mesh)
     for _ in range(2)
   ]
-  state, teachers_state = step.initial_arguments()
-  started = time.perf_counter()
   if row.kind == "train":
+    state, teachers_state = step.initial_arguments()
+    started = time.perf_counter()
     compiled = step.lower(length, rows).compile()
     compile_seconds = time.perf_counter() - started
     program_flops = flops.program_flops(
@@ -168,8 +172,10 @@ def measure(row: Row, rows: int, length: int, *, steps: int, warmup: int) -> dic
     if not np.isfinite(float(metrics["loss"])):
       raise FloatingPointError(f"{row}: non-finite loss {float(metrics['loss'])}")
   else:
+    state = step.init_state()  # the student's; predict runs no teachers and no optimizer
+    started = time.perf_counter()
     predict = step.predict_step()
-    inputs = [{k: b[k] for k in ("mfcc", "faces", "num_frames")} for b in batches]
+    inputs = [{k: b[k] for k in train_steps.MODEL_INPUTS} for b in batches]
     arguments = (state.params, state.batch_stats, inputs[0])
     compiled = predict.lower(*arguments).compile()
     compile_seconds = time.perf_counter() - started
