@@ -107,7 +107,7 @@ def _train_and_evaluate(
   )
   config = corpus_setup.prepare_corpus(config, workdir)  # the config as run: its data resolved
   config_checks.check_splits(config)
-  writer = cleanup.enter_context(contextlib.closing(writers.MetricWriters(workdir)))
+  writer = cleanup.enter_context(writers.MetricWriters(workdir))
   writer.write_hparams(config.to_dict())
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")

@@ -11,6 +11,7 @@ import pathlib
 import time
 
 import jax
+from absl import logging
 
 
 class JsonLinesWriter:
@@ -26,8 +27,11 @@ class JsonLinesWriter:
     for key, value in scalars.items():
       value = float(value)
       record[key] = value if math.isfinite(value) else str(value)
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()  # a few lines per log interval: readable while the run goes on
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()  # a few lines per log interval: readable while the run goes on
+    except OSError as e:  # a full disk, a lost mount: say which file
+      raise OSError(e.errno, e.strerror, str(self._path)) from e
 
   def write_hparams(self, hparams: dict) -> None:
     self._file.write(json.dumps({"hparams": hparams}, default=str) + "\n")
@@ -89,3 +93,18 @@ class MetricWriters:
   def close(self) -> None:
     for writer in self._writers:
       writer.close()
+
+  def __enter__(self) -> "MetricWriters":
+    return self
+
+  def __exit__(self, exc_type, exc, traceback) -> bool:
+    """Closes the writers. If the run is already failing, a failure to close (the last metrics
+    not flushed, typically to the same full disk that failed it) is logged, and the run's own
+    error stays the one reported."""
+    try:
+      self.close()
+    except OSError as e:
+      if exc is None:
+        raise
+      logging.warning("closing the metric writers failed too: %s", e)
+    return False
