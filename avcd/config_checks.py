@@ -106,6 +106,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _at_least(train.profile_steps, 0, "train.profile_steps")
   _one_of(train.best_metric, metrics.CHECKPOINT_METRICS, "train.best_metric")
   _one_of(train.on_nonfinite, steps.NONFINITE_POLICIES, "train.on_nonfinite")
+  _one_of(train.labels, tuple(steps.TRAIN_LABEL_FIELDS), "train.labels")
 
 
 def check_splits(config: ml_collections.ConfigDict) -> None:

@@ -179,6 +179,16 @@ def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
       # away): 'keep' scores whole clips, 'trim' from the first non-silent frame; list both to
       # report results with and without it.
       leading_silence=("keep",),
+      # Forged segments from per-frame scores (avcd/evaluation/localisation.py), reported for
+      # splits that hold partially forged clips.
+      localisation=dict(
+        smoothing_frames=5,  # centred moving median, frames (1 = none)
+        thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # on P(fake) of a frame
+        min_frames=2,  # shorter runs are dropped
+        nms_iou=0.7,
+        max_proposals=100,  # per clip
+        plot_clips=4,  # fake clips drawn in frame_scores.png
+      ),
     )
   )
   cfg.update(overrides)
@@ -196,6 +206,9 @@ def training(*, num_epochs: int, **overrides) -> ConfigDict:
       best_metric="auc",
       init_from="",  # avcd checkpoint or converted PyTorch weights (see README)
       on_nonfinite="raise",  # 'raise' stops with the step and clip ids; 'skip' skips the update
+      # What the frame classifier learns on each frame: 'clip', the clip's label (the reference),
+      # or 'frame', the frame's own label (partially forged clips; avcd/training/losses.py).
+      labels="clip",
       # Write a jax.profiler trace of this many steps (after PROFILE_AFTER_STEPS warm-up steps) to
       # WORKDIR/profile, for TensorBoard's profile plugin or Perfetto (docs/scaling.md).
       profile_steps=0,

@@ -5,6 +5,7 @@ process holds (its share of the global batch):
   mfcc (B, 4L, 13) float32 | stft (B, 4L, 321) float16 | faces (B, L, 112, 112) uint8
   lips (B, L, 512) float16, only when the split's clips carry lip features
   phonemes (B, L) int32, -1 where unknown and beyond the clip
+  frame_labels, audio_frame_labels, video_frame_labels (B, L) uint8 (schema's frame labels)
   num_frames (B,) int32, 0 for filler rows | label, audio_label, video_label (B,) int32
   record (B,) int64, the clip's index in the split (`split_index.SplitIndex`), -1 for filler rows
   augment (training only): dict of (B,) arrays (`augment.PARAM_DTYPES`) for `augment.apply`
@@ -268,6 +269,9 @@ class _BatchReader:
       start, frames = int(rows["start"][row]), int(rows["num_frames"][row])
       for field in fields:
         per_frame = field.rows_per_frame
+        if field.name not in example:  # a corpus prepared before frame labels existed
+          batch[field.name][row, :frames] = rows[schema.FRAME_LABEL_FIELDS[field.name]][row]
+          continue
         batch[field.name][row, : per_frame * frames] = example[field.name][
           per_frame * start : per_frame * (start + frames)
         ]

@@ -7,6 +7,14 @@ Time axes: T video frames at `fps`; `mfcc` and `stft` have AUDIO_FRAMES_PER_VIDE
 (10 ms hop at 25 fps). `lips` holds precomputed VSR lip features (T rows) or zero rows when a corpus
 has none; the VSR teacher then computes them from mouth crops of `faces`. `phonemes` holds per-frame
 content ids where the corpus knows them (the synthetic corpus) and -1 elsewhere.
+
+Frame labels: `frame_labels` (T,) marks the frames that lie in a forged segment (1 = fake), and
+`audio_frame_labels` / `video_frame_labels` which stream was forged there. Corpora that record
+fake segments (LAV-DF, AV-Deepfake1M, the synthetic corpus's partial forgeries) derive them from
+the segments; corpora with clip labels only give every frame its clip's labels, so a fake clip
+is fake throughout (what the reference's training assumes). `validate_example` fills them that
+way when a builder leaves them out, and the loader does the same for corpora prepared before the
+fields existed.
 """
 
 import dataclasses
@@ -54,8 +62,41 @@ ARRAY_FIELDS = (
   ArrayField("faces", np.dtype(np.uint8), (FACE_SIZE, FACE_SIZE), 1, "bytes"),
   ArrayField("lips", np.dtype(np.float16), (LIP_DIM,), 1, "bytes"),
   ArrayField("phonemes", np.dtype(np.int32), (), 1, "zlib"),
+  ArrayField("frame_labels", np.dtype(np.uint8), (), 1, "zlib"),
+  ArrayField("audio_frame_labels", np.dtype(np.uint8), (), 1, "zlib"),
+  ArrayField("video_frame_labels", np.dtype(np.uint8), (), 1, "zlib"),
 )
 ARRAY_FIELDS_BY_NAME = {f.name: f for f in ARRAY_FIELDS}
+# Each frame-label field and the clip label it defaults to (see the module docstring).
+FRAME_LABEL_FIELDS = {
+  "frame_labels": "label",
+  "audio_frame_labels": "audio_label",
+  "video_frame_labels": "video_label",
+}
+
+
+def clip_frame_labels(example: dict, num_frames: int) -> dict[str, np.ndarray]:
+  """Frame labels for a clip known by its clip labels only: every frame gets the clip's."""
+  return {
+    field: np.full(num_frames, int(example[clip_field]), np.uint8)
+    for field, clip_field in FRAME_LABEL_FIELDS.items()
+  }
+
+
+def segment_frame_labels(segments, num_frames: int, fps: float = FPS) -> np.ndarray:
+  """(num_frames,) uint8, 1 on the frames whose centre lies in a [start, end) segment (seconds)."""
+  centres = (np.arange(num_frames) + 0.5) / fps
+  labels = np.zeros(num_frames, np.uint8)
+  for start, end in segments:
+    labels[(centres >= start) & (centres < end)] = FAKE
+  return labels
+
+
+def frame_label_segments(labels: np.ndarray, fps: float = FPS) -> np.ndarray:
+  """The (N, 2) [start, end) segments in seconds of the runs of 1 in per-frame `labels`."""
+  padded = np.concatenate([[0], np.asarray(labels, np.int8) != 0, [0]]).astype(np.int8)
+  edges = np.flatnonzero(np.diff(padded))
+  return edges.reshape(-1, 2).astype(np.float64) / fps
 
 
 class SchemaError(ValueError):
@@ -72,7 +113,7 @@ def validate_example(example: dict) -> dict:
   missing = [
     k
     for k in (*TEXT_FIELDS, *LABEL_FIELDS, "fps", "num_frames", *ARRAY_FIELDS_BY_NAME)
-    if k not in example
+    if k not in example and k not in FRAME_LABEL_FIELDS
   ]
   if missing:
     raise SchemaError(f"clip {clip}: missing fields {missing}")
@@ -87,8 +128,9 @@ def validate_example(example: dict) -> dict:
   if num_frames < 1:
     raise SchemaError(f"clip {clip}: num_frames={num_frames} must be at least 1")
   out["num_frames"] = num_frames
+  defaults = clip_frame_labels(out, num_frames)
   for field in ARRAY_FIELDS:
-    array = np.asarray(example[field.name])
+    array = np.asarray(example.get(field.name, defaults.get(field.name)))
     expected = field.shape(num_frames)
     if field.name == "lips" and array.shape[:1] == (0,):
       expected = (0, *field.trailing_shape)
@@ -99,6 +141,8 @@ def validate_example(example: dict) -> dict:
       )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
       raise SchemaError(f"clip {clip}: {field.name} holds non-finite values")
+    if field.name in FRAME_LABEL_FIELDS and not np.all(np.isin(array, (REAL, FAKE))):
+      raise SchemaError(f"clip {clip}: {field.name} holds values other than 0 (real) or 1 (fake)")
     out[field.name] = array.astype(field.dtype, copy=False)
   return out
 

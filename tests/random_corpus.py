@@ -35,6 +35,8 @@ class RandomCorpusConfig(tfds.core.BuilderConfig):
   max_frames: int = 130
   with_lips: bool = True
   silent_lead_in_fraction: float = 0.3
+  # False: written without the frame-label fields, as corpora prepared before they existed.
+  frame_label_fields: bool = True
 
 
 class RandomCorpus(clip_builder.ClipBuilder):
@@ -43,6 +45,7 @@ class RandomCorpus(clip_builder.ClipBuilder):
   BUILDER_CONFIGS = [
     RandomCorpusConfig(name="small"),
     RandomCorpusConfig(name="no_lips", with_lips=False, split_sizes=(("test", 7),)),
+    RandomCorpusConfig(name="no_frame_labels", frame_label_fields=False),
     RandomCorpusConfig(
       name="bench",
       split_sizes=(("train", 160),),
@@ -51,6 +54,14 @@ class RandomCorpus(clip_builder.ClipBuilder):
       silent_lead_in_fraction=0.0,
     ),
   ]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = schema.tfds_features()
+    if not self.builder_config.frame_label_fields:
+      features = tfds.features.FeaturesDict(
+        {k: v for k, v in features.items() if k not in schema.FRAME_LABEL_FIELDS}
+      )
+    return self.dataset_info_from_configs(features=features, description=self.__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: clips are drawn from a seeded generator.
@@ -61,8 +72,12 @@ class RandomCorpus(clip_builder.ClipBuilder):
   def _generate_examples(self, split, size):
     for i in range(size):
       rng = np.random.default_rng([zlib.crc32(split.encode()), i])
-      example = random_example(rng, f"{split}-{i:04d}", self.builder_config)
-      yield example["id"], schema.validate_example(example)
+      example = schema.validate_example(
+        random_example(rng, f"{split}-{i:04d}", self.builder_config)
+      )
+      if not self.builder_config.frame_label_fields:
+        example = {k: v for k, v in example.items() if k not in schema.FRAME_LABEL_FIELDS}
+      yield example["id"], example
 
 
 def random_example(rng: np.random.Generator, clip_id: str, config: RandomCorpusConfig) -> dict:
@@ -91,7 +106,7 @@ def random_example(rng: np.random.Generator, clip_id: str, config: RandomCorpusC
   faces = np.clip(base + drift + noise, 0, 255).astype(np.uint8)
 
   lip_rows = num_frames if config.with_lips else 0
-  return {
+  example = {
     "id": clip_id,
     "dataset": "random",
     "method": method,
@@ -109,6 +124,17 @@ def random_example(rng: np.random.Generator, clip_id: str, config: RandomCorpusC
     "lips": rng.normal(0.0, 1.0, (lip_rows, schema.LIP_DIM)).astype(np.float16),
     "phonemes": rng.integers(-1, 40, num_frames).astype(np.int32),
   }
+  # Half the fakes are forged in one segment only (drawn last: the draws above stay as they were).
+  if label and rng.random() < 0.5:
+    first = int(rng.integers(num_frames))
+    forged = np.zeros(num_frames, np.uint8)
+    forged[first : first + int(rng.integers(1, num_frames + 1))] = 1
+    example.update(
+      frame_labels=forged,
+      audio_frame_labels=forged * audio_label,
+      video_frame_labels=forged * video_label,
+    )
+  return example
 
 
 def build(data_dir: str, config_name: str = "small") -> str:

@@ -20,7 +20,10 @@ EVAL_FRAME_BUDGET = 300
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("corpus"))
-  return {name: (random_corpus.build(data_dir, name), data_dir) for name in ("small", "no_lips")}
+  return {
+    name: (random_corpus.build(data_dir, name), data_dir)
+    for name in ("small", "no_lips", "no_frame_labels")
+  }
 
 
 def data_config(corpus, name="small", **overrides):
@@ -114,6 +117,19 @@ def assert_row_is_window(batch, row, example, start):
     assert np.all(batch[field.name][row, per_frame * frames :] == padding), field.name
 
 
+def test_corpora_prepared_without_frame_labels_get_their_clip_labels_on_every_frame(corpus):
+  with_fields, without = data_config(corpus), data_config(corpus, "no_frame_labels")
+  partial = 0
+  for new, old in zip(train_epoch(with_fields), train_epoch(without)):
+    np.testing.assert_array_equal(old["faces"], new["faces"])  # the same clips and windows
+    valid = np.arange(new["faces"].shape[1]) < new["num_frames"][:, None]
+    for field, clip_field in schema.FRAME_LABEL_FIELDS.items():
+      np.testing.assert_array_equal(old[field], np.where(valid, old[clip_field][:, None], 0))
+    # The small corpus has fakes forged in a segment only: their windows hold real frames.
+    partial += np.sum(new["label"].astype(bool) & np.any(valid & (new["frame_labels"] == 0), 1))
+  assert partial > 0
+
+
 def test_global_batch_size_rounds_down_to_the_multiple_but_not_below_it():
   assert loader.global_batch_size(2000, 50, 8) == 40
   assert loader.global_batch_size(2000, 100, 8) == 16  # 20 rounded down
@@ -139,6 +155,7 @@ def test_train_batches_follow_the_contract(corpus):
       "faces": ((rows, length, 112, 112), np.uint8),
       "lips": ((rows, length, 512), np.float16),
       "phonemes": ((rows, length), np.int32),
+      **{name: ((rows, length), np.uint8) for name in schema.FRAME_LABEL_FIELDS},
       "num_frames": ((rows,), np.int32),
       "label": ((rows,), np.int32),
       "audio_label": ((rows,), np.int32),

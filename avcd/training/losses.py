@@ -1,12 +1,20 @@
 """The method's three losses, on arrays and masks only (float32 throughout).
 
 Per clip b and valid frame t:
-  * frame cross-entropy of the student's frame logits against the clip label;
+  * frame cross-entropy of the student's frame logits against the frame's label: the clip label
+    on every frame (the reference), or the frame labels of partially forged clips;
   * correlation distillation: teachers' per-frame posteriors p (ASR) and q (VSR) give a divergence
     D_t and a soft target s_t = 1 - D_t for the scaled cosine c_t = (cos(a_t, v_t) + 1) / 2 of the
     student's audio and visual embeddings, scored with binary cross-entropy;
   * joint-modal metric loss: d_b = ||s - c||_2 over the clip's frames, sigma_b = sigmoid(d_b);
     real clips pull sigma_b down, fakes push it above the margin.
+
+Partially forged clips (frame labels that differ within a clip): the distillation target needs no
+label (the teachers' disagreement is what should rise inside a forged segment), so it is the same
+on every frame. The metric loss is taken per (clip, label) part instead of per clip: the distance
+over the clip's real frames is pulled down and the one over its fake frames pushed up, so a
+one-second forgery does not teach that the real seconds around it are fake. With clip labels
+every clip is a single part, which is the reference's loss.
 The sync-only control of the generalisation study replaces distillation by the same cosine BCE
 against targets that know timing only (`sync_loss`).
 """
@@ -62,10 +70,10 @@ def binary_cross_entropy(prediction: jax.Array, target: jax.Array) -> jax.Array:
   return -(target * log_p + (1.0 - target) * log_not_p)
 
 
-def frame_cross_entropy(frame_logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """-log softmax(z_t)[y_b] for (B, T, 2) logits and (B,) clip labels -> (B, T)."""
+def frame_cross_entropy(frame_logits: jax.Array, frame_labels: jax.Array) -> jax.Array:
+  """-log softmax(z_t)[y_t] for (B, T, 2) logits and (B, T) frame labels -> (B, T)."""
   log_probs = jax.nn.log_softmax(frame_logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, labels[:, None, None].astype(jnp.int32), axis=-1)[..., 0]
+  return -jnp.take_along_axis(log_probs, frame_labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def clip_distance(target: jax.Array, prediction: jax.Array, mask: jax.Array) -> jax.Array:
@@ -101,13 +109,14 @@ def metric_loss(
 def sync_loss(
   similarity: jax.Array, rolled_similarity: jax.Array, labels: jax.Array, mask: jax.Array
 ) -> jax.Array:
-  """The sync-only control: BCE of the scaled cosine against 1 on every valid frame of a real clip,
-  and against 0 on the same frames with the clip's audio rolled in time. Fakes do not count.
+  """The sync-only control: BCE of the scaled cosine against 1 on every valid real frame ((B, T)
+  frame `labels` 0), and against 0 on the same frames with the clip's audio rolled in time. Fake
+  frames do not count.
 
   The targets know timing only, never content: what distillation's teacher targets add beyond
   them is the claim under test.
   """
-  real_frames = mask & (labels[:, None] == 0)
+  real_frames = mask & (labels == 0)
   weights = real_frames.astype(jnp.float32)
   terms = binary_cross_entropy(similarity, jnp.ones_like(similarity)) + binary_cross_entropy(
     rolled_similarity, jnp.zeros_like(rolled_similarity)
@@ -135,14 +144,16 @@ def detector_losses(
 
   student_out: the Student's outputs (`audio_embed`, `visual_embed`, `frame_logits`, `mask`);
   asr_probs, vsr_probs: (B, T, K) teacher posteriors (no gradient flows into them);
-  labels: (B,) clip labels (1 = fake). Clips with no valid frame (batch filler) count nowhere.
+  labels: (B,) clip labels or (B, T) frame labels (1 = fake); clip labels stand for every frame.
+  Clips with no valid frame (batch filler) count nowhere.
   rolled_embeds: the (audio, visual) embeddings of the same clips with their audio rolled in
   time, for the sync-only control (`cfg.sync_weight`); None when that weight is 0.
   The batch CE and BCE average over all valid frames of the batch (the reference's mean over
-  B x T frames); the metric loss averages over valid clips.
+  B x T frames); the metric loss averages over the batch's (clip, label) parts (module docstring),
+  that is over valid clips when every clip has one label.
   """
   mask = student_out["mask"]
-  clip_valid = jnp.any(mask, axis=1)
+  frame_labels = labels if labels.ndim == 2 else jnp.broadcast_to(labels[:, None], mask.shape)
   target = jax.lax.stop_gradient(soft_target(asr_probs, vsr_probs, cfg.divergence))
   # Padded frames may hold zero embeddings (0/0 in the cosine's gradient) or a similarity of
   # exactly 0 or 1 (log 0): give them a harmless constant so no NaN leaks into valid gradients.
@@ -150,14 +161,27 @@ def detector_losses(
   cosine = lambda audio, visual: valid(scaled_cosine(valid(audio, 1.0), valid(visual, 1.0)), 0.5)
   similarity = cosine(student_out["audio_embed"], student_out["visual_embed"])
 
-  ce_clip, ce = _masked_frame_mean(frame_cross_entropy(student_out["frame_logits"], labels), mask)
+  ce_clip, ce = _masked_frame_mean(
+    frame_cross_entropy(student_out["frame_logits"], frame_labels), mask
+  )
   bce_clip, bce = _masked_frame_mean(binary_cross_entropy(similarity, target), mask)
   distance = clip_distance(target, similarity, mask)
-  metric_clip = metric_loss(distance, labels, cfg.metric_margin, cfg.metric_form)
-  metric = jnp.sum(jnp.where(clip_valid, metric_clip, 0.0)) / jnp.maximum(jnp.sum(clip_valid), 1)
+  metric_clip, parts_valid = jnp.zeros_like(distance), 0
+  for label in (0, 1):
+    part = mask & (frame_labels == label)
+    part_valid = jnp.any(part, axis=1)
+    part_loss = metric_loss(
+      clip_distance(target, similarity, part),
+      jnp.full_like(distance, label),
+      cfg.metric_margin,
+      cfg.metric_form,
+    )
+    metric_clip += jnp.where(part_valid, part_loss, 0.0)
+    parts_valid += jnp.sum(part_valid)
+  metric = jnp.sum(metric_clip) / jnp.maximum(parts_valid, 1)
   sync = jnp.zeros((), jnp.float32)
   if rolled_embeds is not None:
-    sync = sync_loss(similarity, cosine(*rolled_embeds), labels, mask)
+    sync = sync_loss(similarity, cosine(*rolled_embeds), frame_labels, mask)
 
   total = (
     cfg.ce_weight * ce

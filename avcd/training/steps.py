@@ -35,10 +35,14 @@ TRAIN_INPUTS = (
   "lips",
   "num_frames",
   "label",
+  "frame_labels",
   "augment",
   "asr_probs",
   "vsr_probs",
 )
+# The batch field each `train.labels` choice trains the frame classifier on: the clip label on
+# every frame (the reference), or the frames' own labels (partially forged clips).
+TRAIN_LABEL_FIELDS = {"clip": "label", "frame": "frame_labels"}
 # What the predict step reads.
 MODEL_INPUTS = ("mfcc", "faces", "num_frames")
 
@@ -113,6 +117,7 @@ def make_update_fn(
   accum_steps = cfg.optim.grad_accum_steps
   use_augmentation = cfg.data.augment
   use_sync_loss = cfg.loss.sync_weight > 0
+  label_field = TRAIN_LABEL_FIELDS[cfg.train.labels]
 
   def micro_step(params, batch_stats, teachers_state, batch, rng):
     dropout_rng, teacher_rng = jax.random.split(rng)
@@ -141,7 +146,7 @@ def make_update_fn(
           audio, out["visual_frontend"], out["mask"], train=True, rngs=rngs
         )
       total, parts = losses.detector_losses(
-        out, asr, vsr, batch["label"], cfg.loss, rolled_embeds=rolled
+        out, asr, vsr, batch[label_field], cfg.loss, rolled_embeds=rolled
       )
       return total, (parts, nnx.state(student, nnx.BatchStat))
 
@@ -266,8 +271,8 @@ def train_batch_spec(
 
 
 def random_train_batch(spec: dict, rng: np.random.Generator) -> dict:
-  """Numpy arrays in the layout of `spec` (a `train_batch_spec`): every clip full length, labels
-  alternating real and fake, features random, augmentations drawn as the loader draws them."""
+  """Numpy arrays in the layout of `spec` (a `train_batch_spec`): every clip full length, clip
+  labels alternating real and fake (on every frame), features random, augmentations drawn as the loader draws them."""
   rows, length = spec["faces"].shape[:2]
 
   def random_values(name, x):
@@ -278,12 +283,13 @@ def random_train_batch(spec: dict, rng: np.random.Generator) -> dict:
       return values / values.sum(axis=-1, keepdims=True)
     return rng.standard_normal(x.shape).astype(x.dtype)
 
-  batch = {
-    k: random_values(k, v) for k, v in spec.items() if k not in ("num_frames", "label", "augment")
-  }
+  labels = ("num_frames", "label", "frame_labels", "augment")
+  batch = {k: random_values(k, v) for k, v in spec.items() if k not in labels}
+  label = (np.arange(rows) % 2).astype(np.int32)
   batch.update(
     num_frames=np.full(rows, length, np.int32),
-    label=(np.arange(rows) % 2).astype(np.int32),
+    label=label,
+    frame_labels=np.repeat(label[:, None], length, axis=1).astype(np.uint8),
     augment=augment.sample_params(rng, rows),
   )
   return batch
