@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import schema
-from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers
+from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers, voice
 from tests.conftest import REPO
 
 TINY = generator.SyntheticSpec(
@@ -233,11 +233,66 @@ def test_config_names_differ_for_every_field():
     generator.SyntheticSpec(desync_frames=(3, 9)),
     generator.SyntheticSpec(version=2, methods=("ls_a", "desync")),
     generator.SyntheticSpec(held_out=("lipsync",)),
+    generator.SyntheticSpec(segment_frames=(10, 20)),
   ]
   assert len(variants) == len(dataclasses.fields(generator.SyntheticSpec)) + 1
   assert len({builder.config_name(spec) for spec in variants}) == len(variants)
   # Fields added later are named only when set, so earlier corpora keep their names.
   assert "version" not in builder.config_name(generator.SyntheticSpec())
+  assert "segment_frames" not in builder.config_name(generator.SyntheticSpec())
+
+
+PARTIAL = generator.SyntheticSpec(
+  methods=generator.PARTIAL_METHODS, min_frames=60, max_frames=100, train_clips=40
+)
+
+
+def test_partial_forgeries_forge_their_segments_only():
+  seen = set()
+  for index in range(PARTIAL.num_clips("train")):
+    clip = generator.synthesize_clip(PARTIAL, "train", index)
+    example, method = clip.example, clip.example["method"]
+    forged = example["frame_labels"].astype(bool)
+    segments = clip.fake_segments
+    if method == generator.REAL:
+      assert not forged.any() and len(segments) == 0
+      continue
+    seen.add(method)
+    lengths = segments[:, 1] - segments[:, 0]
+    assert 1 <= len(segments) <= 2 and np.all((lengths >= 12) & (lengths <= 50)), segments
+    assert forged.sum() == lengths.sum() and forged.mean() <= 0.6
+    assert np.array_equal(np.flatnonzero(forged), np.concatenate([np.arange(*s) for s in segments]))
+    if len(segments) == 2:
+      assert segments[1, 0] - segments[0, 1] >= 3
+    video, audio = example["video_frame_labels"], example["audio_frame_labels"]
+    assert np.array_equal(video if method != "voice_swap_part" else audio, forged)
+    assert not (audio if method != "voice_swap_part" else video).any()
+    # Outside the segments the mouth says what is heard, inside (lip-sync) it need not.
+    said, heard = clip.mouth_phonemes, example["phonemes"]
+    assert np.array_equal(said[~forged], heard[~forged]), method
+    if method == "lipsync_part":
+      assert not np.array_equal(said[forged], heard[forged])
+    if method == "desync_part":
+      assert clip.video_lag != 0
+  assert seen == set(generator.PARTIAL_METHODS)
+
+
+def test_voice_swap_part_splices_the_forged_voice_into_its_segments_only():
+  frames = np.zeros(10, bool)
+  frames[3:6] = True
+  per_frame = voice.SAMPLES_PER_FRAME
+  real = np.full(10 * per_frame, 1000, np.int16)
+  forged = np.full(10 * per_frame, -1000, np.int16)
+  mixed = generator._splice(real, forged, frames)  # pylint: disable=protected-access
+  fade = int(0.005 * schema.SAMPLE_RATE)
+  inside = np.zeros_like(frames.repeat(per_frame))
+  inside[3 * per_frame + fade + 1 : 6 * per_frame - fade - 1] = True
+  outside = np.ones_like(inside)
+  outside[3 * per_frame - fade - 1 : 6 * per_frame + fade + 1] = False
+  assert np.all(mixed[inside] == -1000) and np.all(mixed[outside] == 1000)
+  # The joins fade over 2 x 5 ms, monotonically, crossing the midpoint at the frame boundary.
+  join = mixed[3 * per_frame - fade : 3 * per_frame + fade + 1].astype(int)
+  assert np.all(np.diff(join) <= 0) and abs(join[fade]) <= 30
 
 
 def test_tfds_build_reads_back_the_generator_output(tmp_path):

@@ -19,7 +19,7 @@ from data_pipelines.synthetic import generator
 
 # Fields added after corpora were first built: named only when they differ from their default,
 # so that the specs of earlier corpora keep their names (and their builds stay reusable).
-_LATER_FIELDS = ("version", "held_out")
+_LATER_FIELDS = ("version", "held_out", "segment_frames")
 
 
 def config_name(spec: generator.SyntheticSpec) -> str:
