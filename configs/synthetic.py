@@ -23,7 +23,7 @@ import ml_collections
 from avcd import config_lib
 from data_pipelines.synthetic import generator, phonemes
 
-VARIANTS = ("demo", "generalisation")
+VARIANTS = ("demo", "generalisation", "partial")
 HELD_OUT_V2 = ("ls_a_clean", "ls_b", "ls_c")
 
 
@@ -119,4 +119,22 @@ def get_config(variant: str = "demo"):
     config.data.update(train_window=75, bucket_lengths=(60, 75))
     config.teachers.cache = True
     config.eval.update(splits=("validation", "test"), calibration_split="")
+  if variant == "partial":
+    # Temporal localisation (docs/localisation.md): every fake is a real clip with one or two
+    # forged segments of 0.5-2 s (lip-sync, desync or voice swap); the student learns each
+    # frame's own label. Whole clips of 3-5 s are trained (a window could miss the segments).
+    config.data.synthetic = dict(
+      seed=0,
+      methods=generator.PARTIAL_METHODS,
+      train_clips=960,
+      validation_clips=60,
+      test_clips=240,
+      min_frames=75,
+      max_frames=125,
+      num_speakers=64,
+    )
+    config.data.update(
+      max_frames=125, train_window=125, frame_budget=500, bucket_lengths=(100, 125)
+    )
+    config.train.labels = "frame"
   return config
