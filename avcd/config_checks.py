@@ -8,7 +8,7 @@ runs once the corpus is prepared.
 
 import ml_collections
 
-from avcd.evaluation import calibration, evaluate, metrics
+from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
 from avcd.training import losses, steps
 from data_pipelines import split_index
@@ -91,6 +91,10 @@ def check(config: ml_collections.ConfigDict) -> None:
   _at_least(evaluation.every_steps, 0, "eval.every_steps")
   _at_least(evaluation.frame_budget, 1, "eval.frame_budget")
   _one_of(evaluation.calibration_method, calibration.METHODS, "eval.calibration_method")
+  try:
+    localisation_report.check_settings(evaluation.localisation)
+  except ValueError as e:
+    raise ConfigError(f"eval.localisation: {e}") from e
 
   optim = config.optim
   _at_least(optim.learning_rate, 0, "optim.learning_rate")

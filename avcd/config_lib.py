@@ -182,7 +182,8 @@ def evaluation(*, splits: tuple[str, ...], **overrides) -> ConfigDict:
       # Forged segments from per-frame scores (avcd/evaluation/localisation.py), reported for
       # splits that hold partially forged clips.
       localisation=dict(
-        smoothing_frames=5,  # centred moving median, frames (1 = none)
+        smoothing="median",  # or 'mean': a centred moving window over the frame scores
+        smoothing_frames=5,  # odd; 1 = none
         thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),  # on P(fake) of a frame
         min_frames=2,  # shorter runs are dropped
         nms_iou=0.7,

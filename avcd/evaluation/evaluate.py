@@ -14,7 +14,7 @@ import scipy.special
 from absl import logging
 from jax.experimental import multihost_utils
 
-from avcd.evaluation import calibration as calibration_lib, metrics, reports
+from avcd.evaluation import calibration as calibration_lib, localisation_report, metrics, reports
 from avcd.training import sharding, steps
 from data_pipelines import loader, split_index
 
@@ -45,7 +45,8 @@ def score_split(
   trim_leading_silence: bool = False,
   media_hook_factory=None,
 ) -> list[dict]:
-  """Per-clip records (reports.RECORD_FIELDS) of `split`, with uncalibrated probabilities.
+  """Per-clip records (reports.RECORD_FIELDS) of `split`, with uncalibrated probabilities, plus
+  `frame_probability` (each frame's P(fake), from the frame logits) and `frame_labels` (T,) arrays.
 
   With trim_leading_silence, each clip is scored from its first non-silent frame on. With
   media_hook_factory (clip id -> schema.MediaHook), each clip is made again from its media through
@@ -63,13 +64,19 @@ def score_split(
     batch_multiple=sharding.local_batch_multiple(mesh),
     media_hook_factory=media_hook_factory,
   )
-  scores, logits, records = [], [], []
+  scores, logits, records, frame_probabilities, frame_labels = [], [], [], [], []
+  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
   for batch in dataset:
     inputs = sharding.global_batch({k: batch[k] for k in steps.MODEL_INPUTS}, mesh)
     out = predict_fn(params, batch_stats, inputs)
-    scores.append(np.asarray(multihost_utils.process_allgather(out["score"], tiled=True)))
-    logits.append(np.asarray(multihost_utils.process_allgather(out["logit"], tiled=True)))
-    records.append(np.asarray(multihost_utils.process_allgather(batch["record"], tiled=True)))
+    scores.append(gather(out["score"]))
+    logits.append(gather(out["logit"]))
+    records.append(gather(batch["record"]))
+    # Per frame, for localisation: P(fake) of each frame and the frame's label, cut to the clip.
+    probability = scipy.special.softmax(gather(out["frame_logits"]).astype(np.float64), axis=-1)
+    labels, lengths = gather(batch["frame_labels"]), gather(batch["num_frames"])
+    frame_probabilities += [p[:n, 1] for p, n in zip(probability, lengths)]
+    frame_labels += [y[:n] for y, n in zip(labels, lengths)]
   records = np.concatenate(records)
   keep = records >= 0
   index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
@@ -81,6 +88,7 @@ def score_split(
     )
   score, logit = np.concatenate(scores)[keep], np.concatenate(logits)[keep].astype(np.float64)
   probability = scipy.special.expit(logit)
+  kept = np.flatnonzero(keep)
   return [
     dict(
       id=str(clips["id"][i]),
@@ -91,6 +99,8 @@ def score_split(
       score=float(score[i]),
       logit=float(logit[i]),
       probability=float(probability[i]),
+      frame_probability=frame_probabilities[kept[i]],
+      frame_labels=frame_labels[kept[i]],
     )
     for i in range(len(score))
   ]
@@ -127,6 +137,8 @@ def evaluate_splits(
   Either way every split's P(fake) is the calibrated one, and its reports show the calibration
   before and after. With `eval.threshold_split`, the threshold chosen there (same variant, after
   calibration) is applied to the other splits too. A split named more than once is scored once.
+  A split holding partially forged clips also gets the localisation report
+  (avcd.evaluation.localisation_report), under the key 'localisation' of its result.
   """
   scored = {}
 
@@ -175,12 +187,20 @@ def evaluate_splits(
         threshold_split=cfg.eval.threshold_split,
         calibration=calibration,
       )
-      if write and jax.process_index() == 0:
-        out_dir = pathlib.Path(workdir) / "eval" / name
+      out_dir = pathlib.Path(workdir) / "eval" / name
+      writing = write and jax.process_index() == 0
+      if writing:
         results[name] = reports.write_report(records, out_dir, **kwargs)
         logging.info("%s: wrote %s", name, out_dir)
       else:
         results[name] = reports.split_metrics(records, **kwargs)
+      if localisation_report.has_partial_forgeries(records):
+        settings = cfg.eval.localisation
+        results[name]["localisation"] = (
+          localisation_report.write(records, out_dir, settings, split=name)
+          if writing
+          else localisation_report.localisation_result(records, settings)[0]
+        )
   return results
 
 
@@ -195,6 +215,10 @@ def summary(results: dict[str, dict], workdir: str | pathlib.Path, source: str) 
       reports.markdown_table(result),
       "",
       reports.calibration_line(result),
-      f"reports in {directory}: {', '.join(reports.REPORT_FILES)}",
     ]
+    files = reports.REPORT_FILES
+    if "localisation" in result:
+      lines += ["", localisation_report.markdown_table(result["localisation"]), ""]
+      files += localisation_report.FILES
+    lines.append(f"reports in {directory}: {', '.join(files)}")
   return "\n".join(lines)

@@ -166,7 +166,7 @@ def calibration_line(split_result: Mapping) -> str:
 
   def measures(values):
     return (
-      f"ECE {_percent(values['ece'])}% (equal-mass bins {_percent(values['ece_equal_mass'])}%), "
+      f"ECE {percent(values['ece'])}% (equal-mass bins {percent(values['ece_equal_mass'])}%), "
       f"Brier {values['brier']:.4f}"
     )
 
@@ -179,7 +179,7 @@ def calibration_line(split_result: Mapping) -> str:
   )
 
 
-def _percent(value) -> str:
+def percent(value) -> str:
   """A fraction as a percentage with two decimals; n/a for NaN or None (null in JSON)."""
   if value is None or math.isnan(value):
     return "n/a"
@@ -211,9 +211,9 @@ def markdown_table(split_result: Mapping, *, breakdown: str = "per_method") -> s
     row(
       f"{label} [{confidence}% CI]",
       lambda name, key=key: (
-        f"{_percent(groups[name][key])} "
-        f"[{_percent(intervals[name][key]['low'])}, "
-        f"{_percent(intervals[name][key]['high'])}]"
+        f"{percent(groups[name][key])} "
+        f"[{percent(intervals[name][key]['low'])}, "
+        f"{percent(intervals[name][key]['high'])}]"
       ),
     )
   at_chosen = split_result.get("at_chosen_threshold")
@@ -227,7 +227,7 @@ def markdown_table(split_result: Mapping, *, breakdown: str = "per_method") -> s
     for label, key in _THRESHOLD_ROWS:
       row(
         f"{label} @ {threshold:.4g}{source}",
-        lambda name, results=results, key=key: _percent(results[name][key]),
+        lambda name, results=results, key=key: percent(results[name][key]),
       )
   row(
     "Clips (real + fake)",

@@ -272,7 +272,8 @@ def train_batch_spec(
 
 def random_train_batch(spec: dict, rng: np.random.Generator) -> dict:
   """Numpy arrays in the layout of `spec` (a `train_batch_spec`): every clip full length, clip
-  labels alternating real and fake (on every frame), features random, augmentations drawn as the loader draws them."""
+  labels alternating real and fake (on every frame), features random, augmentations drawn as the
+  loader draws them."""
   rows, length = spec["faces"].shape[:2]
 
   def random_values(name, x):
