@@ -60,7 +60,9 @@ def extract_clip(
   `row.audio_path`, or the video's own track when the row names no audio file. MFCC and STFT are
   cut or wrap-padded to 4 rows per frame as the reference. Lip features come from `lips_path(row)`
   when that file exists, else from `compute_lips(faces)` ((T, 112, 112) uint8 -> (T, 512)), else
-  are left empty (zero rows). Phonemes are unknown (-1).
+  are left empty (zero rows). Phonemes are unknown (-1). Frame labels mark the frames whose
+  25 fps instant lies in the row's fake segments (so they follow the frame-rate conversion and
+  `max_frames`); a row without segments gives every frame its clip's labels.
 
   Args:
     row: the manifest row.
@@ -77,15 +79,24 @@ def extract_clip(
     The example, as returned by schema.validate_example.
 
   Raises:
-    ClipRejected: labels outside {0, 1}; missing, unreadable or truncated video; missing or
-      undecodable audio, no audio stream, or audio that is silent, shorter than 40 ms, non-finite
-      or longer or shorter than the video by more than `max_av_mismatch_s`; unusable lip features.
+    ClipRejected: labels outside {0, 1} or contradicting the row's fake segments (a label of 1
+      without segments, or segments under a label of 0); missing, unreadable or truncated video;
+      missing or undecodable audio, no audio stream, or audio that is silent, shorter than 40 ms,
+      non-finite or longer or shorter than the video by more than `max_av_mismatch_s`; unusable
+      lip features.
   """
   if max_frames is not None and max_frames < 1:
     raise ValueError(f"max_frames must be at least 1, got {max_frames}")
   for field in schema.LABEL_FIELDS:
     if getattr(row, field) not in (schema.REAL, schema.FAKE):
       raise ClipRejected(f"{row.video_path}: {field}={getattr(row, field)!r} is not 0 or 1")
+  segments = row.fake_segments.by_clip_label() if row.fake_segments else {}
+  for field, spans in segments.items():
+    if bool(spans) != bool(getattr(row, field)):
+      raise ClipRejected(
+        f"{row.video_path}: {field}={getattr(row, field)} but the metadata gives "
+        f"{len(spans)} fake segments for it"
+      )
 
   try:
     faces = video.read_faces(row.video_path, row.num_frames, luma=luma)
@@ -113,6 +124,13 @@ def extract_clip(
   except lips.LipsError as e:
     raise ClipRejected(str(e)) from e
 
+  # Segments are seconds on the media's clock, which is the 25 fps frames' clock too.
+  frame_labels = {}
+  if segments:
+    frame_labels = {
+      frame_field: schema.segment_frame_labels(segments[clip_field], num_frames)
+      for frame_field, clip_field in schema.FRAME_LABEL_FIELDS.items()
+    }
   return schema.validate_example(
     {
       "id": row.id,
@@ -127,6 +145,7 @@ def extract_clip(
       "faces": face_frames,
       "lips": lip_features,
       "phonemes": np.full(num_frames, schema.UNKNOWN_PHONEME, np.int32),
+      **frame_labels,
     }
   )
 

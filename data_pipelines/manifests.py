@@ -17,6 +17,11 @@ FakeAVCeleb-style category, derived from the ID and the paths and cross-checked 
 
 The category is RealVideo-RealAudio, RealVideo-FakeAudio, FakeVideo-RealAudio or
 FakeVideo-FakeAudio from the audio and video labels (every CMDFD fake is FakeVideo-RealAudio).
+
+ManifestRow is also the clip record of corpora that list their clips in their own metadata
+(data_pipelines/corpora/metadata_json.py: LAV-DF, AV-Deepfake1M). Those are partially forged:
+their rows carry FakeSegments, from which clips.extract_clip derives the frame labels. CSV rows
+have none, so their frames get their clip's labels (data_pipelines.schema).
 """
 
 import csv
@@ -71,7 +76,25 @@ _CMDFD_FOLDERS = {"origin": "real"} | {
 
 
 class ManifestError(ValueError):
-  """A malformed manifest; the message names the CSV file and line."""
+  """A malformed manifest (a CSV, or a corpus's metadata JSON); the message names file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSegments:
+  """Where a partially forged clip is fake: [start, end) spans in seconds from its first frame.
+
+  `clip` is where the clip is forged, `audio` and `video` where each stream is (empty for a stream
+  that was not forged). Each belongs to one clip label: a label is 1 exactly when its spans are
+  not empty (clips.extract_clip rejects a row where they disagree).
+  """
+
+  clip: tuple[tuple[float, float], ...]
+  audio: tuple[tuple[float, float], ...]
+  video: tuple[tuple[float, float], ...]
+
+  def by_clip_label(self) -> dict[str, tuple[tuple[float, float], ...]]:
+    """The spans of each clip label field (schema.FRAME_LABEL_FIELDS's values)."""
+    return {"label": self.clip, "audio_label": self.audio, "video_label": self.video}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +120,8 @@ class ManifestRow:
   dataset: str
   method: str
   category: str
+  # None: the corpus labels whole clips only (every CSV manifest).
+  fake_segments: FakeSegments | None = None
 
 
 def parse_path_prefixes(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:

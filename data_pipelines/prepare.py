@@ -1,14 +1,17 @@
-"""Preparing a manifest corpus: the logic of `avcd prepare`.
+"""Preparing a corpus: the logic of `avcd prepare`.
 
-`make_builder` picks the builder (a named corpus and its manifest directory, or the generic
+`make_builder` picks the builder (a named corpus with its manifest directory, or with its data
+root for the corpora read from their own metadata, LAV-DF and AV-Deepfake1M; or the generic
 av_manifest and its CSVs); `prepare` builds it under the TFDS data directory and returns a
 Summary of the clips written and rejected per split. While building, it holds an exclusive lock
 on the corpus's work directory (DATA_DIR/_work/<name>/lock), so that deleting what an interrupted
 run left behind never races with another run.
 
 Outputs under DATA_DIR: <name>/<version>/ (the TFDS dataset), rejects.jsonl (one JSON object per
-rejected row: dataset, split, id, manifest, line, reason; lines of other datasets are kept), and
-while a build is unfinished, _work/<name>/ (the extracted clips that a rerun resumes from).
+rejected row: dataset, split, id, manifest, line, reason, where manifest and line are a metadata
+JSON's file and the line its entry starts on for LAV-DF and AV-Deepfake1M; lines of other
+datasets are kept), and while a build is unfinished, _work/<name>/ (the extracted clips that a
+rerun resumes from).
 """
 
 import contextlib
@@ -24,15 +27,27 @@ from etils import epath
 
 from data_pipelines.corpora import (
   av_manifest,
+  avdeepfake1m,
   cmdfd,
   extraction,
   fakeavceleb,
+  lavdf,
   manifest_builder,
+  metadata_json,
   sources,
 )
 
-CORPORA = {builder.name: builder for builder in (fakeavceleb.FakeAVCeleb, cmdfd.CMDFD)}
+CORPORA = {
+  builder.name: builder
+  for builder in (fakeavceleb.FakeAVCeleb, cmdfd.CMDFD, lavdf.LAVDF, avdeepfake1m.AVDeepfake1M)
+}
+# The named corpora read from their own metadata under a data root, not from manifest lists.
+DATA_ROOT_CORPORA = sorted(
+  name for name, builder in CORPORA.items() if issubclass(builder, metadata_json.MetadataBuilder)
+)
 GENERIC = av_manifest.AVManifest.name
+# Every builder `avcd prepare` builds, by name (rebuilt_split reads their recorded inputs again).
+BUILDERS = {**CORPORA, GENERIC: av_manifest.AVManifest}
 REJECTS_FILE = "rejects.jsonl"
 
 
@@ -76,6 +91,7 @@ def make_builder(
   *,
   corpus: str | None = None,
   manifest_dir=None,
+  data_root=None,
   manifests: Sequence[str] = (),
   path_prefix: Sequence[str] = (),
   options: extraction.ExtractOptions = extraction.ExtractOptions(),
@@ -83,14 +99,17 @@ def make_builder(
   use_beam: bool = False,
   progress_interval_s: float = 30.0,
 ) -> manifest_builder.ManifestBuilder:
-  """The builder of a named corpus (`corpus`, `manifest_dir`) or of `manifests` (av_manifest).
+  """The builder of a named corpus (`corpus` with `manifest_dir`, or with `data_root` for
+  DATA_ROOT_CORPORA) or of `manifests` (av_manifest).
 
   Args:
     data_dir: the TFDS data directory to build into.
     corpus: a key of CORPORA, or None / GENERIC with `manifests`.
     manifest_dir: the directory of a named corpus's manifest lists.
+    data_root: the directory a corpus of DATA_ROOT_CORPORA was downloaded to (its metadata and
+      media as its authors lay them out).
     manifests: '[SPLIT=]CSV' specs for the generic builder (sources.parse_manifest_specs).
-    path_prefix: 'OLD=NEW' rewrites of the manifests' media paths.
+    path_prefix: 'OLD=NEW' rewrites of the manifests' media paths (not for DATA_ROOT_CORPORA).
     options: extraction options.
     num_workers: extraction processes; None: every CPU this process may use.
     use_beam: generate with Apache Beam (see prepare's beam_options).
@@ -111,13 +130,27 @@ def make_builder(
   if corpus in (None, GENERIC):
     if not manifests:
       raise ValueError(f"give a corpus ({sorted(CORPORA)}) with its manifest_dir, or manifests")
-    if manifest_dir is not None:
-      raise ValueError("manifest_dir is for a named corpus; give manifests (CSV files) instead")
+    if manifest_dir is not None or data_root is not None:
+      raise ValueError(
+        "manifest_dir and data_root are for a named corpus; give manifests (CSV files) instead"
+      )
     return av_manifest.AVManifest(manifests=sources.parse_manifest_specs(manifests), **common)
   if corpus not in CORPORA:
     raise ValueError(f"unknown corpus {corpus!r}; known: {sorted(CORPORA)} or {GENERIC}")
   if manifests:
-    raise ValueError(f"{corpus} reads its manifests from manifest_dir, not from manifests")
+    source = "data_root" if corpus in DATA_ROOT_CORPORA else "manifest_dir"
+    raise ValueError(f"{corpus} reads its clips from {source}, not from manifests")
+  if corpus in DATA_ROOT_CORPORA:
+    if manifest_dir is not None or path_prefix:
+      raise ValueError(
+        f"{corpus} reads its own metadata and media under data_root; manifest_dir and "
+        "path_prefix are for the corpora listed in manifests"
+      )
+    if data_root is None:
+      raise ValueError(f"{corpus} needs data_root, the directory its download was unpacked to")
+    return CORPORA[corpus](data_root=data_root, **common)
+  if data_root is not None:
+    raise ValueError(f"data_root is for {DATA_ROOT_CORPORA}; {corpus} reads manifest_dir")
   if manifest_dir is None:
     raise ValueError(f"{corpus} needs manifest_dir, the directory of its manifest lists")
   return CORPORA[corpus](manifest_dir=manifest_dir, **common)

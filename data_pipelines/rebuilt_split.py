@@ -9,8 +9,8 @@ the loader's batch reader reads of a split (split_index.Split: `records.__getite
   * the synthetic corpus: the generator renders the clip again from the corpus's spec (same seed,
     split and index: the same media as when the corpus was built);
   * corpora prepared by `avcd prepare`: clips.extract_clip reads the clip's video and audio files
-    again, as named by the manifests, path rewrites and extraction options recorded in the
-    prepared dataset (the files must still be there).
+    again, as named by the manifests (or the corpus's own metadata), path rewrites and extraction
+    options recorded in the prepared dataset (the files must still be there).
 
 `hook_factory(clip_id)` gives each clip its media hook (schema.MediaHook); it must be picklable
 (Grain worker processes receive it), e.g. a functools.partial of a module-level function.
@@ -24,7 +24,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from data_pipelines import clips, schema, split_index
-from data_pipelines.corpora import extraction, sources
+from data_pipelines.corpora import extraction
 
 SYNTHETIC = "synthetic_av"
 
@@ -123,7 +123,13 @@ def _manifest_rows(builder: str, data_dir: str, split: str) -> tuple[dict, dict]
       f"{builder} in {data_dir} records no manifests: only corpora prepared by `avcd prepare` "
       "and the synthetic corpus can be made again from their media"
     )
+  # Here rather than at the top: every loader imports this module, and prepare registers every
+  # corpus builder with TFDS; only a rebuild needs the builder classes.
+  from data_pipelines import prepare  # pylint: disable=g-import-not-at-top
+
   split_manifests = {split: metadata["manifests"][split]}
-  read = sources.read_splits(split_manifests, path_prefix=tuple(metadata["path_prefix"]))
+  read = prepare.BUILDERS[builder.split("/")[0]].read_sources(
+    split_manifests, tuple(metadata["path_prefix"])
+  )
   options = dataclasses.asdict(extraction.ExtractOptions(**metadata["extraction"]))
   return {source.row.id: source.row for source in read[split]}, options

@@ -2,6 +2,8 @@
 
   avcd prepare --corpus=fakeavceleb --manifest_dir=DIR [--path_prefix=OLD=NEW ...] --output=DIR
   avcd prepare --corpus=cmdfd --manifest_dir=DIR [--path_prefix=OLD=NEW ...] --output=DIR
+  avcd prepare --corpus=lavdf --data_root=DIR --output=DIR
+  avcd prepare --corpus=avdeepfake1m --data_root=DIR --output=DIR
   avcd prepare --manifest=[SPLIT=]CSV [--manifest=...] [--path_prefix=OLD=NEW ...] --output=DIR
 
 Interrupted (Ctrl-C, SIGTERM, SIGKILL), the same command resumes. Exit status: 0 when clips were
@@ -24,10 +26,17 @@ _CORPUS = flags.DEFINE_enum(
   "corpus",
   None,
   [*sorted(prepare.CORPORA), prepare.GENERIC],
-  "A named corpus (with --manifest_dir); default: the generic builder of --manifest CSVs.",
+  "A named corpus (with --manifest_dir, or --data_root for "
+  f"{', '.join(prepare.DATA_ROOT_CORPORA)}); default: the generic builder of --manifest CSVs.",
 )
 _MANIFEST_DIR = flags.DEFINE_string(
   "manifest_dir", None, "Directory of the named corpus's manifest lists (FAV_*.csv, W2L.csv...)."
+)
+_DATA_ROOT = flags.DEFINE_string(
+  "data_root",
+  None,
+  f"Where a corpus read from its own metadata ({', '.join(prepare.DATA_ROOT_CORPORA)}) was "
+  "unpacked, laid out as its authors distribute it (metadata JSON beside the mp4 directories).",
 )
 _MANIFEST = flags.DEFINE_multi_string(
   "manifest",
@@ -93,14 +102,16 @@ def main(argv):
         f"--manifest={manifest}: "
         f"{'is a directory, not a CSV file' if path.is_dir() else 'no such file'}"
       )
-  if _MANIFEST_DIR.value:
-    cli.existing_directory("manifest_dir", _MANIFEST_DIR.value)
+  for flag in (_MANIFEST_DIR, _DATA_ROOT):
+    if flag.value:
+      cli.existing_directory(flag.name, flag.value)
   try:
     manifests.parse_path_prefixes(_PATH_PREFIX.value)  # malformed rules fail before any work
     builder = prepare.make_builder(
       _OUTPUT.value,
       corpus=_CORPUS.value,
       manifest_dir=_MANIFEST_DIR.value,
+      data_root=_DATA_ROOT.value,
       manifests=_MANIFEST.value,
       path_prefix=_PATH_PREFIX.value,
       options=options,

@@ -13,7 +13,7 @@ from data_pipelines.corpora import clip_store, process_pool
 
 # Bump when clips.extract_clip (or a feature it computes) gives another example for the same row
 # and options: stored clips then no longer match their keys and are extracted again.
-EXTRACTION_VERSION = 1
+EXTRACTION_VERSION = 2  # 2: examples carry frame labels
 
 
 @dataclasses.dataclass(frozen=True)

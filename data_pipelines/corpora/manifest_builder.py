@@ -87,7 +87,16 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
 
   @abc.abstractmethod
   def split_manifests(self) -> dict[str, list[str]]:
-    """Split name -> the manifest CSVs that make it."""
+    """Split name -> the manifest files that make it (CSVs, or a corpus's own metadata)."""
+
+  @classmethod
+  def read_sources(
+    cls, split_manifests: dict[str, list[str]], path_prefix: Sequence[str] = ()
+  ) -> dict[str, list[sources.ClipSource]]:
+    """Each split's clips, in order, from its manifest files: CSV rows here; corpora with
+    metadata of their own override it. A class method: rebuilt_split reads a prepared corpus's
+    recorded manifests again without a builder."""
+    return sources.read_splits(split_manifests, path_prefix=path_prefix)
 
   def inputs(self) -> dict:
     """What the examples are made from, as saved in info.metadata: manifests, rewrites, options."""
@@ -110,7 +119,7 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # the media are local files named by the manifests
     inputs = self.inputs()
-    splits = sources.read_splits(inputs["manifests"], path_prefix=self._path_prefix)
+    splits = self.read_sources(inputs["manifests"], self._path_prefix)
     self.info.metadata.update(inputs)
     if self._use_beam:
       self._beam_rejects_dir.rmtree(missing_ok=True)
