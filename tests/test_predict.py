@@ -143,6 +143,19 @@ def test_windows_cover_the_clip_to_its_end(num_frames, window, stride, starts):
   assert predict.window_starts(num_frames, window, stride) == starts
 
 
+def test_forged_segments_are_the_runs_at_or_above_the_threshold_in_time_order():
+  probability = np.full(100, 0.1)
+  probability[60:80] = 0.9  # 2.4-3.2 s, the more confident
+  probability[10:30] = 0.7  # 0.4-1.2 s
+  probability[45] = 0.99  # one frame: the median removes it
+  assert predict.forged_segments(probability, 0.5) == [
+    dict(start_s=0.4, end_s=1.2, score=0.7),
+    dict(start_s=2.4, end_s=3.2, score=0.9),
+  ]
+  assert predict.forged_segments(probability, 0.8) == [dict(start_s=2.4, end_s=3.2, score=0.9)]
+  assert predict.forged_segments(np.full(100, 0.2), 0.5) == []
+
+
 # --- avcd predict -----------------------------------------------------------------------------
 
 
@@ -160,6 +173,7 @@ def test_predict_scores_a_video_and_writes_table_json_and_plot(predicted, media)
     (s, s + 20) for s in (0, 10, 20, 30, 40)
   ]
   assert (predicted["output"] / face["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert face["segments"] == predict.forged_segments(np.array(face["frame_probabilities"]), 0.5)
   assert predicted["model"]["kind"] == "saved_model"
   table = predicted["result"].stdout.splitlines()
   assert table[0].split()[:5] == ["video", "frames", "seconds", "score", "P(fake)"]

@@ -15,6 +15,12 @@ Per video:
      (data_pipelines.features.audio), as the corpora's examples.
   4. The model scores the whole clip, then windows of `window` frames every `stride` frames (the
      last window ends at the clip's end; a clip no longer than one window is its only window).
+  5. Forged segments: the runs of frames whose P(fake), smoothed by a centred 5-frame median,
+     stays at or above `threshold` for at least 2 frames (avcd.evaluation.localisation, one
+     threshold), each with its mean smoothed P(fake) as score. Frame probabilities are the frame
+     classifier's own, not calibrated; they mean "where" when the model was trained with frame
+     labels (`train.labels='frame'`, docs/localisation.md), with clip labels they mostly follow
+     the clip's score.
 
 The clip score is the reference's: the mean over frames of the frames' fake-class logits; the
 raw probability is softmax of the mean logits, class 1 (fake); the probability is the raw one, or
@@ -42,7 +48,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd.evaluation import calibration
+from avcd.evaluation import calibration, localisation
 from avcd.serving import export
 from avcd.serving.options import PredictOptions
 from avcd.training import sharding, state as ts, steps
@@ -290,7 +296,20 @@ def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> d
     frame_scores=frame_logits[:, 1].tolist(),
     frame_probabilities=frame_probability.tolist(),
     windows=windows,
+    segments=forged_segments(frame_probability, options.threshold),
   )
+
+
+def forged_segments(frame_probability: np.ndarray, threshold: float) -> list[dict]:
+  """The segments of a clip that its frames call forged (module docstring, step 5), in time
+  order: start_s, end_s and score, the mean smoothed P(fake) inside."""
+  found = localisation.proposals_from_frame_scores(
+    frame_probability, fps=schema.FPS, thresholds=(threshold,)
+  )
+  return [
+    dict(start_s=round(start, 3), end_s=round(end, 3), score=round(score, 4))
+    for score, start, end in sorted(found.tolist(), key=lambda proposal: proposal[1])
+  ]
 
 
 def predict_video(scorer: Scorer, path: str | pathlib.Path, options: PredictOptions) -> dict:
@@ -360,6 +379,7 @@ def format_table(records: list[dict]) -> str:
     "label",
     "windows",
     "max window P(fake)",
+    "forged segments",
   )
   rows = []
   for r in records:
@@ -376,10 +396,11 @@ def format_table(records: list[dict]) -> str:
         r["label"],
         str(len(r["windows"])),
         f"{top['probability']:.4f} ({top['start_s']:.2f}-{top['end_s']:.2f} s)",
+        _segments_cell(r["segments"]),
       )
     )
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-  left = {0, 5}  # text columns; numbers align right
+  left = {0, 5, 8}  # text columns; numbers align right
 
   def line(cells):
     return "  ".join(
@@ -389,8 +410,14 @@ def format_table(records: list[dict]) -> str:
   return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _segments_cell(segments: list[dict], shown: int = 2) -> str:
+  cells = [f"{s['start_s']:.2f}-{s['end_s']:.2f} s ({s['score']:.2f})" for s in segments[:shown]]
+  more = len(segments) - shown
+  return ", ".join(cells + ([f"+{more} more"] if more > 0 else [])) or "none"
+
+
 def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
-  """PNG of P(fake) over time: per frame, per window, and the whole clip."""
+  """PNG of P(fake) over time: per frame, per window, the whole clip, and the forged segments."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -398,6 +425,15 @@ def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
 
   frames = np.arange(record["num_frames"])
   figure, axis = plt.subplots(figsize=(8, 3.6), layout="constrained")
+  for i, segment in enumerate(record["segments"]):
+    axis.axvspan(
+      segment["start_s"],
+      segment["end_s"],
+      color="tab:orange",
+      alpha=0.2,
+      lw=0,
+      label="forged segment" if i == 0 else None,
+    )
   axis.plot(
     (frames + 0.5) / schema.FPS, record["frame_probabilities"], color="0.7", lw=0.8, label="frame"
   )
@@ -421,7 +457,7 @@ def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
   )
   # Outside the axes, so that it never covers the curves.
   axis.legend(
-    loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize="small", ncols=4, frameon=False
+    loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize="small", ncols=5, frameon=False
   )
   figure.savefig(path, dpi=100)
   plt.close(figure)
