@@ -63,7 +63,9 @@ _BATCH_SIZE = flags.DEFINE_integer(
   "batch_size", _DEFAULTS.batch_size, "Windows per model call.", lower_bound=1
 )
 _THRESHOLD = flags.DEFINE_float(
-  "threshold", _DEFAULTS.threshold, "P(fake) from which a video is called fake."
+  "threshold",
+  _DEFAULTS.threshold,
+  "P(fake) from which a video is called fake, and its frames form forged segments.",
 )
 _CROP_SCALE = flags.DEFINE_float(
   "crop_scale", _DEFAULTS.crop_scale, "Face crop size; 1.3 frames faces as the corpora do."
