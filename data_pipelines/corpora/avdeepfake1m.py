@@ -25,7 +25,6 @@ clips can neither train nor be scored. A stream's frame labels come from its own
 
 import pathlib
 
-from data_pipelines import manifests
 from data_pipelines.corpora import metadata_json, sources
 
 # Split here -> the subset's name: <subset>_metadata.json lists the clips under <subset>/.
@@ -66,11 +65,7 @@ class AVDeepfake1M(metadata_json.MetadataBuilder):
     media = metadata.parent / SUBSETS[split]
     clips = []
     for entry in entries:
-      modify_type = entry.text("modify_type")
-      if modify_type not in MODIFY_TYPES:
-        raise manifests.ManifestError(
-          f"{entry.where}: modify_type={modify_type!r} is none of {sorted(MODIFY_TYPES)}"
-        )
+      modify_type = entry.one_of("modify_type", MODIFY_TYPES)
       video_forged, audio_forged = MODIFY_TYPES[modify_type]
       clips.append(
         metadata_json.clip_source(

@@ -20,7 +20,6 @@ the authors' BA-TFD labels each stream. metadata_json describes the labels.
 
 import pathlib
 
-from data_pipelines import manifests
 from data_pipelines.corpora import metadata_json, sources
 
 # The metadata files the download may hold, in order of preference.
@@ -53,12 +52,7 @@ class LAVDF(metadata_json.MetadataBuilder):
   ) -> list[sources.ClipSource]:
     clips = []
     for entry in entries:
-      own_split = entry.text("split")
-      if own_split not in SPLITS:
-        raise manifests.ManifestError(
-          f"{entry.where}: split={own_split!r} is none of {sorted(SPLITS)}"
-        )
-      if SPLITS[own_split] == split:
+      if SPLITS[entry.one_of("split", SPLITS)] == split:
         clips.append(
           metadata_json.clip_source(
             entry,

@@ -79,6 +79,13 @@ class Entry:
   def text(self, name: str) -> str:
     return self.value(name, (str,), "a string")
 
+  def one_of(self, name: str, choices) -> str:
+    """A string field that must be one of `choices` (an iterable of strings)."""
+    value = self.text(name)
+    if value not in choices:
+      raise manifests.ManifestError(f"{self.where}: {name}={value!r} is none of {sorted(choices)}")
+    return value
+
   def flag(self, name: str) -> bool:
     return self.value(name, (bool,), "true or false")
 
