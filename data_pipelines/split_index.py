@@ -90,7 +90,16 @@ def open_split(builder: str, data_dir: str, split: str) -> Split:
       "the loader reads ArrayRecord (prepare with file_format='array_record')"
     )
   instructions = tuple(dataset_builder.info.splits[split].file_instructions)
-  return Split(builder, split, instructions, dataset_builder.info.features)
+  return Split(builder, split, instructions, _stored_features(dataset_builder))
+
+
+def _stored_features(dataset_builder) -> tfds.features.FeaturesDict:
+  """The features the split was written with (its features.json), not the builder code's: a
+  corpus prepared before a schema field existed decodes without it (the loader fills it in)."""
+  try:
+    return tfds.features.FeatureConnector.from_config(dataset_builder.data_dir)
+  except (OSError, ValueError):  # no features.json: written by code whose features are these
+    return dataset_builder.info.features
 
 
 @dataclasses.dataclass(frozen=True)

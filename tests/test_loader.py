@@ -130,6 +130,20 @@ def test_corpora_prepared_without_frame_labels_get_their_clip_labels_on_every_fr
   assert partial > 0
 
 
+def test_splits_decode_with_the_features_they_were_written_with(corpus, monkeypatch):
+  # Today's builder code declares the frame-label fields; a corpus written before must still
+  # decode (TFDS would otherwise decode with the code's features and fail on the missing ones).
+  monkeypatch.setattr(
+    random_corpus.RandomCorpus,
+    "_info",
+    lambda self: self.dataset_info_from_configs(features=schema.tfds_features()),
+  )
+  cfg = data_config(corpus, "no_frame_labels")
+  opened, index = open_split(cfg)
+  assert not set(schema.FRAME_LABEL_FIELDS) & set(opened.features)
+  assert opened.decode(opened.records[0])["num_frames"] == index.num_frames[0]
+
+
 def test_global_batch_size_rounds_down_to_the_multiple_but_not_below_it():
   assert loader.global_batch_size(2000, 50, 8) == 40
   assert loader.global_batch_size(2000, 100, 8) == 16  # 20 rounded down
