@@ -61,7 +61,7 @@ def extract_clip(
   cut or wrap-padded to 4 rows per frame as the reference. Lip features come from `lips_path(row)`
   when that file exists, else from `compute_lips(faces)` ((T, 112, 112) uint8 -> (T, 512)), else
   are left empty (zero rows). Phonemes are unknown (-1). Frame labels mark the frames whose
-  25 fps instant lies in the row's fake segments (so they follow the frame-rate conversion and
+  centre lies in the row's fake segments (so they follow the frame-rate conversion and
   `max_frames`); a row without segments gives every frame its clip's labels.
 
   Args:
@@ -124,13 +124,18 @@ def extract_clip(
   except lips.LipsError as e:
     raise ClipRejected(str(e)) from e
 
-  # Segments are seconds on the media's clock, which is the 25 fps frames' clock too.
+  # Segments are seconds on the media's clock, which is the 25 fps frames' clock too. The clip's
+  # segments are also kept as they are (cut to the frames kept): localisation is scored on them.
   frame_labels = {}
   if segments:
     frame_labels = {
       frame_field: schema.segment_frame_labels(segments[clip_field], num_frames)
       for frame_field, clip_field in schema.FRAME_LABEL_FIELDS.items()
     }
+    kept = np.clip(
+      np.array(segments["label"], np.float64).reshape(-1, 2), 0, num_frames / schema.FPS
+    )
+    frame_labels[schema.SEGMENTS_FIELD] = kept[kept[:, 1] > kept[:, 0]]
   return schema.validate_example(
     {
       "id": row.id,

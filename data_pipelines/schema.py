@@ -14,7 +14,11 @@ fake segments (LAV-DF, AV-Deepfake1M, the synthetic corpus's partial forgeries) 
 the segments; corpora with clip labels only give every frame its clip's labels, so a fake clip
 is fake throughout (what the reference's training assumes). `validate_example` fills them that
 way when a builder leaves them out, and the loader does the same for corpora prepared before the
-fields existed.
+fields existed. `fake_segments` (N, 2) keeps the forged segments themselves, [start, end) in
+seconds from the clip's first frame, at the corpus's own precision: localisation is scored
+against them, as AV-Deepfake1M's benchmark scores against its metadata, not against the frames
+(which would snap every boundary to the 40 ms frame grid and merge segments that touch). Left out,
+they are the runs of fake frames.
 """
 
 import dataclasses
@@ -67,6 +71,7 @@ ARRAY_FIELDS = (
   ArrayField("video_frame_labels", np.dtype(np.uint8), (), 1, "zlib"),
 )
 ARRAY_FIELDS_BY_NAME = {f.name: f for f in ARRAY_FIELDS}
+SEGMENTS_FIELD = "fake_segments"
 # Each frame-label field and the clip label it defaults to (see the module docstring).
 FRAME_LABEL_FIELDS = {
   "frame_labels": "label",
@@ -113,7 +118,7 @@ def validate_example(example: dict) -> dict:
   missing = [
     k
     for k in (*TEXT_FIELDS, *LABEL_FIELDS, "fps", "num_frames", *ARRAY_FIELDS_BY_NAME)
-    if k not in example and k not in FRAME_LABEL_FIELDS
+    if k not in example and k not in FRAME_LABEL_FIELDS and k != SEGMENTS_FIELD
   ]
   if missing:
     raise SchemaError(f"clip {clip}: missing fields {missing}")
@@ -141,10 +146,30 @@ def validate_example(example: dict) -> dict:
       )
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
       raise SchemaError(f"clip {clip}: {field.name} holds non-finite values")
-    if field.name in FRAME_LABEL_FIELDS and not np.all(np.isin(array, (REAL, FAKE))):
-      raise SchemaError(f"clip {clip}: {field.name} holds values other than 0 (real) or 1 (fake)")
+    if field.name in FRAME_LABEL_FIELDS:
+      if not np.all(np.isin(array, (REAL, FAKE))):
+        raise SchemaError(f"clip {clip}: {field.name} holds values other than 0 (real) or 1 (fake)")
+      clip_field = FRAME_LABEL_FIELDS[field.name]
+      if array.any() and out[clip_field] == REAL:
+        raise SchemaError(f"clip {clip}: {field.name} marks fake frames but {clip_field}=0")
     out[field.name] = array.astype(field.dtype, copy=False)
+  out[SEGMENTS_FIELD] = _checked_segments(example, out, clip)
   return out
+
+
+def _checked_segments(example: dict, out: dict, clip: str) -> np.ndarray:
+  if SEGMENTS_FIELD not in example:
+    return frame_label_segments(out["frame_labels"], out["fps"]).astype(np.float32)
+  segments = np.asarray(example[SEGMENTS_FIELD], np.float32).reshape(-1, 2)
+  if not np.all(np.isfinite(segments)) or np.any(segments[:, 0] < 0):
+    raise SchemaError(f"clip {clip}: {SEGMENTS_FIELD} must be finite times >= 0 s")
+  if np.any(segments[:, 1] <= segments[:, 0]):
+    raise SchemaError(
+      f"clip {clip}: {SEGMENTS_FIELD} holds a segment that does not end after it starts"
+    )
+  if len(segments) and out["label"] == REAL:
+    raise SchemaError(f"clip {clip}: {SEGMENTS_FIELD} lists fake segments but label=0")
+  return segments
 
 
 def tfds_features():
@@ -159,4 +184,5 @@ def tfds_features():
     features[field.name] = tfds.features.Tensor(
       shape=(None, *field.trailing_shape), dtype=field.dtype, encoding=field.encoding
     )
+  features[SEGMENTS_FIELD] = tfds.features.Tensor(shape=(None, 2), dtype=np.float32)
   return tfds.features.FeaturesDict(features)

@@ -30,7 +30,7 @@ from absl import logging
 from data_pipelines import schema
 
 # Bump when the index's fields or the silence rule change, so older caches are recomputed.
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: true fake segments
 # MFCC coefficient 0 is python_speech_features' natural-log frame energy. A video frame counts as
 # silent when the loudest of its audio frames lies 30 dB (ln 10^3 nats) below the clip's speech
 # level, the 90th percentile of its per-frame energy: relative to the clip, so recording gain does
@@ -116,6 +116,10 @@ class SplitIndex:
   method: np.ndarray  # str
   dataset: np.ndarray  # str
   category: np.ndarray  # str
+  # Forged segments (schema.SEGMENTS_FIELD) of every record, concatenated: record i's are
+  # segments[segment_offsets[i] : segment_offsets[i + 1]], [start, end) seconds.
+  segments: np.ndarray  # (S, 2) float32
+  segment_offsets: np.ndarray  # (N + 1,) int64
 
   def __len__(self) -> int:
     return len(self.num_frames)
@@ -136,7 +140,11 @@ class SplitIndex:
     records = np.asarray(records)
     if np.any(records < 0):
       raise ValueError("filler rows (record -1) have no clip; select record >= 0")
-    return {f.name: getattr(self, f.name)[records] for f in dataclasses.fields(self)}
+    return {name: getattr(self, name)[records] for name in (*_INT_FIELDS, *_TEXT_FIELDS)}
+
+  def fake_segments(self, record: int) -> np.ndarray:
+    """(M, 2) [start, end) seconds of the record's forged segments (none for a real clip)."""
+    return self.segments[self.segment_offsets[record] : self.segment_offsets[record + 1]]
 
 
 _INT_FIELDS = ("num_frames", "label", "audio_label", "video_label", "lip_rows", "leading_silence")
@@ -148,6 +156,12 @@ def _index_record(example: dict) -> dict:
   row["lip_rows"] = example["lips"].shape[0]
   row["leading_silence"] = leading_silent_frames(example["mfcc"])
   row.update({k: example[k].decode() for k in _TEXT_FIELDS})
+  row["segments"] = example.get(schema.SEGMENTS_FIELD)
+  if row["segments"] is None:  # prepared before the field: the runs of fake frames, or the clip
+    frame_labels = example.get("frame_labels")
+    if frame_labels is None:
+      frame_labels = np.full(example["num_frames"], example["label"])
+    row["segments"] = schema.frame_label_segments(frame_labels, float(example["fps"]))
   return row
 
 
@@ -159,6 +173,9 @@ def _compute_index(split: Split) -> SplitIndex:
       rows.append(_index_record(split.decode(serialized, skip=("faces", "stft", "phonemes"))))
   columns = {k: np.array([row[k] for row in rows], np.int32).reshape(-1) for k in _INT_FIELDS}
   columns.update({k: np.array([row[k] for row in rows], str).reshape(-1) for k in _TEXT_FIELDS})
+  segments = [np.asarray(row["segments"], np.float32).reshape(-1, 2) for row in rows]
+  columns["segments"] = np.concatenate([np.zeros((0, 2), np.float32), *segments])
+  columns["segment_offsets"] = np.cumsum([0] + [len(s) for s in segments], dtype=np.int64)
   return SplitIndex(**columns)
 
 

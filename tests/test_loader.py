@@ -1,6 +1,7 @@
 """The Grain pipelines on a tiny random corpus: contract, coverage, determinism, sharding and
 trimming."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -385,24 +386,8 @@ def test_splits_without_lip_features_have_no_lips_field(corpus):
   batches = eval_pass(cfg)
   assert batches and all("lips" not in b for b in batches)
   _, index = open_split(cfg, "test")
-  mixed = split_index.SplitIndex(
-    **{
-      **{
-        k: getattr(index, k)
-        for k in (
-          "num_frames",
-          "label",
-          "audio_label",
-          "video_label",
-          "leading_silence",
-          "id",
-          "method",
-          "dataset",
-          "category",
-        )
-      },
-      "lip_rows": np.where(np.arange(len(index)) == 0, index.num_frames, 0),
-    }
+  mixed = dataclasses.replace(
+    index, lip_rows=np.where(np.arange(len(index)) == 0, index.num_frames, 0)
   )
   with pytest.raises(schema.SchemaError, match="all or none"):
     mixed.has_lips()

@@ -25,6 +25,7 @@ def _record(clip_id: str, method: str, frame_labels, frame_probability) -> dict:
     score=float(np.max(frame_probability)),
     frame_labels=frame_labels,
     frame_probability=np.asarray(frame_probability, np.float64),
+    true_segments=schema.frame_label_segments(frame_labels),
   )
 
 
@@ -58,6 +59,17 @@ def test_a_perfect_frame_scorer_finds_every_segment_and_nothing_else():
   assert result["per_method"]["lip"]["ap@0.5"] == 0.0  # one segment: the quirk leaves nothing
 
 
+def test_segments_are_scored_against_the_true_times_not_the_frame_grid():
+  fake = np.zeros(50, np.uint8)
+  fake[25:34] = 1  # frames 25-33: 1.00-1.36 s, the frames whose centres lie in 1.013-1.347 s
+  record = _record("f", "lip", fake, 0.05 + 0.9 * fake)
+  record["true_segments"] = np.array([[1.013, 1.347]])
+  result, proposals = localisation_report.localisation_result([record], _settings())
+  np.testing.assert_allclose(proposals["f"][:, 1:], [[1.0, 1.36]])
+  # IoU 0.334 / 0.36 = 0.928: found at IoU 0.5 to 0.9, missed at 0.95 (9 of AR's 10 thresholds).
+  assert result["per_method"]["All"]["ar@10"] == pytest.approx(0.9)
+
+
 def test_scores_blind_to_where_the_forgery_is_localise_nothing():
   fake = np.zeros(50, np.uint8)
   fake[20:30] = 1
@@ -77,6 +89,8 @@ def test_settings_are_checked_field_by_field():
     localisation_report.check_settings(_settings(nms_iou=1.5))
   with pytest.raises(ValueError, match="smoothing_frames"):
     localisation_report.check_settings(_settings(smoothing_frames=4))
+  with pytest.raises(ValueError, match="plot_clips"):
+    localisation_report.check_settings(_settings(plot_clips=0))
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,7 @@ def test_forged_segments_are_the_runs_at_or_above_the_threshold_in_time_order():
   ]
   assert predict.forged_segments(probability, 0.8) == [dict(start_s=2.4, end_s=3.2, score=0.9)]
   assert predict.forged_segments(np.full(100, 0.2), 0.5) == []
+  assert predict.forged_segments(np.array([0.2, np.nan, 0.9]), 0.5) is None
 
 
 # --- avcd predict -----------------------------------------------------------------------------
@@ -316,6 +317,7 @@ def test_predict_mistakes_are_one_line_before_any_video_is_read(model, media, tm
     ([f"--saved-model={model['checkpoint']}"], "is not an `avcd export` output"),
     ([f"--workdir={model['checkpoint']}", "--checkpoint=5"], "no checkpoint for step 5"),
     ([f"--workdir={model['checkpoint']}", "--window=0"], "window"),
+    ([f"--workdir={model['checkpoint']}", "--threshold=1.5"], "threshold must be a probability"),
     ([f"--workdir={model['checkpoint']}", "--output=/proc/avcd-predict"], "cannot create it"),
   ]
   for args, message in cases:

@@ -226,7 +226,9 @@ def _avdf_entry(file: str, subset: str, modify_type: str, fake, visual, audio, f
 
 def _avdf_tree(root: pathlib.Path) -> None:
   clip, other = "id00001/aB3dE5fG7hI/00001", "id00002/jK9lM1nO3pQ/00002"
-  late, early = [[1.0, 1.8]], [[0.2, 0.6]]
+  # `early` is off the 40 ms frame grid, as word boundaries are: its frames are 5-14 (centres
+  # 0.22-0.58 s), its stored segment must keep the corpus's times.
+  late, early = [[1.0, 1.8]], [[0.213, 0.587]]
   train = [
     _avdf_entry(f"{clip}/real.mp4", "train", "real", [], [], [], FRAMES),
     # 30 fps: 60 frames in the file, 50 at 25 fps.
@@ -310,6 +312,11 @@ def test_avdeepfake1m_through_the_cli_with_frame_labels_cut_at_max_frames(tmp_pa
     "audio_modified",
     {"frame_labels": audio, "audio_frame_labels": audio, "video_frame_labels": no_fakes},
   )
+  # The forged segments themselves, in seconds: kept at the corpus's precision, cut at 1.6 s.
+  segments = {name: example["fake_segments"] for name, example in train.items()}
+  np.testing.assert_allclose(segments[f"{clip}/real_video_fake_audio.mp4"], [[0.213, 0.587]])
+  np.testing.assert_allclose(segments[f"{clip}/fake_video_real_audio.mp4"], [[1.0, 1.6]])
+  assert segments[f"{clip}/real.mp4"].shape == (0, 2)
   (both,) = _read(dataset_dir, "validation").values()
   _assert_clip(
     both,

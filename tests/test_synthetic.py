@@ -81,6 +81,26 @@ def test_every_example_follows_the_schema():
       assert 0 <= example["phonemes"].min() and example["phonemes"].max() < phonemes.NUM_PHONEMES
 
 
+def test_frame_labels_and_segments_must_agree_with_the_clip_labels():
+  example = generator.synthesize_clip(PARTIAL, "train", 0).example
+  real = {
+    k: v for k, v in example.items() if k not in (*schema.FRAME_LABEL_FIELDS, "fake_segments")
+  }
+  real.update(label=0, audio_label=0, video_label=0)
+  checked = schema.validate_example(real)  # clip labels only: every frame real, no segments
+  assert not checked["frame_labels"].any() and checked["fake_segments"].shape == (0, 2)
+  cases = [
+    (dict(frame_labels=np.ones(example["num_frames"], np.uint8)), "frame_labels marks fake"),
+    (dict(frame_labels=np.full(example["num_frames"], 2, np.uint8)), "other than 0 .real."),
+    (dict(fake_segments=[[0.5, 1.0]]), "lists fake segments but label=0"),
+    (dict(label=1, fake_segments=[[1.0, 0.5]]), "does not end after it starts"),
+    (dict(label=1, fake_segments=[[-0.1, 0.5]]), "finite times >= 0"),
+  ]
+  for change, message in cases:
+    with pytest.raises(schema.SchemaError, match=message):
+      schema.validate_example({**real, **change})
+
+
 def test_labels_follow_the_method():
   for split in generator.SPLITS:
     for index in range(TINY.num_clips(split)):

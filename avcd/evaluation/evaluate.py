@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 
 from avcd.evaluation import calibration as calibration_lib, localisation_report, metrics, reports
 from avcd.training import sharding, steps
-from data_pipelines import loader, split_index
+from data_pipelines import loader, schema, split_index
 
 
 def split_source(cfg: ml_collections.ConfigDict, spec: str) -> tuple[str, str]:
@@ -46,7 +46,8 @@ def score_split(
   media_hook_factory=None,
 ) -> list[dict]:
   """Per-clip records (reports.RECORD_FIELDS) of `split`, with uncalibrated probabilities, plus
-  `frame_probability` (each frame's P(fake), from the frame logits) and `frame_labels` (T,) arrays.
+  `frame_probability` (each frame's P(fake), from the frame logits) and `frame_labels` (T,) arrays
+  and `true_segments` (the forged segments, seconds from the first scored frame).
 
   With trim_leading_silence, each clip is scored from its first non-silent frame on. With
   media_hook_factory (clip id -> schema.MediaHook), each clip is made again from its media through
@@ -75,8 +76,8 @@ def score_split(
     # Per frame, for localisation: P(fake) of each frame and the frame's label, cut to the clip.
     probability = scipy.special.softmax(gather(out["frame_logits"]).astype(np.float64), axis=-1)
     labels, lengths = gather(batch["frame_labels"]), gather(batch["num_frames"])
-    frame_probabilities += [p[:n, 1] for p, n in zip(probability, lengths)]
-    frame_labels += [y[:n] for y, n in zip(labels, lengths)]
+    frame_probabilities += [p[:n, 1].copy() for p, n in zip(probability, lengths)]
+    frame_labels += [y[:n].copy() for y, n in zip(labels, lengths)]
   records = np.concatenate(records)
   keep = records >= 0
   index = split_index.load_index(split_index.open_split(data_cfg.builder, data_cfg.data_dir, split))
@@ -89,6 +90,7 @@ def score_split(
   score, logit = np.concatenate(scores)[keep], np.concatenate(logits)[keep].astype(np.float64)
   probability = scipy.special.expit(logit)
   kept = np.flatnonzero(keep)
+  first, usable = loader.clip_spans(data_cfg, index)
   return [
     dict(
       id=str(clips["id"][i]),
@@ -101,9 +103,19 @@ def score_split(
       probability=float(probability[i]),
       frame_probability=frame_probabilities[kept[i]],
       frame_labels=frame_labels[kept[i]],
+      true_segments=scored_segments(
+        index.fake_segments(record), first[record] / schema.FPS, usable[record] / schema.FPS
+      ),
     )
-    for i in range(len(score))
+    for i, record in enumerate(records[keep])
   ]
+
+
+def scored_segments(segments: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
+  """A clip's forged segments on the clock of its scored frames, which start `start_s` into the
+  clip (a trimmed lead-in) and last `seconds` (data.max_frames): shifted, cut, empty ones gone."""
+  shifted = np.clip(np.asarray(segments, np.float64) - start_s, 0.0, seconds)
+  return shifted[shifted[:, 1] > shifted[:, 0]]
 
 
 def calibrated(records: list[dict], calibration: calibration_lib.Calibration | None) -> list[dict]:
@@ -138,7 +150,8 @@ def evaluate_splits(
   before and after. With `eval.threshold_split`, the threshold chosen there (same variant, after
   calibration) is applied to the other splits too. A split named more than once is scored once.
   A split holding partially forged clips also gets the localisation report
-  (avcd.evaluation.localisation_report), under the key 'localisation' of its result.
+  (avcd.evaluation.localisation_report), under the key 'localisation' of its result (on the
+  process that writes reports).
   """
   scored = {}
 
@@ -194,12 +207,10 @@ def evaluate_splits(
         logging.info("%s: wrote %s", name, out_dir)
       else:
         results[name] = reports.split_metrics(records, **kwargs)
-      if localisation_report.has_partial_forgeries(records):
-        settings = cfg.eval.localisation
-        results[name]["localisation"] = (
-          localisation_report.write(records, out_dir, settings, split=name)
-          if writing
-          else localisation_report.localisation_result(records, settings)[0]
+      # Localisation feeds no checkpoint choice: only the process that writes reports runs it.
+      if writing and localisation_report.has_partial_forgeries(records):
+        results[name]["localisation"] = localisation_report.write(
+          records, out_dir, cfg.eval.localisation, split=name
         )
   return results
 

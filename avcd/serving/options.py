@@ -32,6 +32,8 @@ class PredictOptions:
       raise ValueError(
         f"max_frames={self.max_frames} must be 0 (no cap) or at least min_frames={self.min_frames}"
       )
+    if not 0.0 <= self.threshold <= 1.0:
+      raise ValueError(f"threshold must be a probability in [0, 1], got {self.threshold}")
     if self.crop_scale <= 0:
       raise ValueError(f"crop_scale must be positive, got {self.crop_scale}")
     if self.detector not in DETECTORS:

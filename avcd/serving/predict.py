@@ -300,9 +300,12 @@ def score_clip(scorer: Scorer, inputs: ClipInputs, options: PredictOptions) -> d
   )
 
 
-def forged_segments(frame_probability: np.ndarray, threshold: float) -> list[dict]:
+def forged_segments(frame_probability: np.ndarray, threshold: float) -> list[dict] | None:
   """The segments of a clip that its frames call forged (module docstring, step 5), in time
-  order: start_s, end_s and score, the mean smoothed P(fake) inside."""
+  order: start_s, end_s and score, the mean smoothed P(fake) inside. None when a frame's P(fake)
+  is not finite (the clip's record then says nothing of where)."""
+  if not np.all(np.isfinite(frame_probability)):
+    return None
   found = localisation.proposals_from_frame_scores(
     frame_probability, fps=schema.FPS, thresholds=(threshold,)
   )
@@ -410,7 +413,9 @@ def format_table(records: list[dict]) -> str:
   return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def _segments_cell(segments: list[dict], shown: int = 2) -> str:
+def _segments_cell(segments: list[dict] | None, shown: int = 2) -> str:
+  if segments is None:
+    return "n/a"
   cells = [f"{s['start_s']:.2f}-{s['end_s']:.2f} s ({s['score']:.2f})" for s in segments[:shown]]
   more = len(segments) - shown
   return ", ".join(cells + ([f"+{more} more"] if more > 0 else [])) or "none"
@@ -425,7 +430,7 @@ def plot_scores(record: dict, path: pathlib.Path, threshold: float) -> None:
 
   frames = np.arange(record["num_frames"])
   figure, axis = plt.subplots(figsize=(8, 3.6), layout="constrained")
-  for i, segment in enumerate(record["segments"]):
+  for i, segment in enumerate(record["segments"] or []):
     axis.axvspan(
       segment["start_s"],
       segment["end_s"],
