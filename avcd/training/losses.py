@@ -14,7 +14,10 @@ label (the teachers' disagreement is what should rise inside a forged segment), 
 on every frame. The metric loss is taken per (clip, label) part instead of per clip: the distance
 over the clip's real frames is pulled down and the one over its fake frames pushed up, so a
 one-second forgery does not teach that the real seconds around it are fake. With clip labels
-every clip is a single part, which is the reference's loss.
+every clip is a single part, which is the reference's loss. Like the reference's, a part's
+distance is a root of a sum over its frames, so it grows with the square root of the part's
+length: a short forged part needs a larger per-frame gap to reach the margin than a long one.
+Kept (not made a mean) so that clip labels give the reference's loss exactly.
 The sync-only control of the generalisation study replaces distillation by the same cosine BCE
 against targets that know timing only (`sync_loss`).
 """
@@ -197,8 +200,8 @@ def detector_losses(
     loss_sync=sync,
     clip_loss_ce=ce_clip,
     clip_loss_bce=bce_clip,
-    clip_loss_metric=metric_clip,
-    clip_distance=distance,
+    clip_loss_metric=metric_clip,  # the sum of the clip's part terms (0 for filler rows)
+    clip_distance=distance,  # over all the clip's valid frames (the reference's d_b)
     soft_target=target,
     scaled_cosine=similarity,
   )
