@@ -159,8 +159,8 @@ def validate_example(example: dict) -> dict:
 
 def _checked_segments(example: dict, out: dict, clip: str) -> np.ndarray:
   if SEGMENTS_FIELD not in example:
-    return frame_label_segments(out["frame_labels"], out["fps"]).astype(np.float32)
-  segments = np.asarray(example[SEGMENTS_FIELD], np.float32).reshape(-1, 2)
+    return frame_label_segments(out["frame_labels"], out["fps"])
+  segments = np.asarray(example[SEGMENTS_FIELD], np.float64).reshape(-1, 2)
   if not np.all(np.isfinite(segments)) or np.any(segments[:, 0] < 0):
     raise SchemaError(f"clip {clip}: {SEGMENTS_FIELD} must be finite times >= 0 s")
   if np.any(segments[:, 1] <= segments[:, 0]):
@@ -184,5 +184,10 @@ def tfds_features():
     features[field.name] = tfds.features.Tensor(
       shape=(None, *field.trailing_shape), dtype=field.dtype, encoding=field.encoding
     )
-  features[SEGMENTS_FIELD] = tfds.features.Tensor(shape=(None, 2), dtype=np.float32)
+  # float64, stored as raw bytes (TFDS would keep floats as float32): a frame-aligned time (k / 25
+  # s) must compare exactly with proposals on the same grid, or an IoU exactly at a threshold
+  # would fall either side of it.
+  features[SEGMENTS_FIELD] = tfds.features.Tensor(
+    shape=(None, 2), dtype=np.float64, encoding="bytes"
+  )
   return tfds.features.FeaturesDict(features)

@@ -30,7 +30,7 @@ from absl import logging
 from data_pipelines import schema
 
 # Bump when the index's fields or the silence rule change, so older caches are recomputed.
-INDEX_FORMAT = 2  # 2: true fake segments
+INDEX_FORMAT = 3  # 3: true fake segments (float64)
 # MFCC coefficient 0 is python_speech_features' natural-log frame energy. A video frame counts as
 # silent when the loudest of its audio frames lies 30 dB (ln 10^3 nats) below the clip's speech
 # level, the 90th percentile of its per-frame energy: relative to the clip, so recording gain does
@@ -118,7 +118,7 @@ class SplitIndex:
   category: np.ndarray  # str
   # Forged segments (schema.SEGMENTS_FIELD) of every record, concatenated: record i's are
   # segments[segment_offsets[i] : segment_offsets[i + 1]], [start, end) seconds.
-  segments: np.ndarray  # (S, 2) float32
+  segments: np.ndarray  # (S, 2) float64
   segment_offsets: np.ndarray  # (N + 1,) int64
 
   def __len__(self) -> int:
@@ -173,8 +173,8 @@ def _compute_index(split: Split) -> SplitIndex:
       rows.append(_index_record(split.decode(serialized, skip=("faces", "stft", "phonemes"))))
   columns = {k: np.array([row[k] for row in rows], np.int32).reshape(-1) for k in _INT_FIELDS}
   columns.update({k: np.array([row[k] for row in rows], str).reshape(-1) for k in _TEXT_FIELDS})
-  segments = [np.asarray(row["segments"], np.float32).reshape(-1, 2) for row in rows]
-  columns["segments"] = np.concatenate([np.zeros((0, 2), np.float32), *segments])
+  segments = [np.asarray(row["segments"], np.float64).reshape(-1, 2) for row in rows]
+  columns["segments"] = np.concatenate([np.zeros((0, 2), np.float64), *segments])
   columns["segment_offsets"] = np.cumsum([0] + [len(s) for s in segments], dtype=np.int64)
   return SplitIndex(**columns)
 
