@@ -147,10 +147,13 @@ def _plot_frame_scores(
     for start, end in record["true_segments"]:
       axes.axvspan(start, end, color="tab:red", alpha=0.15, linewidth=0)
     axes.plot(seconds, record["frame_probability"], color="tab:blue", linewidth=1.2)
-    for score, start, end in proposals[record["id"]]:
+    labelled = []  # nested proposals share a bar: only the best of each overlap gets its score
+    for score, start, end in proposals[record["id"]]:  # best first
       if score >= 0.5:
         axes.plot([start, end], [1.04, 1.04], color="black", linewidth=3, solid_capstyle="butt")
-        axes.text(start, 1.08, f"{score:.2f}", fontsize=7)
+        if all(end <= first or start >= last for first, last in labelled):
+          axes.text(start, 1.08, f"{score:.2f}", fontsize=7)
+          labelled.append((start, end))
     axes.set(ylim=(0.0, 1.18), xlim=(0.0, seconds[-1] + 0.5 / schema.FPS), ylabel="P(fake)")
     axes.set_title(f"{record['id']} ({record['method']})", fontsize=9)
   if chosen:
