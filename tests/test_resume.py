@@ -286,7 +286,7 @@ def test_skip_policy_leaves_the_state_unchanged_and_counts_the_step():
       teachers=tiny_models.teachers_config(),
       loss=config_lib.losses(),
       data=dict(augment=False),
-      train=dict(on_nonfinite="skip"),
+      train=dict(on_nonfinite="skip", labels="clip"),
       optim=dict(
         learning_rate=1e-3,
         decay_per_epoch=1.0,
