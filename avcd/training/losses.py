@@ -74,7 +74,8 @@ def binary_cross_entropy(prediction: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def frame_cross_entropy(frame_logits: jax.Array, frame_labels: jax.Array) -> jax.Array:
-  """-log softmax(z_t)[y_t] for (B, T, 2) logits and (B, T) frame labels -> (B, T)."""
+  """-log softmax(z_t)[y_t] for (B, T, 2) logits and (B, T) frame labels (or (B, 1) clip labels,
+  the same on every frame) -> (B, T)."""
   log_probs = jax.nn.log_softmax(frame_logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(log_probs, frame_labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -135,6 +136,28 @@ def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, j
   return per_clip, batch
 
 
+def _metric_loss_by_part(
+  target: jax.Array,
+  similarity: jax.Array,
+  mask: jax.Array,
+  frame_labels: jax.Array,
+  cfg: ml_collections.ConfigDict,
+) -> tuple[jax.Array, jax.Array]:
+  """The metric loss over (clip, label) parts (module docstring): per clip the sum of its parts'
+  terms, and the mean over the batch's parts."""
+  per_clip, parts = jnp.zeros(mask.shape[:1], jnp.float32), 0
+  for label in (0, 1):
+    part = mask & (frame_labels == label)
+    part_valid = jnp.any(part, axis=1)
+    distance = clip_distance(target, similarity, part)
+    part_loss = metric_loss(
+      distance, jnp.full_like(distance, label), cfg.metric_margin, cfg.metric_form
+    )
+    per_clip += jnp.where(part_valid, part_loss, 0.0)
+    parts += jnp.sum(part_valid)
+  return per_clip, jnp.sum(per_clip) / jnp.maximum(parts, 1)
+
+
 def detector_losses(
   student_out: dict,
   asr_probs: jax.Array,
@@ -156,7 +179,8 @@ def detector_losses(
   that is over valid clips when every clip has one label.
   """
   mask = student_out["mask"]
-  frame_labels = labels if labels.ndim == 2 else jnp.broadcast_to(labels[:, None], mask.shape)
+  # (B, 1) clip labels broadcast over the frames exactly as the reference indexes them.
+  frame_labels = labels if labels.ndim == 2 else labels[:, None]
   target = jax.lax.stop_gradient(soft_target(asr_probs, vsr_probs, cfg.divergence))
   # Padded frames may hold zero embeddings (0/0 in the cosine's gradient) or a similarity of
   # exactly 0 or 1 (log 0): give them a harmless constant so no NaN leaks into valid gradients.
@@ -169,19 +193,16 @@ def detector_losses(
   )
   bce_clip, bce = _masked_frame_mean(binary_cross_entropy(similarity, target), mask)
   distance = clip_distance(target, similarity, mask)
-  metric_clip, parts_valid = jnp.zeros_like(distance), 0
-  for label in (0, 1):
-    part = mask & (frame_labels == label)
-    part_valid = jnp.any(part, axis=1)
-    part_loss = metric_loss(
-      clip_distance(target, similarity, part),
-      jnp.full_like(distance, label),
-      cfg.metric_margin,
-      cfg.metric_form,
-    )
-    metric_clip += jnp.where(part_valid, part_loss, 0.0)
-    parts_valid += jnp.sum(part_valid)
-  metric = jnp.sum(metric_clip) / jnp.maximum(parts_valid, 1)
+  if labels.ndim == 1:
+    # Clip labels: the reference's per-clip loss, op for op. The per-part form below gives the
+    # same values, but XLA compiles it to another float sequence, and the synthetic runs (a
+    # plateau the student may or may not leave) change with the last bit.
+    metric_clip = metric_loss(distance, labels, cfg.metric_margin, cfg.metric_form)
+    clip_valid = jnp.any(mask, axis=1)
+    metric_clip = jnp.where(clip_valid, metric_clip, 0.0)
+    metric = jnp.sum(metric_clip) / jnp.maximum(jnp.sum(clip_valid), 1)
+  else:
+    metric_clip, metric = _metric_loss_by_part(target, similarity, mask, frame_labels, cfg)
   sync = jnp.zeros((), jnp.float32)
   if rolled_embeds is not None:
     sync = sync_loss(similarity, cosine(*rolled_embeds), frame_labels, mask)
