@@ -97,11 +97,15 @@ def segment_frame_labels(segments, num_frames: int, fps: float = FPS) -> np.ndar
   return labels
 
 
+def frame_runs(flags: np.ndarray) -> np.ndarray:
+  """The (N, 2) int64 [first, last + 1) frames of the maximal runs of true (nonzero) `flags`."""
+  padded = np.concatenate([[False], np.asarray(flags) != 0, [False]])
+  return np.flatnonzero(padded[1:] != padded[:-1]).reshape(-1, 2)
+
+
 def frame_label_segments(labels: np.ndarray, fps: float = FPS) -> np.ndarray:
   """The (N, 2) [start, end) segments in seconds of the runs of 1 in per-frame `labels`."""
-  padded = np.concatenate([[0], np.asarray(labels, np.int8) != 0, [0]]).astype(np.int8)
-  edges = np.flatnonzero(np.diff(padded))
-  return edges.reshape(-1, 2).astype(np.float64) / fps
+  return frame_runs(labels).astype(np.float64) / fps
 
 
 class SchemaError(ValueError):

@@ -82,6 +82,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from data_pipelines import schema
+
 AP_IOU_THRESHOLDS = (0.5, 0.75, 0.9, 0.95)
 AR_N_PROPOSALS = (50, 30, 20, 10, 5)
 AR_IOU_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -123,13 +125,6 @@ def _smoothed(scores: np.ndarray, smoothing_frames: int, smoothing: str) -> np.n
   if smoothing == "median":
     return ndimage.median_filter(scores, size=smoothing_frames, mode="nearest")
   return ndimage.uniform_filter1d(scores, size=smoothing_frames, mode="nearest")
-
-
-def _runs_at_or_above(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-  """Start frames and end frames (exclusive) of the maximal runs with score >= threshold."""
-  above = np.concatenate(([False], scores >= threshold, [False]))
-  edges = np.flatnonzero(above[1:] != above[:-1])
-  return edges[0::2], edges[1::2]
 
 
 def _non_maximum_suppression(
@@ -212,7 +207,7 @@ def proposals_from_frame_scores(
   smoothed = _smoothed(scores, smoothing_frames, smoothing)
   candidates = []
   for threshold in thresholds:
-    for start, end in zip(*_runs_at_or_above(smoothed, threshold)):
+    for start, end in schema.frame_runs(smoothed >= threshold):
       if end - start >= min_frames:
         candidates.append((smoothed[start:end].mean(), start / fps, end / fps))
   if not candidates:

@@ -306,7 +306,7 @@ def synthesize_clip(
     speaker_id,
     voice_id,
     lag,
-    np.round(schema.frame_label_segments(in_segment) * schema.FPS).astype(np.int64),
+    schema.frame_runs(in_segment),
   )
 
 
