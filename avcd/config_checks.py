@@ -44,8 +44,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   loss = config.loss
   _one_of(loss.divergence, tuple(losses.DIVERGENCES), "loss.divergence")
   _one_of(loss.metric_form, losses.METRIC_FORMS, "loss.metric_form")
-  for name in ("ce_weight", "distill_weight", "metric_weight", "sync_weight"):
+  for name in losses.LOSS_TERMS.values():
     _at_least(loss[name], 0, f"loss.{name}")
+  _check_phoneme_heads(config)
   low, high = loss.sync_roll_frames
   if not 1 <= low <= high:
     raise ConfigError(
@@ -111,6 +112,27 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(train.best_metric, metrics.CHECKPOINT_METRICS, "train.best_metric")
   _one_of(train.on_nonfinite, steps.NONFINITE_POLICIES, "train.on_nonfinite")
   _one_of(train.labels, tuple(steps.TRAIN_LABEL_FIELDS), "train.labels")
+
+
+def _check_phoneme_heads(config: ml_collections.ConfigDict) -> None:
+  """Heads and their loss go together, and each head has its teacher's classes."""
+  heads = tuple(config.model.phoneme_classes)
+  weight = config.loss.phoneme_weight
+  if len(heads) != 2 or any(not isinstance(c, int) or c < 0 for c in heads):
+    raise ConfigError(
+      f"model.phoneme_classes={heads}: need (ASR classes, VSR classes), (0, 0) for no heads"
+    )
+  if (heads != (0, 0)) != (weight > 0):
+    raise ConfigError(
+      f"model.phoneme_classes={heads} with loss.phoneme_weight={weight}: set both (heads and "
+      "their loss) or neither"
+    )
+  teachers = (config.teachers.asr.num_classes, config.teachers.vsr.num_classes)
+  if weight > 0 and heads != teachers:
+    raise ConfigError(
+      f"model.phoneme_classes={heads}: the heads learn the teachers' posteriors, so they need "
+      f"the teachers' classes (teachers.asr/vsr.num_classes: {teachers})"
+    )
 
 
 def check_splits(config: ml_collections.ConfigDict) -> None:

@@ -36,6 +36,10 @@ def student(**overrides) -> ConfigDict:
       ffn_multiplier=4,
       dropout=0.1,
       audio_frames_per_frame=4,
+      # (ASR classes, VSR classes) of per-frame phoneme heads on the audio and visual encoders,
+      # trained towards the teachers' posteriors with loss.phoneme_weight; (0, 0): none, as the
+      # paper. An addition to the paper (README, "Faithfulness").
+      phoneme_classes=(0, 0),
       audio=dict(
         stem_channels=16,
         stage_blocks=(3, 4, 6, 3),
@@ -134,6 +138,9 @@ def losses() -> ConfigDict:
       # on real clips whose audio is rolled by sync_roll_frames (either direction); no teachers.
       sync_weight=0.0,
       sync_roll_frames=(3, 10),
+      # Soft cross-entropy of the student's phoneme heads (model.phoneme_classes) to the ASR and
+      # VSR teachers' posteriors, audio head + visual head; 0 without heads.
+      phoneme_weight=0.0,
     )
   )
 

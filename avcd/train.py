@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from avcd import checkpoints, config_checks, workdir_lock
 from avcd.evaluation import evaluate, metrics
 from avcd.teachers import cache as teacher_cache, frozen, training as teacher_training
-from avcd.training import flops, preemption, sharding, state as ts, steps, writers
+from avcd.training import flops, losses, preemption, sharding, state as ts, steps, writers
 from data_pipelines import corpus_setup, loader, progress, split_index
 
 # Steps before a profile (train.profile_steps) starts: the first compiles and warms the pipeline.
@@ -240,21 +240,17 @@ def _train_and_evaluate(
       summary["mfu"] = mfu
     writer.write_scalars(step_number, summary)
     remaining = (total_steps - step_number) / max(steps_per_second, 1e-9)
-    weights = dict(
-      ce=config.loss.ce_weight,
-      bce=config.loss.distill_weight,
-      metric=config.loss.metric_weight,
-      sync=config.loss.sync_weight,
-    )
-    losses = " ".join(
-      f"{name} {summary['loss_' + name]:.4f}" for name, weight in weights.items() if weight
+    logged_losses = " ".join(
+      f"{name} {summary['loss_' + name]:.4f}"
+      for name, weight in losses.LOSS_TERMS.items()
+      if config.loss[weight]
     )
     logging.info(
       "step %d/%d loss %.4f (%s) | epoch %.1f | %.2f steps/s %.0f frames/s | elapsed %s, ETA %s",
       step_number,
       total_steps,
       summary["loss"],
-      losses,
+      logged_losses,
       summary["epoch"],
       steps_per_second,
       summary["frames_per_second"],

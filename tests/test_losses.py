@@ -96,3 +96,56 @@ def test_frame_labels_set_each_frames_cross_entropy_and_split_the_metric_loss(th
   terms = [part_loss(0, [0, 1, 4, 5], 0), part_loss(0, [2, 3], 1), part_loss(1, [0, 1, 2, 3], 0)]
   np.testing.assert_allclose(parts["loss_metric"], np.mean(terms), rtol=1e-5)
   np.testing.assert_allclose(parts["clip_loss_metric"][0], terms[0] + terms[1], rtol=1e-5)
+
+
+def test_phoneme_heads_loss_is_each_heads_soft_cross_entropy_over_valid_frames(three_clips):
+  out, asr, vsr = three_clips
+  rng = np.random.default_rng(1)
+  audio_logits = rng.standard_normal((3, 6, 5)).astype(np.float32)
+  visual_logits = rng.standard_normal((3, 6, 5)).astype(np.float32)
+  out = dict(
+    out,
+    audio_phoneme_logits=jnp.asarray(audio_logits),
+    visual_phoneme_logits=jnp.asarray(visual_logits),
+  )
+  cfg = config_lib.losses()
+  cfg.phoneme_weight = 0.5
+  clip_labels = jnp.array([1, 0, 0])
+  total, parts = losses.detector_losses(out, asr, vsr, clip_labels, cfg)
+
+  mask = np.asarray(out["mask"])
+
+  def soft_ce(logits, target):  # by hand: log-softmax with the max subtracted, valid frames only
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -(np.asarray(target) * log_softmax).sum(axis=-1)[mask].mean()
+
+  want_audio, want_visual = soft_ce(audio_logits, asr), soft_ce(visual_logits, vsr)
+  np.testing.assert_allclose(parts["loss_phoneme_audio"], want_audio, rtol=1e-6)
+  np.testing.assert_allclose(parts["loss_phoneme_visual"], want_visual, rtol=1e-6)
+  np.testing.assert_allclose(parts["loss_phoneme"], want_audio + want_visual, rtol=1e-6)
+  without, _ = losses.detector_losses(out, asr, vsr, clip_labels, config_lib.losses())
+  np.testing.assert_allclose(total, without + 0.5 * (want_audio + want_visual), rtol=1e-6)
+
+  # Targets, not inputs: no gradient reaches the posteriors; padded frames change nothing.
+  grad = jax.grad(
+    lambda p: losses.detector_losses(out, p, vsr, clip_labels, cfg)[1]["loss_phoneme"]
+  )(asr)
+  assert not np.any(np.asarray(grad))
+  padded = dict(out, audio_phoneme_logits=out["audio_phoneme_logits"].at[1, 4:].set(1e4))
+  np.testing.assert_allclose(
+    losses.detector_losses(padded, asr, vsr, clip_labels, cfg)[1]["loss_phoneme"],
+    parts["loss_phoneme"],
+    rtol=1e-6,
+  )
+
+
+def test_without_phoneme_heads_the_losses_have_no_phoneme_term(three_clips):
+  out, asr, vsr = three_clips
+  _, parts = losses.detector_losses(out, asr, vsr, jnp.array([1, 0, 0]), config_lib.losses())
+  assert sorted(k for k in parts if k.startswith("loss_")) == [
+    "loss_bce",
+    "loss_ce",
+    "loss_metric",
+    "loss_sync",
+  ]

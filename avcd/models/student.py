@@ -22,7 +22,15 @@ def clip_logits(frame_logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 class Student(nnx.Module):
   """Audio SE-ResNet and visual 3D-conv/ResNet/TCN encoders, cross attention A->V and V->A,
-  self attention over the concatenation, and a per-frame 2-way classifier (class 1 = fake)."""
+  self attention over the concatenation, and a per-frame 2-way classifier (class 1 = fake).
+
+  With `phoneme_classes` = (ASR classes, VSR classes) it also has two per-frame linear phoneme
+  heads, on the audio and on the visual encoder's output, trained towards the ASR and VSR
+  teachers' posteriors (losses.phoneme_loss). They are an addition to the paper (README,
+  "Faithfulness"): each encoder learns the content of its own modality from the first step
+  instead of waiting for the audio-visual cosine to become informative. They take no part in
+  scoring.
+  """
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.compute_dtype)
@@ -42,6 +50,14 @@ class Student(nnx.Module):
     self.self_av = attention(2 * width)
     self.classifier = nnx.Linear(2 * width, 2, dtype=dtype, rngs=rngs)
     self.audio_frames_per_frame = cfg.audio_frames_per_frame
+    # Configs stored before the heads existed have no field: no heads.
+    audio_classes, visual_classes = cfg.get("phoneme_classes", (0, 0))
+    self.has_phoneme_heads = audio_classes > 0
+    if self.has_phoneme_heads:  # no attribute at all when off: the paper's student is unchanged
+      self.audio_phoneme_head = nnx.Linear(width, audio_classes, dtype=dtype, rngs=rngs)
+      self.visual_phoneme_head = nnx.Linear(
+        cfg.visual.embed_dim, visual_classes, dtype=dtype, rngs=rngs
+      )
 
   def encode(
     self,
@@ -108,7 +124,8 @@ class Student(nnx.Module):
 
     Returns the frontends' `audio_frontend` and `visual_frontend`, `audio_embed` and
     `visual_embed` (after cross attention, what the correlation losses compare), `frame_logits`
-    (float32) and `clip_logits` (masked mean over frames).
+    (float32) and `clip_logits` (masked mean over frames); with phoneme heads also their float32
+    `audio_phoneme_logits` (B, T, ASR classes) and `visual_phoneme_logits` (B, T, VSR classes).
     """
     audio, visual, mask = self.encode(
       mfcc, faces, num_frames, train=train, intermediates=intermediates
@@ -117,7 +134,7 @@ class Student(nnx.Module):
     logits = self.classify(
       audio_cross, visual_cross, mask, train=train, rngs=rngs, intermediates=intermediates
     )
-    return dict(
+    out = dict(
       audio_frontend=audio,
       visual_frontend=visual,
       audio_embed=audio_cross,
@@ -126,3 +143,9 @@ class Student(nnx.Module):
       clip_logits=clip_logits(logits, mask),
       mask=mask,
     )
+    if self.has_phoneme_heads:
+      out.update(
+        audio_phoneme_logits=self.audio_phoneme_head(audio).astype(jnp.float32),
+        visual_phoneme_logits=self.visual_phoneme_head(visual).astype(jnp.float32),
+      )
+    return out

@@ -20,6 +20,13 @@ length: a short forged part needs a larger per-frame gap to reach the margin tha
 Kept (not made a mean) so that clip labels give the reference's loss exactly.
 The sync-only control of the generalisation study replaces distillation by the same cosine BCE
 against targets that know timing only (`sync_loss`).
+
+Beyond the paper, optional phoneme heads (model.phoneme_classes) read each encoder's per-frame
+output and learn the teacher of their modality: soft cross-entropy of the audio head to the ASR
+posteriors plus the visual head's to the VSR posteriors, mean over valid frames (`phoneme_loss`).
+Without them the distillation gradient reaches the encoders only through the cosine, which is
+near constant until the encoders already tell phonemes apart; the heads give each encoder its own
+signal from the first step (README, "Faithfulness").
 """
 
 import jax
@@ -27,6 +34,16 @@ import jax.numpy as jnp
 import ml_collections
 
 _LOG_RATIO_EPS = 1e-10  # the reference adds it to the probability ratio inside the log
+
+# The weighted terms of the total loss: the name each is logged under (`loss_NAME`) and its weight
+# field in config.loss. The step's metrics, the config checks and the log line read this list.
+LOSS_TERMS = {
+  "ce": "ce_weight",
+  "bce": "distill_weight",
+  "metric": "metric_weight",
+  "sync": "sync_weight",
+  "phoneme": "phoneme_weight",
+}
 
 
 def symmetric_kl_mean(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -128,6 +145,26 @@ def sync_loss(
   return jnp.sum(terms * weights) / jnp.maximum(2.0 * jnp.sum(weights), 1.0)
 
 
+def soft_cross_entropy(logits: jax.Array, target_probs: jax.Array) -> jax.Array:
+  """-sum_k q_k log softmax(z)_k for (B, T, K) logits and target distributions -> (B, T)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(target_probs.astype(jnp.float32) * log_probs, axis=-1)
+
+
+def phoneme_loss(
+  audio_logits: jax.Array,
+  visual_logits: jax.Array,
+  asr_probs: jax.Array,
+  vsr_probs: jax.Array,
+  mask: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """(audio head, visual head) soft cross-entropies to the ASR and VSR posteriors, each the mean
+  over the batch's valid frames; the posteriors are targets (no gradient)."""
+  audio = soft_cross_entropy(audio_logits, jax.lax.stop_gradient(asr_probs))
+  visual = soft_cross_entropy(visual_logits, jax.lax.stop_gradient(vsr_probs))
+  return _masked_frame_mean(audio, mask)[1], _masked_frame_mean(visual, mask)[1]
+
+
 def _masked_frame_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-clip and whole-batch means of (B, T) values over valid frames."""
   weights = mask.astype(jnp.float32)
@@ -213,12 +250,25 @@ def detector_losses(
     + cfg.metric_weight * metric
     + cfg.sync_weight * sync
   )
+  terms = dict(loss_ce=ce, loss_bce=bce, loss_metric=metric, loss_sync=sync)
+  if cfg.phoneme_weight > 0:
+    # Only then: without heads the step's program stays the paper's, output for output.
+    audio_phonemes, visual_phonemes = phoneme_loss(
+      student_out["audio_phoneme_logits"],
+      student_out["visual_phoneme_logits"],
+      asr_probs,
+      vsr_probs,
+      mask,
+    )
+    terms.update(
+      loss_phoneme=audio_phonemes + visual_phonemes,
+      loss_phoneme_audio=audio_phonemes,
+      loss_phoneme_visual=visual_phonemes,
+    )
+    total = total + cfg.phoneme_weight * terms["loss_phoneme"]
   parts = dict(
     loss=total,
-    loss_ce=ce,
-    loss_bce=bce,
-    loss_metric=metric,
-    loss_sync=sync,
+    **terms,
     clip_loss_ce=ce_clip,
     clip_loss_bce=bce_clip,
     clip_loss_metric=metric_clip,  # the sum of the clip's part terms (0 for filler rows)

@@ -151,7 +151,8 @@ def make_update_fn(
       return total, (parts, nnx.state(student, nnx.BatchStat))
 
     (_, (parts, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    metrics = {k: parts[k] for k in ("loss", "loss_ce", "loss_bce", "loss_metric", "loss_sync")}
+    # The total and every term the losses computed (loss_phoneme_* only with phoneme heads).
+    metrics = {k: v for k, v in parts.items() if k == "loss" or k.startswith("loss_")}
     metrics["soft_target"] = jnp.sum(jnp.where(mask, parts["soft_target"], 0.0)) / jnp.maximum(
       jnp.sum(mask), 1
     )
