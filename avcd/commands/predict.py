@@ -106,7 +106,7 @@ def main(argv):
     cli.existing_directory("saved-model", _SAVED_MODEL.value)
     try:
       predict.export.read_metadata(_SAVED_MODEL.value)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
       raise app.UsageError(f"--saved-model={_SAVED_MODEL.value}: {e}") from e
   else:
     cli.existing_directory("workdir", _WORKDIR.value)

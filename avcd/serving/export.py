@@ -219,4 +219,12 @@ def read_metadata(saved_model_dir: str | pathlib.Path) -> dict:
   path = pathlib.Path(saved_model_dir) / METADATA_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: {saved_model_dir} is not an `avcd export` output")
-  return json.loads(path.read_text())
+  try:
+    metadata = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not the JSON `avcd export` writes ({e})") from None
+  required = ("avcd_version", "source", "signature", "features")
+  missing = [k for k in required if k not in metadata] if isinstance(metadata, dict) else required
+  if missing:
+    raise ValueError(f"{path}: not the metadata `avcd export` writes (no {', '.join(missing)})")
+  return metadata

@@ -49,7 +49,7 @@ import numpy as np
 from absl import logging
 
 from avcd.evaluation import calibration, localisation
-from avcd.serving import export
+from avcd.serving import export, saved_model_check
 from avcd.serving.options import PredictOptions
 from avcd.training import sharding, state as ts, steps
 from data_pipelines import clips, schema
@@ -112,8 +112,16 @@ class SavedModelScorer:
       **metadata["source"],
       calibration=metadata.get("calibration"),
     )
+    # A SavedModel is a program: its graph is checked before TensorFlow loads it.
+    saved_model_check.check(saved_model_dir)
     # The signature holds the loaded object's variables only while the object lives.
-    self._model = tf.saved_model.load(str(saved_model_dir))
+    try:
+      self._model = tf.saved_model.load(str(saved_model_dir))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+      raise saved_model_check.UntrustedSavedModelError(
+        f"{saved_model_dir}: TensorFlow cannot load it ({e.message.splitlines()[0]}); "
+        "export it again"
+      ) from None
     self._serve = self._model.signatures[metadata["signature"]["name"]]
     self._tf = tf
 
