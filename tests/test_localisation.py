@@ -8,7 +8,9 @@ times lie on a 1/8 s grid, so every IoU is computed exactly and many sit exactly
 where the strict "IoU > t" of the official code matters.
 """
 
+import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -391,3 +393,26 @@ def test_invalid_proposal_arguments_raise(arguments, name):
   arguments = dict(frame_scores=np.full(10, 0.5)) | arguments
   with pytest.raises(ValueError, match=f"^{name} "):
     localisation.proposals_from_frame_scores(arguments.pop("frame_scores"), **arguments)
+
+
+def test_ap_and_ar_equal_the_official_evaluator_on_frame_aligned_cases():
+  """Values computed by AV-Deepfake1M's own evaluator (the avdeepfake1m 0.0.4 wheel, float32) on
+  frame-grid times, where many IoUs equal a threshold exactly: tests/data/official_localisation
+  (the script that made them is beside them)."""
+  data = json.loads(
+    (pathlib.Path(__file__).parent / "data/official_localisation/cases.json").read_text()
+  )
+  exact_ties = 0
+  for case in data["cases"]:
+    proposals = {name: np.asarray(rows) for name, rows in case["proposals"].items()}
+    segments = {m["file"]: np.reshape(m["fake_segments"], (-1, 2)) for m in case["metadata"]}
+    got = localisation.localisation_metrics(proposals, segments)
+    for threshold, value in case["official"]["ap"].items():
+      np.testing.assert_allclose(got[f"ap@{threshold}"], value, rtol=0, atol=1e-6)
+    for n, value in case["official"]["ar"].items():
+      np.testing.assert_allclose(got[f"ar@{n}"], value, rtol=0, atol=1e-6)
+    for name, rows in proposals.items():
+      if len(segments[name]):
+        ious = localisation.iou_1d(rows[:, 1:], segments[name])
+        exact_ties += np.isclose(ious[..., None], localisation.AR_IOU_THRESHOLDS, atol=1e-9).sum()
+  assert exact_ties > 20  # the cases do test IoUs that sit exactly on a threshold

@@ -70,9 +70,13 @@ Where the official code gives no answer, this module decides, and says so:
   * No true segments in any clip: AP is NaN, as the official code returns (0 / 0 recall); here also
     when there are no proposals either. AR is 0.0, as the official code returns.
   * No proposals at all, with true segments: AP and AR are 0.0 (the definition above).
-The official code reads times and scores as float32 and computes in float32; this module computes
-in float64. The two agree to float32 rounding, except where an IoU or a score lies within float32
-rounding of a threshold or of another score.
+Precision: the official code reads times and scores as float32 and compares float32 IoUs with
+float32 thresholds. So does this module (`_official_iou`, float32 scores for the ranking): on
+times that lie on a frame grid an IoU often equals a threshold exactly (7 fake frames inside a
+10-frame proposal: 0.7), and whether the strict ">" holds then depends on the rounding, so a
+float64 IoU would differ from the leaderboard's numbers (by up to 0.16 AP on such cases). Sums and
+ratios of counts are in float64 (they differ from the official float32 ones by ~1e-7).
+tests/test_localisation.py checks both metrics against values the official evaluator computed.
 """
 
 import operator
@@ -109,6 +113,18 @@ def _temporal_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   start_a, end_a = a[:, :1], a[:, 1:]
   start_b, end_b = b[:, 0], b[:, 1]
   intersection = np.maximum(np.minimum(end_a, end_b) - np.maximum(start_a, start_b), 0.0)
+  hull = np.maximum(end_a, end_b) - np.minimum(start_a, start_b)
+  return np.divide(intersection, hull, out=np.zeros_like(hull), where=hull > 0)
+
+
+def _official_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """IoU of validated (N, 2) and (M, 2) intervals in float32, operation for operation as the
+  official evaluator (intersection over hull); 0 where the hull is empty (there 0 / 0, which
+  passes no threshold either)."""
+  a, b = a.astype(np.float32), b.astype(np.float32)
+  start_a, end_a = a[:, :1], a[:, 1:]
+  start_b, end_b = b[:, 0], b[:, 1]
+  intersection = np.maximum(np.minimum(end_a, end_b) - np.maximum(start_a, start_b), np.float32(0))
   hull = np.maximum(end_a, end_b) - np.minimum(start_a, start_b)
   return np.divide(intersection, hull, out=np.zeros_like(hull), where=hull > 0)
 
@@ -236,7 +252,7 @@ def _greedy_true_positives(
 ) -> np.ndarray:
   """Which rows are true positives: each true segment, in order, takes the first row (in row
   order) not yet taken whose IoU with it is > iou_threshold."""
-  above = _temporal_iou(clip_proposals[:, 1:], clip_segments) > iou_threshold
+  above = _official_iou(clip_proposals[:, 1:], clip_segments) > np.float32(iou_threshold)
   is_true_positive = np.zeros(len(clip_proposals), dtype=bool)
   for segment in range(len(clip_segments)):
     free = np.flatnonzero(above[:, segment] & ~is_true_positive)
@@ -269,7 +285,11 @@ def average_precision(
   """
   iou_thresholds = _non_empty(iou_thresholds, "iou_thresholds", _fraction)
   clips = _evaluated_clips(proposals, segments)
-  scores = np.concatenate([np.zeros(0)] + [clip_proposals[:, 0] for clip_proposals, _ in clips])
+  # Ranked as float32 scores, as the official code: scores equal in float32 keep their order.
+  scores = np.concatenate(
+    [np.zeros(0, np.float32)]
+    + [clip_proposals[:, 0].astype(np.float32) for clip_proposals, _ in clips]
+  )
   ranking = np.argsort(-scores, kind="stable")
   num_true_segments = sum(len(clip_segments) for _, clip_segments in clips)
   average_precisions = {}
@@ -290,7 +310,7 @@ def average_recall(
   """AV-Deepfake1M's AR@N for each N, averaged over the IoU thresholds (definition: module
   docstring). Arguments as for `average_precision`."""
   n_proposals = _non_empty(n_proposals, "n_proposals", _positive_int)
-  iou_thresholds = np.array(_non_empty(iou_thresholds, "iou_thresholds", _fraction))
+  iou_thresholds = np.array(_non_empty(iou_thresholds, "iou_thresholds", _fraction), np.float32)
   clips = _evaluated_clips(proposals, segments)
   num_true_segments = sum(len(clip_segments) for _, clip_segments in clips)
   recalled = np.zeros((len(iou_thresholds), len(n_proposals)), dtype=np.int64)
@@ -299,7 +319,7 @@ def average_recall(
     if len(top) == 0 or len(clip_segments) == 0:
       continue
     # best_iou[k, s]: the largest IoU of true segment s with the first k + 1 proposals.
-    best_iou = np.maximum.accumulate(_temporal_iou(top[:, 1:], clip_segments), axis=0)
+    best_iou = np.maximum.accumulate(_official_iou(top[:, 1:], clip_segments), axis=0)
     best_within_n = best_iou[[min(n, len(top)) - 1 for n in n_proposals]]
     recalled += (best_within_n[None] > iou_thresholds[:, None, None]).sum(axis=-1)
   if num_true_segments == 0:
