@@ -87,3 +87,23 @@ def test_a_map_is_found_only_for_the_checkpoint_it_was_fitted_for(tmp_path):
   (run / calibration.CALIBRATION_FILE).write_text("{}")
   with pytest.raises(ValueError, match="calibration.json: not a calibration"):
     calibration.find(source)
+
+
+def test_a_temperature_fit_that_ends_on_its_bound_says_so(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat([0, 1], 50)
+  # Separated clips: a sharper temperature always lowers the loss, down to the bound T = 0.01.
+  separated = calibration.fit(labels, np.where(labels == 1, 5.0, -5.0), fitted_on="validation")
+  assert separated.temperature == pytest.approx(0.01, rel=1e-3)
+  assert "stopped at its bound T = 0.01" in separated.not_optimal
+  assert "not an optimum" in separated.describe()
+  # Logits unrelated to the labels: the softest temperature wins, up to T = 100.
+  noise = calibration.fit(labels, rng.standard_normal(100) * 3, fitted_on="validation")
+  assert noise.temperature == pytest.approx(100, rel=1e-3)
+  assert "softer temperature" in noise.not_optimal
+  # An ordinary fit finds an optimum inside the bracket, and says nothing.
+  logits = rng.standard_normal(100) + 2 * (labels - 0.5) * 2
+  assert calibration.fit(labels, logits, fitted_on="validation").not_optimal is None
+  # The reason is stored with the map and read back.
+  separated.save(tmp_path)
+  assert calibration.Calibration.load(tmp_path).not_optimal == separated.not_optimal

@@ -107,6 +107,9 @@ def split_calibration(
   )
 
 
+TEMPERATURE_BOUND_LOG = math.log(100)  # the temperature is searched in [1/100, 100]
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
   """P(fake) = sigmoid(scale * d + bias), d the clip's fake-minus-real logit.
@@ -123,6 +126,9 @@ class Calibration:
   num_clips: int
   checkpoint_dir: str | None = None
   step: int | None = None
+  # Why the fitted map is not a proper optimum, when it is not (the search ended on its bound or
+  # did not converge); None for a fit that found its optimum.
+  not_optimal: str | None = None
 
   @property
   def temperature(self) -> float:
@@ -134,8 +140,10 @@ class Calibration:
 
   def describe(self) -> str:
     if self.method == "temperature":
-      return f"temperature {self.temperature:.3g} fitted on {self.fitted_on}"
-    return f"Platt scale {self.scale:.3g}, bias {self.bias:.3g}, fitted on {self.fitted_on}"
+      text = f"temperature {self.temperature:.3g} fitted on {self.fitted_on}"
+    else:
+      text = f"Platt scale {self.scale:.3g}, bias {self.bias:.3g}, fitted on {self.fitted_on}"
+    return text + (f" (not an optimum: {self.not_optimal})" if self.not_optimal else "")
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(directory) / CALIBRATION_FILE
@@ -200,14 +208,25 @@ def fit(
     z = scale * d + bias
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
+  not_optimal = None
   if method == "temperature":
     # log T in a wide bracket: T from 1/100 (sharpen) to 100 (soften).
     result = scipy.optimize.minimize_scalar(
       lambda log_t: nll(math.exp(-log_t), 0.0),
-      bounds=(-math.log(100), math.log(100)),
+      bounds=(-TEMPERATURE_BOUND_LOG, TEMPERATURE_BOUND_LOG),
       method="bounded",
     )
     scale, bias = math.exp(-result.x), 0.0
+    # The bounded search stops within its tolerance (~1e-5) of a bound it runs into.
+    if abs(result.x) > TEMPERATURE_BOUND_LOG - 1e-3:
+      not_optimal = (
+        f"the search stopped at its bound T = {1 / scale:.3g}: on {fitted_on or 'the split'} "
+        + (
+          "a sharper temperature always fits better (its clips are separated)"
+          if result.x < 0
+          else "a softer temperature always fits better (its logits carry little information)"
+        )
+      )
   else:
     result = scipy.optimize.minimize(
       lambda v: nll(v[0], v[1]),
@@ -216,6 +235,8 @@ def fit(
       options=dict(xatol=1e-6, fatol=1e-9),
     )
     scale, bias = (float(v) for v in result.x)
+    if not result.success:
+      not_optimal = f"the search did not converge ({result.message})"
   source = source or {}
   return Calibration(
     method,
@@ -225,6 +246,7 @@ def fit(
     int(y.size),
     checkpoint_dir=source.get("checkpoint_dir"),
     step=source.get("step"),
+    not_optimal=not_optimal,
   )
 
 
