@@ -6,8 +6,11 @@ name that ranks every checkpoint at -inf). `check` needs nothing but the config;
 runs once the corpus is prepared.
 """
 
+import math
+
 import ml_collections
 
+from avcd import config_lib
 from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
 from avcd.training import losses, steps
@@ -30,11 +33,119 @@ def _at_least(value, minimum, field: str) -> None:
     raise ConfigError(f"{field}={value!r}: must be a number >= {minimum}")
 
 
+SECTIONS = ("model", "teachers", "loss", "data", "eval", "optim", "train", "mesh")
+
+
+def _reference() -> ml_collections.ConfigDict:
+  """Every section as config_lib builds it: what each field's type must be. Config files are
+  these plus what differs, so a field the reference has must keep its kind of value."""
+  return ml_collections.ConfigDict(
+    dict(
+      model=config_lib.student(),
+      teachers=config_lib.teachers(),
+      loss=config_lib.losses(),
+      data=config_lib.data(builder="", train_split=""),
+      eval=config_lib.evaluation(splits=()),
+      optim=config_lib.optimizer(),
+      train=config_lib.training(num_epochs=1),
+      mesh=config_lib.mesh(),
+    )
+  )
+
+
+def _kind(value) -> str | None:
+  """'bool', 'int', 'number' (int or float), 'str', or None for anything else."""
+  if isinstance(value, bool):
+    return "bool"
+  if isinstance(value, int):
+    return "int"
+  if isinstance(value, float):
+    return "number"
+  return "str" if isinstance(value, str) else None
+
+
+def _fits(value, reference) -> bool:
+  """Whether `value` is the kind of value `reference` is (an int where a float is expected is a
+  number too; tuples element by element against the reference's first element)."""
+  if isinstance(reference, tuple):
+    if not isinstance(value, tuple):
+      return False
+    return not reference or all(_fits(v, reference[0]) for v in value)
+  want, got = _kind(reference), _kind(value)
+  if want is None:
+    return True
+  return got == want or (want == "number" and got == "int")
+
+
+def _check_types(config: ml_collections.ConfigDict) -> None:
+  """Types before values: every field config_lib defines keeps its kind (a tuple of ints stays
+  one), and no number anywhere in the config is NaN or infinite."""
+
+  def walk(node, reference, path):
+    for key, value in node.items():
+      field = f"{path}{key}"
+      expected = reference.get(key) if isinstance(reference, ml_collections.ConfigDict) else None
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, expected, f"{field}.")
+        continue
+      numbers = value if isinstance(value, tuple) else (value,)
+      if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{field}={value!r}: must be a finite number")
+      if expected is not None and not _fits(value, expected):
+        raise ConfigError(
+          f"{field}={value!r}: must be {_describe_kind(expected)}, like the default {expected!r}"
+        )
+
+  walk(config, _reference(), "")
+
+
+def _describe_kind(reference) -> str:
+  if isinstance(reference, tuple):
+    plural = dict(bool="bools", int="integers", number="numbers", str="strings")
+    return f"a tuple of {plural.get(_kind(reference[0]), 'values')}" if reference else "a tuple"
+  return dict(bool="a bool", int="an integer", number="a number", str="a string")[_kind(reference)]
+
+
+def _check_model_shapes(config: ml_collections.ConfigDict) -> None:
+  """The widths that must agree for the networks to be built (checked here, before any work,
+  rather than when the networks are built)."""
+  model = config.model
+  width = model.embed_dim
+  for field, value in (
+    ("model.audio.stage_channels[-1]", model.audio.stage_channels[-1]),
+    ("model.visual.embed_dim", model.visual.embed_dim),
+  ):
+    if value != width:
+      raise ConfigError(
+        f"{field}={value} must equal model.embed_dim={width}: cross attention compares the "
+        "audio and visual embeddings frame by frame"
+      )
+  if width % model.num_heads:
+    raise ConfigError(
+      f"model.embed_dim={width} must be divisible by model.num_heads={model.num_heads}"
+    )
+  for name in ("asr", "vsr"):
+    teacher = config.teachers[name]
+    if teacher.width % teacher.num_heads:
+      raise ConfigError(
+        f"teachers.{name}.width={teacher.width} must be divisible by "
+        f"teachers.{name}.num_heads={teacher.num_heads}"
+      )
+  vsr = config.teachers.vsr
+  if vsr.use_frontend and vsr.frontend.stage_channels[-1] != vsr.width:
+    raise ConfigError(
+      f"teachers.vsr.frontend.stage_channels[-1]={vsr.frontend.stage_channels[-1]} must equal "
+      f"teachers.vsr.width={vsr.width}: the frontend's features are the teacher's input"
+    )
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value cannot work."""
-  for section in ("model", "teachers", "loss", "data", "eval", "optim", "train", "mesh"):
+  for section in SECTIONS:
     if section not in config:
       raise ConfigError(f"the config has no {section!r} section")
+  _check_types(config)
+  _check_model_shapes(config)
   _one_of(config.model.compute_dtype, COMPUTE_DTYPES, "model.compute_dtype")
   for teacher in ("asr", "vsr"):
     _one_of(

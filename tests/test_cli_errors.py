@@ -49,6 +49,17 @@ def error_line(result: subprocess.CompletedProcess) -> str:
       2,
       "teachers.cache=True needs data.train_window >= data.max_frames",
     ),
+    (
+      ["--config.data.bucket_lengths=abc"],
+      2,
+      "data.bucket_lengths=('abc',): must be a tuple of integers",
+    ),
+    (["--config.optim.learning_rate=nan"], 2, "optim.learning_rate=nan: must be a finite number"),
+    (
+      ["--config.model.embed_dim=32"],
+      2,
+      "model.audio.stage_channels[-1]=16 must equal model.embed_dim=32",
+    ),
   ],
 )
 def test_bad_config_fields_are_one_line_before_any_work(args, status, expected, tmp_path):
