@@ -5,8 +5,12 @@ import json
 
 import numpy as np
 
+from avcd import config_checks, config_lib
 from avcd.commands import generalisation as g
 from avcd.evaluation import statistics
+from tests.conftest import REPO
+
+RECIPE = dict(learning_rate=1e-3, frame_budget=400, num_epochs=12)
 
 
 def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
@@ -18,7 +22,9 @@ def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
   ]
   assert len(pilot) == 3 * g.PILOT_SEEDS
   stage1, stage2 = g.stage_runs("1", 7), g.stage_runs("2", 7)
-  assert set(pilot) <= set(stage1) and len(stage1) == 21
+  # Stage 1: R0, R2, R3 as pre-registered, plus R5 and R2H (amendment of 2026-12-07).
+  assert set(pilot) <= set(stage1) and len(stage1) == 7 * 5
+  assert {r.row for r in stage1} == {"R0", "R2", "R3", "R5", "R2H"}
   names = [r.name for r in stage1 + stage2]
   assert len(names) == len(set(names))
   # The weaker teacher changes only the rows that use teachers; R0 and R3 are shared.
@@ -131,3 +137,13 @@ def test_report_reads_results_files(tmp_path):
   assert "| 3 | +" in row  # three pairs, R2 better on the held-out generators
   assert "6 of 9 runs passed" in text and "corpus0-none-R0-seed2 failed: desync 90.0" in text
   assert "By the pre-registered rule, the claim" in text and "so far" in text
+
+
+def test_the_heads_rows_train_the_heads_and_the_paper_rows_do_not(tmp_path):
+  base = config_lib.load_config(str(REPO / "configs" / "synthetic.py:generalisation"))
+  for row, heads in (("R0", False), ("R2", False), ("R3", False), ("R5", True), ("R2H", True)):
+    config = g.run_config(base, g.Run.of(0, "standard", row, 0), tmp_path, recipe=RECIPE)
+    assert (config.loss.phoneme_weight > 0) == heads, row
+    assert (tuple(config.model.phoneme_classes) != (0, 0)) == heads, row
+    config_checks.check(config)
+  assert g.Run.of(0, "standard", "R5", 0).teacher == "standard"  # the heads learn the teachers
