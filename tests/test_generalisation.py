@@ -147,3 +147,17 @@ def test_the_heads_rows_train_the_heads_and_the_paper_rows_do_not(tmp_path):
     assert (tuple(config.model.phoneme_classes) != (0, 0)) == heads, row
     config_checks.check(config)
   assert g.Run.of(0, "standard", "R5", 0).teacher == "standard"  # the heads learn the teachers
+
+
+def test_an_interrupted_run_keeps_the_time_of_every_attempt(tmp_path):
+  run_dir = tmp_path / "run"
+  try:
+    with g._segment(run_dir):
+      raise KeyboardInterrupt  # the machine went away mid-run
+  except KeyboardInterrupt:
+    pass
+  with g._segment(run_dir) as segment:
+    segment["finished"] = True
+  segments = json.loads((run_dir / g.SEGMENTS_FILE).read_text())
+  assert [s["finished"] for s in segments] == [False, True]
+  assert all(s["seconds"] >= 0 and s["cpu_seconds"] >= 0 and s["date"] for s in segments)

@@ -26,6 +26,7 @@ per-method AUCs, the gate (every trained method >= 95% test AUC), the recipe, th
 time taken and every test clip's score, which the report's bootstrap resamples by speaker.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -320,18 +321,42 @@ def ensure_test_clips(config, corpus: int, run_dir: pathlib.Path, results: pathl
   )
 
 
+SEGMENTS_FILE = "study_segments.json"
+
+
+@contextlib.contextmanager
+def _segment(run_dir: pathlib.Path):
+  """Times one attempt at a run (wall and this process's CPU seconds) and appends it to the run
+  directory's segments file, whether the attempt finishes, is preempted or fails."""
+  path = run_dir / SEGMENTS_FILE
+  segments = json.loads(path.read_text()) if path.exists() else []
+  record = dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+  start, cpu_start = time.perf_counter(), time.process_time()
+  try:
+    yield record
+  finally:
+    record.update(
+      seconds=round(time.perf_counter() - start, 1),
+      cpu_seconds=round(time.process_time() - cpu_start, 1),
+    )
+    record.setdefault("finished", False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, [*segments, record])
+
+
 def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> None:
   """Trains and scores one run, writes its results file, and removes its checkpoints."""
   from avcd import train  # pylint: disable=g-import-not-at-top
 
   config = run_config(base, run, workdir)
   run_dir = workdir / f"corpus{run.corpus}" / "runs" / run.name
-  shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt starts over
-  start = time.perf_counter()
-  metrics = train.train_and_evaluate(config, run_dir)
-  seconds = time.perf_counter() - start
+  # An interrupted run resumes from its last checkpoint; its segments' times add up.
+  with _segment(run_dir) as segment:
+    metrics = train.train_and_evaluate(config, run_dir)
+    segment["finished"] = bool(metrics)
   if not metrics:
-    raise Preempted(f"{run.name} was stopped by SIGTERM; run the same command to do it again")
+    raise Preempted(f"{run.name} was stopped by SIGTERM; run the same command to resume it")
+  segments = json.loads((run_dir / SEGMENTS_FILE).read_text())
   ensure_test_clips(config, run.corpus, run_dir, results)
   test = _read_scores(run_dir, "test")
   test_auc = {m: v["auc"] for m, v in metrics["test"]["per_method"].items()}
@@ -341,7 +366,9 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
     dict(
       run=dataclasses.asdict(run),
       commit=commit(),
-      seconds=seconds,
+      seconds=sum(g["seconds"] for g in segments),
+      cpu_minutes=sum(g["cpu_seconds"] for g in segments) / 60,
+      segments=segments,
       date=datetime.date.today().isoformat(),
       recipe=recipe_fields(config),
       validation_auc={m: v["auc"] for m, v in metrics["validation"]["per_method"].items()},
@@ -353,7 +380,10 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
   )
   shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
   logging.info(
-    "%s: %.0f s, test AUC %s", run.name, seconds, {m: round(v, 3) for m, v in test_auc.items()}
+    "%s: %.0f s, test AUC %s",
+    run.name,
+    sum(g["seconds"] for g in segments),
+    {m: round(v, 3) for m, v in test_auc.items()},
   )
 
 
@@ -364,25 +394,25 @@ def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, result
   config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir)
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
   run_dir = workdir / "corpus0" / "recipe" / name
-  shutil.rmtree(run_dir, ignore_errors=True)
   config = corpus_setup.prepare_corpus(config, workdir)  # names the corpus's builder for the loader
   steps = loader.steps_per_epoch(config.data, process_count=1, batch_multiple=1)
   config.eval.every_steps = steps
-  start = time.perf_counter()
-  if not train.train_and_evaluate(config, run_dir):
-    raise Preempted(f"{name} was stopped by SIGTERM; run the same command to do it again")
-  seconds = time.perf_counter() - start
-  epochs = []
+  # An interrupted run resumes from its last checkpoint; its segments' times add up.
+  with _segment(run_dir) as segment:
+    segment["finished"] = bool(train.train_and_evaluate(config, run_dir))
+  if not segment["finished"]:
+    raise Preempted(f"{name} was stopped by SIGTERM; run the same command to resume it")
+  segments = json.loads((run_dir / SEGMENTS_FILE).read_text())
+  by_step = {}  # a step evaluated again after a resume keeps its last evaluation
   for line in (run_dir / "metrics.jsonl").read_text().splitlines():
     record = json.loads(line)
     if "validation/auc" in record:
-      epochs.append(
-        dict(
-          epoch=record["step"] / steps,
-          time=record["time"],
-          auc={m: record[f"validation/auc/{m}"] for m in TRAINED},
-        )
+      by_step[record["step"]] = dict(
+        epoch=record["step"] / steps,
+        time=record["time"],
+        auc={m: record[f"validation/auc/{m}"] for m in TRAINED},
       )
+  epochs = [by_step[step] for step in sorted(by_step)]
   _write_json(
     results / "recipe" / f"{name}.json",
     dict(
@@ -391,7 +421,9 @@ def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, result
       row=row,
       seed=seed,
       steps_per_epoch=steps,
-      seconds=seconds,
+      seconds=sum(g["seconds"] for g in segments),
+      cpu_minutes=sum(g["cpu_seconds"] for g in segments) / 60,
+      segments=segments,
       commit=commit(),
       recipe=recipe_fields(config),
       epochs=epochs,
