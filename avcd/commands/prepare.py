@@ -66,7 +66,12 @@ _MAX_AV_MISMATCH_S = flags.DEFINE_float(
 _MAX_FRAMES = flags.DEFINE_integer(
   "max_frames", None, "Keep at most this many frames (25 fps) of each clip.", lower_bound=1
 )
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that already exists.")
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Rebuild a dataset that already exists (needed when its manifests or options changed); the "
+  "old one is kept until the new one is complete.",
+)
 _KEEP_EXTRACTED = flags.DEFINE_bool(
   "keep_extracted", False, "Keep the extracted clips (DIR/_work/<name>) after a successful build."
 )
