@@ -17,6 +17,7 @@ rerun resumes from).
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 from typing import Sequence
@@ -190,7 +191,9 @@ def prepare(
   """
   work_dir = builder.work_dir
   rejects_path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(work_dir / "lock", f"{builder.name} in {builder.data_dir_root}", wait=False):
+  with _exclusive_lock(
+    work_dir / "lock", f"{builder.name} in {builder.data_dir_root}", wait=False
+  ) as remove_lock:
     _remove_incomplete_builds(builder)
     if builder.is_prepared() and not overwrite:
       _check_same_inputs(builder)
@@ -204,15 +207,19 @@ def prepare(
     )
     try:
       with _replacing(builder) if overwrite else contextlib.nullcontext():
-        builder.download_and_prepare(download_config=config)
+        # TFDS makes its download directory (empty: the media are local) even for builders that
+        # download nothing; in the work directory it goes with the rest.
+        builder.download_and_prepare(download_dir=work_dir / "downloads", download_config=config)
     except manifest_builder.NoUsableClips as e:
       _write_rejects(builder, e.rejects)
       raise PrepareError(f"{e}; reasons in {rejects_path}") from e
     rejects = list(builder.info.metadata.get("rejects", []))
     _write_rejects(builder, rejects)
     if not keep_extracted:
-      for child in ("clips", "beam_rejects"):
+      for child in ("clips", "beam_rejects", "downloads"):
         (work_dir / child).rmtree(missing_ok=True)
+    # docs/data.md promises that _work/ exists only while a build is unfinished.
+    remove_lock(work_dir, builder.data_dir_root / "_work")
   return _summary(builder, rejects, rejects_path)
 
 
@@ -321,19 +328,51 @@ def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
 def _exclusive_lock(path: epath.Path, what: str, *, wait: bool):
   """Holds an exclusive flock on a local file (remote file systems, e.g. gs://, are not locked).
 
+  Yields a function that deletes the lock file and then its parent directories that are empty up
+  to and including `DATA_DIR/_work` (the arguments: those directories, innermost first), for a
+  holder that leaves nothing behind. Deleting a lock file that another process has opened is safe:
+  once a process holds the lock it checks that the file it locked is still the one at `path`,
+  and locks again otherwise.
+
   Raises:
     PrepareError: without `wait`, when another process holds the lock.
   """
   if "://" in os.fspath(path):
-    yield
+    yield lambda *directories: None
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "a") as f:
+  while True:
     try:
-      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError as e:
-      raise PrepareError(f"another avcd prepare is building {what} (lock {path})") from e
-    yield
+      path.parent.mkdir(parents=True, exist_ok=True)
+      f = open(path, "a")
+    except FileNotFoundError:  # a finishing run removed the directory in between
+      continue
+    with f:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+      except BlockingIOError as e:
+        raise PrepareError(f"another avcd prepare is building {what} (lock {path})") from e
+      if _is_file_at(f, path):
+        yield functools.partial(_remove_lock_file, path)
+        return
+
+
+def _is_file_at(f, path: epath.Path) -> bool:
+  try:
+    at_path = os.stat(path)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(f.fileno())
+  return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _remove_lock_file(path: epath.Path, *directories: epath.Path) -> None:
+  """Deletes a held lock file, then each of `directories` while it is empty."""
+  path.unlink(missing_ok=True)
+  for directory in directories:
+    try:
+      os.rmdir(directory)  # not epath's rmdir, which raises ValueError when not empty
+    except OSError:  # not empty: another dataset's work, or this one's kept clips
+      return
 
 
 def _remove_incomplete_builds(builder) -> None:
@@ -365,9 +404,8 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
   lock around reading and replacing the file.
   """
   path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(
-    builder.data_dir_root / "_work" / f"{REJECTS_FILE}.lock", str(path), wait=True
-  ):
+  work_root = builder.data_dir_root / "_work"
+  with _exclusive_lock(work_root / f"{REJECTS_FILE}.lock", str(path), wait=True) as remove_lock:
     kept = []
     if path.exists():
       kept = [
@@ -379,6 +417,7 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.write_text("".join(f"{line}\n" for line in lines))
     tmp.replace(path)
+    remove_lock(work_root)
 
 
 def _beam_pipeline_options(text: str):

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -143,6 +144,21 @@ def test_prepared_splits_hold_what_extract_clip_gives_in_manifest_order(tmp_path
       _assert_same_example(example, clips.extract_clip(row))
   assert not (tmp_path / "out" / "_work" / "av_manifest" / "clips").exists()
   assert (tmp_path / "out" / "rejects.jsonl").read_text() == ""
+
+
+def test_a_finished_build_leaves_no_work_directory_and_no_temporary_files(tmp_path, monkeypatch):
+  private_tmp = tmp_path / "tmp"
+  private_tmp.mkdir()
+  monkeypatch.setenv("TMPDIR", str(private_tmp))  # the extraction workers'
+  monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # this process's, read once
+  csv_path = media_utils.write_manifest(tmp_path / "m.csv", [_write_clip(tmp_path / "media", "a")])
+
+  _build(tmp_path, [f"test={csv_path}"])
+
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["av_manifest", "rejects.jsonl"]
+  assert list(private_tmp.iterdir()) == []
+  _build(tmp_path, [f"test={csv_path}"])  # reusing it leaves none either
+  assert not (tmp_path / "out" / "_work").exists()
 
 
 # Damage to a good clip's files and manifest values, and the reason each one is rejected with.
