@@ -206,6 +206,7 @@ def _known_failure(error: Exception) -> int | None:
     ("data_pipelines.manifests", ("ManifestError",)),
     ("data_pipelines.prepare", ("PrepareError",)),
     ("data_pipelines.schema", ("SchemaError",)),
+    ("data_pipelines.split_index", ("DamagedShardError",)),
   ):
     if module in sys.modules:
       known += [

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from data_pipelines import manifests
+from avcd import config_lib
+from data_pipelines import manifests, split_index
+from data_pipelines.synthetic import builder as synthetic_builder, generator
 from tests.conftest import REPO
 
 
@@ -152,3 +154,27 @@ def test_eval_without_a_checkpoint_says_so_before_preparing_a_corpus(tmp_path):
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert str(tmp_path / "checkpoints") in error_line(result)
   assert not (tmp_path / "data").exists()  # checked first: no corpus was made for nothing
+
+
+def test_a_damaged_shard_is_one_line_naming_the_file_and_the_split(tmp_path):
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
+  spec = generator.SyntheticSpec(**config.data.synthetic.to_dict())
+  synthetic_builder.build(spec, str(tmp_path / "data"))
+  opened = split_index.open_split(
+    synthetic_builder.dataset_name(spec), str(tmp_path / "data"), "train"
+  )
+  (shard,) = [instruction.filename for instruction in opened.file_instructions]
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) // 2)
+
+  result = avcd(
+    "train",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+  )
+
+  assert result.returncode == 1
+  line = error_line(result)
+  assert f"DamagedShardError: {shard}: damaged shard of " in line
+  assert " split train (" in line and "run avcd prepare again with --overwrite" in line
