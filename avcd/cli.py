@@ -203,6 +203,7 @@ def _known_failure(error: Exception) -> int | None:
     ("avcd.porting.convert", ("ConvertError",)),
     ("avcd.porting.weights", ("WeightMappingError",)),
     ("avcd.serving.saved_model_check", ("UntrustedSavedModelError",)),
+    ("avcd.serving.export", ("ExportError",)),
     ("data_pipelines.manifests", ("ManifestError",)),
     ("data_pipelines.prepare", ("PrepareError",)),
     ("data_pipelines.schema", ("SchemaError",)),
