@@ -178,3 +178,36 @@ def test_a_damaged_shard_is_one_line_naming_the_file_and_the_split(tmp_path):
   line = error_line(result)
   assert f"DamagedShardError: {shard}: damaged shard of " in line
   assert " split train (" in line and "run avcd prepare again with --overwrite" in line
+
+
+def _symlink_loop(tmp_path):
+  loop = tmp_path / "loop"
+  loop.symlink_to(loop)
+  return loop
+
+
+def test_a_workdir_that_is_a_file_or_a_symlink_loop_is_a_usage_error(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  for workdir, problem in (
+    (tmp_path / "a_file", "is a file, not a directory"),
+    (_symlink_loop(tmp_path), "is a symlink loop"),
+  ):
+    result = avcd("train", "--config=configs/tiny.py", f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert f"--workdir={workdir}: {problem}" in error_line(result)
+
+
+def test_media_that_are_no_file_say_what_they_are(tmp_path):
+  from avcd.serving import options, predict  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "clips").mkdir()
+  (tmp_path / "dangling").symlink_to(tmp_path / "gone.mp4")
+  for path, reason in (
+    (_symlink_loop(tmp_path), "is a symlink loop"),
+    (tmp_path / "clips", "is a directory, not a video file"),
+    (tmp_path / "dangling", f"is a symlink to {tmp_path / 'gone.mp4'}, which does not exist"),
+    (tmp_path / "absent.mp4", "file not found"),
+  ):
+    with pytest.raises(predict.Unscorable) as unscorable:
+      predict.clip_inputs(path, options.PredictOptions())
+    assert str(unscorable.value) == reason
