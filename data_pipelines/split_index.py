@@ -98,6 +98,9 @@ class ShardRecords:
   def __len__(self) -> int:
     return sum(instruction.take for instruction in self._instructions)
 
+  def __getitem__(self, key: int) -> bytes:
+    return self.__getitems__([int(key)])[0]
+
   def __getitems__(self, keys) -> list[bytes]:
     try:
       if self._source is None:
