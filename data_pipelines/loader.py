@@ -39,7 +39,7 @@ importable `__main__` guarded by `if __name__ == '__main__'` (run under `absl.ap
 
 import atexit
 import dataclasses
-import multiprocessing.util
+import multiprocessing.util  # noqa: F401  (registers its exit hook before the loader's: below)
 import os
 import sys
 import weakref
@@ -354,9 +354,8 @@ class _ClosedBeforeExit(grain.IterDataset):
     return "_ClosedBeforeExit"
 
 
-# atexit runs the last registered first: after the import of multiprocessing.util (which registers
-# its own exit hook), this runs before it, while the queues' pipes are open.
-assert multiprocessing.util  # imported for the order of the exit hooks
+# atexit runs the last registered first: registered after multiprocessing.util's exit hook (see
+# the imports), this runs before it, while the queues' pipes are open.
 atexit.register(lambda: [iterator.close() for iterator in list(_WORKER_ITERATORS)])
 
 

@@ -131,6 +131,10 @@ def test_prepare_mistakes_are_one_line(tmp_path):
     ),
     ([f"--output={tmp_path / 'out'}", f"--manifest={tmp_path}"], "is a directory, not a CSV"),
     (
+      [f"--output={tmp_path / 'out'}", f"--manifest={_symlink_loop(tmp_path)}"],
+      "loop: is a symlink loop",
+    ),
+    (
       [
         f"--output={tmp_path / 'out'}",
         f"--manifest={tmp_path / 'x.csv'}",

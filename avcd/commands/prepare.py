@@ -103,10 +103,10 @@ def main(argv):
   for manifest in _MANIFEST.value:
     path = pathlib.Path(manifest.partition("=")[2] if "=" in manifest else manifest)
     if not path.is_file():
-      raise app.UsageError(
-        f"--manifest={manifest}: "
-        f"{'is a directory, not a CSV file' if path.is_dir() else 'no such file'}"
+      problem = cli.broken_symlink(path) or (
+        "is a directory, not a CSV file" if path.is_dir() else "no such file"
       )
+      raise app.UsageError(f"--manifest={manifest}: {problem}")
   for flag in (_MANIFEST_DIR, _DATA_ROOT):
     if flag.value:
       cli.existing_directory(flag.name, flag.value)
