@@ -9,6 +9,7 @@ exit status 2 for usage errors (bad flags, config fields or paths, found before 
 traceback means a bug in avcd.
 """
 
+import errno
 import importlib
 import logging
 import os
@@ -32,6 +33,8 @@ COMMANDS = {
 }
 # Commands that compile JAX programs: they take --compilation_cache (avcd/compilation_cache.py).
 COMPILING = {"train", "eval", "train-teacher", "export", "predict", "compile"}
+# Commands that write into --workdir: it is checked (and made) before they start.
+WRITES_WORKDIR = {"train", "train-teacher"}
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 EXIT_STATUS_HELP = (
   "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
@@ -48,9 +51,25 @@ def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]
   return first, second
 
 
+def broken_symlink(path: pathlib.Path) -> str | None:
+  """What is wrong with a path that a symlink leads nowhere from ('is a symlink loop', 'is a
+  symlink to X, which does not exist'); None when it is not one. pathlib's exists() says only
+  False for both."""
+  try:
+    os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return "is a symlink loop"
+    if path.is_symlink():
+      return f"is a symlink to {os.readlink(path)}, which does not exist"
+  return None
+
+
 def existing_directory(flag: str, value: str) -> pathlib.Path:
   """The directory a flag names; a UsageError when it is missing or not a directory."""
   path = pathlib.Path(value)
+  if problem := broken_symlink(path):
+    raise app.UsageError(f"--{flag}={value}: {problem}")
   if not path.exists():
     raise app.UsageError(f"--{flag}={value}: no such directory")
   if not path.is_dir():
@@ -61,6 +80,8 @@ def existing_directory(flag: str, value: str) -> pathlib.Path:
 def writable_directory(flag: str, value: str) -> pathlib.Path:
   """A directory a command will write into: created now, so a bad path fails before any work."""
   path = pathlib.Path(value)
+  if problem := broken_symlink(path):
+    raise app.UsageError(f"--{flag}={value}: {problem}")
   if path.exists() and not path.is_dir():
     raise app.UsageError(f"--{flag}={value}: is a file, not a directory")
   try:
@@ -203,9 +224,11 @@ def _known_failure(error: Exception) -> int | None:
     ("avcd.porting.convert", ("ConvertError",)),
     ("avcd.porting.weights", ("WeightMappingError",)),
     ("avcd.serving.saved_model_check", ("UntrustedSavedModelError",)),
+    ("avcd.serving.export", ("ExportError",)),
     ("data_pipelines.manifests", ("ManifestError",)),
     ("data_pipelines.prepare", ("PrepareError",)),
     ("data_pipelines.schema", ("SchemaError",)),
+    ("data_pipelines.split_index", ("DamagedShardError",)),
   ):
     if module in sys.modules:
       known += [
@@ -214,9 +237,11 @@ def _known_failure(error: Exception) -> int | None:
   return FAILURE_EXIT if isinstance(error, tuple(known)) else None
 
 
-def _guarded(main, program: str, compiles: bool):
+def _guarded(main, program: str, compiles: bool, writes_workdir: bool):
   def run(argv):
     try:
+      if writes_workdir:
+        writable_directory("workdir", flags.FLAGS.workdir)
       if compiles:
         compilation_cache.enable()
       return main(argv)
@@ -255,7 +280,7 @@ def main() -> None:
     flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
   program = f"avcd {command}"
   app.run(
-    _guarded(module.main, program, command in COMPILING),
+    _guarded(module.main, program, command in COMPILING, command in WRITES_WORKDIR),
     argv=[program, *argv[2:]],
     flags_parser=_parse_flags,
   )

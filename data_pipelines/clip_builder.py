@@ -12,8 +12,29 @@ from absl import logging
 from data_pipelines import schema
 
 
+class _UnhostedDatasetInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a dataset TFDS does not host: nothing to fetch from TFDS's bucket.
+
+  TFDS's own initialize_from_bucket (run for every builder whose dataset is not built yet, hence
+  once per build) first makes a temporary directory for the bucket's files and never deletes it,
+  even with GCS access off (its default): each build would leave an empty tmp*tfds in $TMPDIR.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class ClipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Abstract: one example per clip, in the shared schema."""
+
+  def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
+    # TFDS's, returning an _UnhostedDatasetInfo.
+    metadata = self.get_metadata()
+    if metadata.description:
+      kwargs["description"] = metadata.description
+    if metadata.citation:
+      kwargs["citation"] = metadata.citation
+    return _UnhostedDatasetInfo(builder=self, **kwargs)
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}

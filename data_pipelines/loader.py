@@ -37,9 +37,12 @@ Worker processes (`data.num_workers > 0`, Grain `mp_prefetch`) need parsed absl 
 importable `__main__` guarded by `if __name__ == '__main__'` (run under `absl.app.run`).
 """
 
+import atexit
 import dataclasses
+import multiprocessing.util  # noqa: F401  (registers its exit hook before the loader's: below)
 import os
 import sys
+import weakref
 
 import grain
 import ml_collections
@@ -322,7 +325,38 @@ def _pipeline(
       ),
       worker_init_fn=worker_lifetime.initializer(),
     )
+    dataset = _ClosedBeforeExit(dataset)
   return dataset
+
+
+# The iterators of worker processes not closed yet; _close_before_exit closes them.
+_WORKER_ITERATORS = weakref.WeakSet()
+
+
+class _ClosedBeforeExit(grain.IterDataset):
+  """mp_prefetch's dataset, whose iterators are closed before multiprocessing's exit hook runs.
+
+  Grain closes a worker-process iterator at exit from a multiprocessing finalizer that runs after
+  the finalizers of its queues, whose feeder threads then close the queues' pipes. Once
+  `set_state` has put to such a queue (a resumed run), closing the iterator reads from a closed
+  pipe and prints "OSError: handle is closed" per worker.
+  """
+
+  def __init__(self, parent: grain.IterDataset):
+    super().__init__(parent)
+
+  def __iter__(self):
+    iterator = self._parent.__iter__()
+    _WORKER_ITERATORS.add(iterator)
+    return iterator
+
+  def __str__(self) -> str:
+    return "_ClosedBeforeExit"
+
+
+# atexit runs the last registered first: registered after multiprocessing.util's exit hook (see
+# the imports), this runs before it, while the queues' pipes are open.
+atexit.register(lambda: [iterator.close() for iterator in list(_WORKER_ITERATORS)])
 
 
 def _train_planner(data_cfg, index: split_index.SplitIndex, *, seed: int, multiple: int):

@@ -162,9 +162,9 @@ def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[Manifest
     The rows in file order.
 
   Raises:
-    ManifestError: naming the file and line, for a missing column, a row with the wrong number of
-      fields, a value that does not parse, labels outside {0, 1}, a repeated ID, or an ID, path
-      and labels that contradict each other.
+    ManifestError: naming the file and line, for a missing column, no row, a row with the wrong
+      number of fields, a value that does not parse, labels outside {0, 1}, a repeated ID, or an
+      ID, path and labels that contradict each other.
   """
   csv_path = pathlib.Path(csv_path)
   prefixes = parse_path_prefixes(path_prefix)
@@ -199,6 +199,8 @@ def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[Manifest
         raise ManifestError(f"{where}: ID {row.id!r} already on line {first_line[row.id]}")
       first_line[row.id] = reader.line_num
       rows.append(row)
+  if not rows:
+    raise ManifestError(f"{csv_path}: the manifest has no rows, only its header")
   return rows
 
 

@@ -17,6 +17,7 @@ rerun resumes from).
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 from typing import Sequence
@@ -165,14 +166,17 @@ def prepare(
 ) -> Summary:
   """Builds `builder`'s dataset, resuming an interrupted build, and writes rejects.jsonl.
 
-  A dataset already built from the same inputs (ManifestBuilder.inputs) is reused as it is; one
-  built from other inputs is an error unless `overwrite`. After a successful build the extracted
-  clips (the work directory's store) are deleted unless `keep_extracted`.
+  A dataset already built from the same inputs (ManifestBuilder.inputs: the manifests' paths and
+  contents, the path rewrites, the extraction options and version) is reused as it is; one built
+  from other inputs is an error unless `overwrite`. A dataset prepared before the manifests'
+  contents were recorded is reused with a warning (see _check_same_inputs). After a successful
+  build the extracted clips (the work directory's store) are deleted unless `keep_extracted`.
 
   Args:
     builder: from make_builder.
     overwrite: rebuild a dataset that exists (clips still stored in the work directory are
-      reused).
+      reused). The old dataset stays in place until the new one is complete, and is put back if
+      the rebuild fails.
     keep_extracted: keep the work directory after success, e.g. to rebuild with more manifests
       without extracting the same clips again.
     beam_options: Beam pipeline options as 'runner=DirectRunner,direct_num_workers=4' (the
@@ -187,44 +191,117 @@ def prepare(
   """
   work_dir = builder.work_dir
   rejects_path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(work_dir / "lock", f"{builder.name} in {builder.data_dir_root}", wait=False):
+  with _exclusive_lock(
+    work_dir / "lock", f"{builder.name} in {builder.data_dir_root}", wait=False
+  ) as remove_lock:
     _remove_incomplete_builds(builder)
     if builder.is_prepared() and not overwrite:
       _check_same_inputs(builder)
       logging.info("%s is already prepared in %s; reusing it", builder.name, builder.data_dir)
-    mode = (
-      tfds.download.GenerateMode.FORCE_REDOWNLOAD
-      if overwrite
-      else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    )
     config = tfds.download.DownloadConfig(
-      download_mode=mode,
+      # Not FORCE_REDOWNLOAD for `overwrite`: TFDS would delete the old dataset before building
+      # the new one, leaving none when the rebuild fails; _replacing keeps it until then.
+      download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
       try_download_gcs=False,
       beam_options=_beam_pipeline_options(beam_options) if beam_options else None,
     )
     try:
-      builder.download_and_prepare(download_config=config)
+      with _replacing(builder) if overwrite else contextlib.nullcontext():
+        # TFDS makes its download directory (empty: the media are local) even for builders that
+        # download nothing; in the work directory it goes with the rest.
+        builder.download_and_prepare(download_dir=work_dir / "downloads", download_config=config)
     except manifest_builder.NoUsableClips as e:
       _write_rejects(builder, e.rejects)
       raise PrepareError(f"{e}; reasons in {rejects_path}") from e
     rejects = list(builder.info.metadata.get("rejects", []))
     _write_rejects(builder, rejects)
     if not keep_extracted:
-      for child in ("clips", "beam_rejects"):
+      for child in ("clips", "beam_rejects", "downloads"):
         (work_dir / child).rmtree(missing_ok=True)
+    # docs/data.md promises that _work/ exists only while a build is unfinished.
+    remove_lock(work_dir, builder.data_dir_root / "_work")
   return _summary(builder, rejects, rejects_path)
 
 
+# Where `overwrite` keeps the old dataset while the new one is built, beside TFDS's
+# 'incomplete.*' directories: '<name>/replaced_<version>'.
+_REPLACED_PREFIX = "replaced_"
+
+
+def _replaced_path(builder) -> epath.Path:
+  return builder.data_path.parent / f"{_REPLACED_PREFIX}{builder.data_path.name}"
+
+
+@contextlib.contextmanager
+def _replacing(builder):
+  """Moves the existing dataset aside while the body builds a new one in its place, then deletes
+  it; puts it back when the body fails. A killed run leaves it aside, and the next run
+  (_remove_incomplete_builds) puts it back."""
+  if not builder.data_path.exists():
+    yield
+    return
+  replaced = _replaced_path(builder)
+  builder.data_path.rename(replaced)
+  try:
+    yield
+  except BaseException:
+    # TFDS renames its finished build into place last, so a failure leaves the place empty.
+    if not builder.data_path.exists():
+      replaced.rename(builder.data_path)
+    raise
+  replaced.rmtree()
+
+
 def _check_same_inputs(builder) -> None:
-  """Refuses to reuse a dataset made from other manifests, path rewrites or options."""
+  """Refuses to reuse a dataset made from other manifests, path rewrites or options.
+
+  A dataset prepared before the manifests' contents were recorded ('manifest_sha256') is
+  compared on the rest and reused with a warning: its manifests may have changed unnoticed.
+  """
   wanted = json.loads(json.dumps(builder.inputs()))
   built = {key: builder.info.metadata.get(key) for key in wanted}
-  if built != wanted:
-    changed = ", ".join(key for key in wanted if built[key] != wanted[key])
-    raise PrepareError(
-      f"{builder.data_dir} was prepared from other inputs ({changed} differ); "
-      "overwrite (--overwrite) rebuilds it"
+  if built["manifest_sha256"] is None:
+    logging.warning(
+      "%s was prepared before avcd recorded its manifests' contents: they are not compared; "
+      "reusing it as built (--overwrite rebuilds it from the manifests as they are now)",
+      builder.data_dir,
     )
+    built["manifest_sha256"] = wanted["manifest_sha256"]
+  changes = _changes(built, wanted)
+  if changes:
+    raise PrepareError(
+      f"{builder.data_dir} was prepared from other inputs: {'; '.join(changes)}; "
+      "--overwrite rebuilds it (the old dataset is kept until the new one is complete)"
+    )
+
+
+def _changes(built: dict, wanted: dict) -> list[str]:
+  """What differs between the recorded inputs of a dataset and those of this run, for people."""
+  changes = []
+  for split in sorted({*built["manifests"], *wanted["manifests"]}):
+    then, now = built["manifests"].get(split, []), wanted["manifests"].get(split, [])
+    if then != now:
+      changes.append(f"split {split} was built from {_listed(then)}, this run lists {_listed(now)}")
+  for path, digest in wanted["manifest_sha256"].items():
+    if built["manifest_sha256"].get(path, digest) != digest:
+      changes.append(f"manifest {path} has changed since")
+  if built["path_prefix"] != wanted["path_prefix"]:
+    changes.append(
+      f"--path_prefix was {_listed(built['path_prefix'])}, now {_listed(wanted['path_prefix'])}"
+    )
+  for option, value in wanted["extraction"].items():
+    if (built["extraction"] or {}).get(option) != value:
+      changes.append(f"--{option} was {(built['extraction'] or {}).get(option)}, now {value}")
+  if built["extraction_version"] != wanted["extraction_version"]:
+    changes.append(
+      f"it was extracted by extraction version {built['extraction_version']}, this avcd "
+      f"extracts with version {wanted['extraction_version']}"
+    )
+  return changes
+
+
+def _listed(values: list[str]) -> str:
+  return ", ".join(values) if values else "none"
 
 
 def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
@@ -251,29 +328,73 @@ def _summary(builder, rejects: list[dict], rejects_path: epath.Path) -> Summary:
 def _exclusive_lock(path: epath.Path, what: str, *, wait: bool):
   """Holds an exclusive flock on a local file (remote file systems, e.g. gs://, are not locked).
 
+  Yields a function that deletes the lock file and then its parent directories that are empty up
+  to and including `DATA_DIR/_work` (the arguments: those directories, innermost first), for a
+  holder that leaves nothing behind. Deleting a lock file that another process has opened is safe:
+  once a process holds the lock it checks that the file it locked is still the one at `path`,
+  and locks again otherwise.
+
   Raises:
     PrepareError: without `wait`, when another process holds the lock.
   """
   if "://" in os.fspath(path):
-    yield
+    yield lambda *directories: None
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "a") as f:
+  while True:
     try:
-      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError as e:
-      raise PrepareError(f"another avcd prepare is building {what} (lock {path})") from e
-    yield
+      path.parent.mkdir(parents=True, exist_ok=True)
+      f = open(path, "a")
+    except FileNotFoundError:  # a finishing run removed the directory in between
+      continue
+    with f:
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+      except BlockingIOError as e:
+        raise PrepareError(f"another avcd prepare is building {what} (lock {path})") from e
+      if _is_file_at(f, path):
+        yield functools.partial(_remove_lock_file, path)
+        return
+
+
+def _is_file_at(f, path: epath.Path) -> bool:
+  try:
+    at_path = os.stat(path)
+  except FileNotFoundError:
+    return False
+  held = os.fstat(f.fileno())
+  return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _remove_lock_file(path: epath.Path, *directories: epath.Path) -> None:
+  """Deletes a held lock file, then each of `directories` while it is empty."""
+  path.unlink(missing_ok=True)
+  for directory in directories:
+    try:
+      os.rmdir(directory)  # not epath's rmdir, which raises ValueError when not empty
+    except OSError:  # not empty: another dataset's work, or this one's kept clips
+      return
 
 
 def _remove_incomplete_builds(builder) -> None:
-  """Deletes TFDS's temporary directories left by killed runs (TFDS deletes them otherwise)."""
+  """Deletes TFDS's temporary directories left by killed runs (TFDS deletes them otherwise), and
+  puts back a dataset that a killed rebuild had moved aside (_replacing)."""
   dataset_dir = builder.data_path.parent
   if not dataset_dir.exists():
     return
   for stale in dataset_dir.glob(f"incomplete.*_{builder.data_path.name}"):
     logging.info("deleting %s, left by an interrupted build", stale)
     stale.rmtree()
+  replaced = _replaced_path(builder)
+  if not replaced.exists():
+    return
+  if builder.data_path.exists():  # killed after the new dataset was complete
+    logging.info("deleting %s, replaced by %s", replaced, builder.data_path)
+    replaced.rmtree()
+    return
+  logging.info("putting back %s, moved aside by an interrupted rebuild", builder.data_path)
+  replaced.rename(builder.data_path)
+  # The builder was made while the dataset was aside, without its recorded inputs.
+  builder.info.read_from_directory(builder.data_path)
 
 
 def _write_rejects(builder, rejects: list[dict]) -> None:
@@ -283,9 +404,8 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
   lock around reading and replacing the file.
   """
   path = builder.data_dir_root / REJECTS_FILE
-  with _exclusive_lock(
-    builder.data_dir_root / "_work" / f"{REJECTS_FILE}.lock", str(path), wait=True
-  ):
+  work_root = builder.data_dir_root / "_work"
+  with _exclusive_lock(work_root / f"{REJECTS_FILE}.lock", str(path), wait=True) as remove_lock:
     kept = []
     if path.exists():
       kept = [
@@ -297,6 +417,7 @@ def _write_rejects(builder, rejects: list[dict]) -> None:
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     tmp.write_text("".join(f"{line}\n" for line in lines))
     tmp.replace(path)
+    remove_lock(work_root)
 
 
 def _beam_pipeline_options(text: str):

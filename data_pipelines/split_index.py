@@ -65,9 +65,9 @@ class Split:
   features: tfds.features.FeaturesDict
 
   @functools.cached_property
-  def records(self) -> grain.sources.ArrayRecordDataSource:
+  def records(self) -> "ShardRecords":
     """Raw serialized examples; `records.__getitems__(keys)` reads many in parallel."""
-    return grain.sources.ArrayRecordDataSource(list(self.file_instructions))
+    return ShardRecords(self.builder, self.split, self.file_instructions)
 
   def __len__(self) -> int:
     return sum(instruction.take for instruction in self.file_instructions)
@@ -75,6 +75,70 @@ class Split:
   def decode(self, serialized: bytes, skip: tuple[str, ...] = ()) -> dict:
     """One example as numpy, leaving the fields in `skip` undecoded (as raw bytes)."""
     return self.features.deserialize_example_np(serialized, decoders={k: _SKIP for k in skip})
+
+
+class DamagedShardError(RuntimeError):
+  """A shard file of a prepared split that ArrayRecord cannot read; the message names it."""
+
+
+class ShardRecords:
+  """A split's records, read by grain.sources.ArrayRecordDataSource, with a damaged shard file
+  (truncated, emptied, a flipped bit: ArrayRecord raises RuntimeError, naming no file) reported
+  as a DamagedShardError naming the file, the split and what to do.
+
+  Picklable: the reader opens lazily in each process.
+  """
+
+  def __init__(self, builder: str, split: str, file_instructions: tuple):
+    self._builder = builder
+    self._split = split
+    self._instructions = file_instructions
+    self._source = None
+
+  def __len__(self) -> int:
+    return sum(instruction.take for instruction in self._instructions)
+
+  def __getitem__(self, key: int) -> bytes:
+    return self.__getitems__([int(key)])[0]
+
+  def __getitems__(self, keys) -> list[bytes]:
+    try:
+      if self._source is None:
+        self._source = grain.sources.ArrayRecordDataSource(list(self._instructions))
+      return self._source.__getitems__(keys)
+    except RuntimeError as e:
+      raise self._damaged(keys, e) from e
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_source": None}
+
+  def _damaged(self, keys, error: RuntimeError) -> DamagedShardError:
+    """Names the shards whose records among `keys` fail when read alone (else every shard that
+    `keys` reach: the error may lie in how the shards were opened together)."""
+    starts = np.cumsum([0] + [instruction.take for instruction in self._instructions])
+    by_shard = {}
+    for key in keys:
+      shard = int(np.searchsorted(starts, key, side="right")) - 1
+      by_shard.setdefault(shard, []).append(int(key) - int(starts[shard]))
+    damaged = [
+      self._instructions[shard]
+      for shard, local_keys in by_shard.items()
+      if not _readable(self._instructions[shard], local_keys)
+    ] or [self._instructions[shard] for shard in by_shard]
+    reason = " ".join(str(error).split())
+    return DamagedShardError(
+      f"{', '.join(instruction.filename for instruction in damaged)}: damaged shard of "
+      f"{self._builder} split {self._split} ({reason}); rebuild the corpus: run avcd prepare "
+      "again with --overwrite (for the synthetic corpus, delete the shard's directory)"
+    )
+
+
+def _readable(instruction, keys: list[int]) -> bool:
+  try:
+    grain.sources.ArrayRecordDataSource([instruction]).__getitems__(keys)
+  except RuntimeError:
+    return False
+  return True
 
 
 def open_split(builder: str, data_dir: str, split: str) -> Split:

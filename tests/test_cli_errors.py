@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from data_pipelines import manifests
+from avcd import config_lib
+from data_pipelines import manifests, split_index
+from data_pipelines.synthetic import builder as synthetic_builder, generator
 from tests.conftest import REPO
 
 
@@ -140,6 +142,10 @@ def test_prepare_mistakes_are_one_line(tmp_path):
     ),
     ([f"--output={tmp_path / 'out'}", f"--manifest={tmp_path}"], "is a directory, not a CSV"),
     (
+      [f"--output={tmp_path / 'out'}", f"--manifest={_symlink_loop(tmp_path)}"],
+      "loop: is a symlink loop",
+    ),
+    (
       [
         f"--output={tmp_path / 'out'}",
         f"--manifest={tmp_path / 'x.csv'}",
@@ -163,3 +169,60 @@ def test_eval_without_a_checkpoint_says_so_before_preparing_a_corpus(tmp_path):
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert str(tmp_path / "checkpoints") in error_line(result)
   assert not (tmp_path / "data").exists()  # checked first: no corpus was made for nothing
+
+
+def test_a_damaged_shard_is_one_line_naming_the_file_and_the_split(tmp_path):
+  config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
+  spec = generator.SyntheticSpec(**config.data.synthetic.to_dict())
+  synthetic_builder.build(spec, str(tmp_path / "data"))
+  opened = split_index.open_split(
+    synthetic_builder.dataset_name(spec), str(tmp_path / "data"), "train"
+  )
+  (shard,) = [instruction.filename for instruction in opened.file_instructions]
+  with open(shard, "r+b") as f:
+    f.truncate(os.path.getsize(shard) // 2)
+
+  result = avcd(
+    "train",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+  )
+
+  assert result.returncode == 1
+  line = error_line(result)
+  assert f"DamagedShardError: {shard}: damaged shard of " in line
+  assert " split train (" in line and "run avcd prepare again with --overwrite" in line
+
+
+def _symlink_loop(tmp_path):
+  loop = tmp_path / "loop"
+  loop.symlink_to(loop)
+  return loop
+
+
+def test_a_workdir_that_is_a_file_or_a_symlink_loop_is_a_usage_error(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  for workdir, problem in (
+    (tmp_path / "a_file", "is a file, not a directory"),
+    (_symlink_loop(tmp_path), "is a symlink loop"),
+  ):
+    result = avcd("train", "--config=configs/tiny.py", f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert f"--workdir={workdir}: {problem}" in error_line(result)
+
+
+def test_media_that_are_no_file_say_what_they_are(tmp_path):
+  from avcd.serving import options, predict  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "clips").mkdir()
+  (tmp_path / "dangling").symlink_to(tmp_path / "gone.mp4")
+  for path, reason in (
+    (_symlink_loop(tmp_path), "is a symlink loop"),
+    (tmp_path / "clips", "is a directory, not a video file"),
+    (tmp_path / "dangling", f"is a symlink to {tmp_path / 'gone.mp4'}, which does not exist"),
+    (tmp_path / "absent.mp4", "file not found"),
+  ):
+    with pytest.raises(predict.Unscorable) as unscorable:
+      predict.clip_inputs(path, options.PredictOptions())
+    assert str(unscorable.value) == reason

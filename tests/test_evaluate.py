@@ -97,3 +97,13 @@ def test_unknown_silence_variant_is_an_error():
   config = config_lib.load_config(CONFIG, {"eval.leading_silence": ("drop",)})
   with pytest.raises(ValueError, match="leading_silence"):
     config_checks.check(config)
+
+
+def test_an_unknown_split_is_a_config_error_before_any_scoring(evaluated, monkeypatch):
+  config, workdir, _, (predict_fn, params, batch_stats, mesh) = evaluated
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.splits = ("test", "tset")
+  monkeypatch.setattr(evaluate, "score_split", lambda *args, **kwargs: pytest.fail("scored"))
+
+  with pytest.raises(config_checks.ConfigError, match="eval.splits: split 'tset' of .* cannot"):
+    evaluate.evaluate_splits(predict_fn, params, batch_stats, config, mesh, workdir)

@@ -361,3 +361,25 @@ def test_the_printed_signature_keeps_each_name_apart_from_its_dtype():
   assert rows["raw_probability"] == ["float32", "(B)"]
   assert rows["mfcc"] == ["float32", "(B,", "4*T,", "13)"]
   assert len(rows) == 8
+
+
+def test_a_full_disk_during_export_is_one_line_naming_the_output(run, tmp_path):
+  # A 64 KB tmpfs: the tiny model's SavedModel (about 1 MB) does not fit.
+  small = tmp_path / "small"
+  small.mkdir()
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+    capture_output=True,
+    check=False,
+  )
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+  try:
+    result = _avcd("export", f"--workdir={run['workdir']}", f"--output={small / 'model'}")
+  finally:
+    subprocess.run(["umount", str(small)], check=False)
+
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  (line,) = [line for line in result.stderr.splitlines() if ": error: " in line]
+  assert f"ExportError: {small / 'model'}: writing the SavedModel failed" in line
+  assert line.endswith("No space left on device"), line

@@ -3,6 +3,7 @@ trimming."""
 
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -423,3 +424,42 @@ def test_index_is_cached_and_recomputed_when_shards_change(corpus, monkeypatch):
   np.testing.assert_array_equal(recomputed.method, index.method)
   split_index.load_index(opened)
   assert len(calls) == 1
+
+
+def _truncate(data: bytes) -> bytes:
+  return data[: len(data) // 2]
+
+
+def _flip_a_bit(data: bytes) -> bytes:
+  flipped = bytearray(data)
+  flipped[len(data) // 3] ^= 0x10
+  return bytes(flipped)
+
+
+def _empty(data: bytes) -> bytes:
+  del data
+  return b""
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_bit, _empty])
+def test_a_damaged_shard_is_named_with_its_split_whichever_read_meets_it(corpus, tmp_path, damage):
+  _, data_dir = corpus["small"]
+  copy = tmp_path / "data"
+  shutil.copytree(data_dir, copy)  # with the cached clip indexes, modification times kept
+  cfg = data_config(corpus, data_dir=str(copy))
+  opened = split_index.open_split(cfg.builder, cfg.data_dir, "train")
+  (shard,) = [instruction.filename for instruction in opened.file_instructions]
+  stat = os.stat(shard)
+  with open(shard, "rb") as f:
+    data = f.read()
+  with open(shard, "wb") as f:
+    f.write(damage(data))
+  # A flipped bit leaves the size, and a kept mtime the cached index: then the batches meet it.
+  os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+  with pytest.raises(split_index.DamagedShardError) as damaged:
+    train_epoch(cfg)
+
+  message = str(damaged.value)
+  assert message.startswith(f"{shard}: damaged shard of {cfg.builder} split train (")
+  assert "\n" not in message and "run avcd prepare again with --overwrite" in message

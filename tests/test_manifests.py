@@ -233,6 +233,11 @@ def test_malformed_files(tmp_path):
   empty.write_text("")
   with pytest.raises(manifests.ManifestError, match="empty.csv: empty file"):
     manifests.read_manifest(empty)
+  header_only = media_utils.write_manifest(tmp_path / "header_only.csv", [])
+  with pytest.raises(
+    manifests.ManifestError, match="header_only.csv: the manifest has no rows, only its header"
+  ):
+    manifests.read_manifest(header_only)
   duplicate = media_utils.write_manifest(tmp_path / "duplicate.csv", [_row(), _row()])
   with pytest.raises(
     manifests.ManifestError, match="duplicate.csv:3: ID 'origin\\+clip1' already on line 2"

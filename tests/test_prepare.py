@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import clips, manifests, prepare, schema
-from data_pipelines.corpora import clip_store, process_pool
+from data_pipelines.corpora import clip_store, extraction, process_pool
 from tests import media_utils
 from tests.conftest import REPO
 
@@ -145,6 +146,21 @@ def test_prepared_splits_hold_what_extract_clip_gives_in_manifest_order(tmp_path
   assert (tmp_path / "out" / "rejects.jsonl").read_text() == ""
 
 
+def test_a_finished_build_leaves_no_work_directory_and_no_temporary_files(tmp_path, monkeypatch):
+  private_tmp = tmp_path / "tmp"
+  private_tmp.mkdir()
+  monkeypatch.setenv("TMPDIR", str(private_tmp))  # the extraction workers'
+  monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))  # this process's, read once
+  csv_path = media_utils.write_manifest(tmp_path / "m.csv", [_write_clip(tmp_path / "media", "a")])
+
+  _build(tmp_path, [f"test={csv_path}"])
+
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["av_manifest", "rejects.jsonl"]
+  assert list(private_tmp.iterdir()) == []
+  _build(tmp_path, [f"test={csv_path}"])  # reusing it leaves none either
+  assert not (tmp_path / "out" / "_work").exists()
+
+
 # Damage to a good clip's files and manifest values, and the reason each one is rejected with.
 def _garbage_video(media, name):
   (media / f"{name}.mp4").write_bytes(b"\x00not a video" * 100)
@@ -240,12 +256,103 @@ def test_exit_status_is_1_only_when_nothing_is_usable_or_the_inputs_are_wrong(tm
     ([f"--manifest={tmp_path / 'absent.csv'}", f"--output={fresh}"], "absent.csv"),
     (
       [f"--manifest={good_csv}", f"--path_prefix={_prefix(tmp_path)}", f"--output={out}"],
-      "from other inputs (manifests",
+      f"from other inputs: split bad was built from {bad_csv}, {good_csv}, this run lists none",
     ),
   ):
     process = _run_cli(*wrong)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1 and message in stderr, (wrong, stderr)
+
+
+def _ids_and_labels(dataset_dir: str, split: str) -> list[tuple[str, int]]:
+  return [(e["id"].decode(), int(e["label"])) for e in _read_split(dataset_dir, split)]
+
+
+def test_a_manifest_edited_in_place_is_refused_and_overwrite_replaces_the_dataset(tmp_path):
+  media = tmp_path / "media"
+  rows = [_write_clip(media, "a", tone_hz=300), _write_clip(media, "b", tone_hz=500)]
+  csv_path = media_utils.write_manifest(tmp_path / "m.csv", rows)
+  built = _build(tmp_path, [f"test={csv_path}"])
+  media_utils.write_manifest(csv_path, [_fake(rows[0])])  # same path, other rows
+
+  with pytest.raises(prepare.PrepareError) as refused:
+    _build(tmp_path, [f"test={csv_path}"])
+
+  assert str(refused.value) == (
+    f"{built.dataset_dir} was prepared from other inputs: manifest {csv_path} has changed "
+    "since; --overwrite rebuilds it (the old dataset is kept until the new one is complete)"
+  )
+  assert _ids_and_labels(built.dataset_dir, "test") == [("a", 0), ("b", 0)]
+  rebuilt = _build(tmp_path, [f"test={csv_path}"], overwrite=True)
+  assert _ids_and_labels(rebuilt.dataset_dir, "test") == [("a", 1)]
+  assert sorted(p.name for p in (tmp_path / "out" / "av_manifest").iterdir()) == ["1.0.0"]
+  assert _build(tmp_path, [f"test={csv_path}"]).splits == rebuilt.splits  # reused as it is
+
+
+def test_a_changed_setting_is_named_when_the_dataset_is_refused(tmp_path):
+  csv_path = media_utils.write_manifest(tmp_path / "m.csv", [_write_clip(tmp_path / "media", "a")])
+  _build(tmp_path, [f"test={csv_path}"])
+  builder = prepare.make_builder(
+    tmp_path / "out",
+    manifests=[f"test={csv_path}"],
+    path_prefix=[_prefix(tmp_path), "/elsewhere=/here"],
+    options=extraction.ExtractOptions(max_frames=10),
+    num_workers=1,
+  )
+
+  with pytest.raises(prepare.PrepareError) as refused:
+    prepare.prepare(builder)
+
+  assert (
+    f"from other inputs: --path_prefix was {_prefix(tmp_path)}, now {_prefix(tmp_path)}, "
+    "/elsewhere=/here; --max_frames was None, now 10; --overwrite rebuilds it"
+  ) in str(refused.value)
+
+
+def test_a_failed_or_killed_rebuild_leaves_the_old_dataset_in_place(tmp_path):
+  media = tmp_path / "media"
+  good = media_utils.write_manifest(tmp_path / "good.csv", [_write_clip(media, "a")])
+  bad = media_utils.write_manifest(
+    tmp_path / "bad.csv", [{**_write_clip(media, "b"), "Video_Path": f"{AUTHORS_ROOT}/absent.mp4"}]
+  )
+  built = _build(tmp_path, [f"test={good}"])
+  dataset_dir = pathlib.Path(built.dataset_dir)
+
+  with pytest.raises(prepare.PrepareError, match="no usable clip"):
+    _build(tmp_path, [f"test={bad}"], overwrite=True)
+
+  assert _ids_and_labels(built.dataset_dir, "test") == [("a", 0)]
+  # A rebuild killed while building leaves the old dataset moved aside; the next run puts it back.
+  dataset_dir.rename(dataset_dir.parent / f"replaced_{dataset_dir.name}")
+  assert _build(tmp_path, [f"test={good}"]).splits == built.splits
+  assert sorted(p.name for p in dataset_dir.parent.iterdir()) == ["1.0.0"]
+
+
+def test_a_dataset_prepared_before_manifest_digests_were_recorded_is_reused(tmp_path, caplog):
+  media = tmp_path / "media"
+  csv_path = media_utils.write_manifest(tmp_path / "m.csv", [_write_clip(media, "a")])
+  built = _build(tmp_path, [f"test={csv_path}"])
+  metadata_path = pathlib.Path(built.dataset_dir) / "metadata.json"
+  metadata = json.loads(metadata_path.read_text())
+  del metadata["manifest_sha256"]
+  metadata_path.write_text(json.dumps(metadata))
+  media_utils.write_manifest(csv_path, [_fake(_write_clip(media, "a"))])
+
+  with caplog.at_level("WARNING"):
+    reused = _build(tmp_path, [f"test={csv_path}"])
+
+  assert reused.splits == built.splits
+  assert _ids_and_labels(built.dataset_dir, "test") == [("a", 0)]
+  assert "before avcd recorded its manifests' contents" in caplog.text
+  with pytest.raises(prepare.PrepareError, match="--max_frames was None, now 5"):
+    prepare.prepare(
+      prepare.make_builder(
+        tmp_path / "out",
+        manifests=[f"test={csv_path}"],
+        path_prefix=[_prefix(tmp_path)],
+        options=extraction.ExtractOptions(max_frames=5),
+      )
+    )
 
 
 def test_a_second_run_of_the_same_corpus_is_refused_while_one_holds_it(tmp_path):

@@ -66,7 +66,12 @@ _MAX_AV_MISMATCH_S = flags.DEFINE_float(
 _MAX_FRAMES = flags.DEFINE_integer(
   "max_frames", None, "Keep at most this many frames (25 fps) of each clip.", lower_bound=1
 )
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a dataset that already exists.")
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Rebuild a dataset that already exists (needed when its manifests or options changed); the "
+  "old one is kept until the new one is complete.",
+)
 _KEEP_EXTRACTED = flags.DEFINE_bool(
   "keep_extracted", False, "Keep the extracted clips (DIR/_work/<name>) after a successful build."
 )
@@ -98,10 +103,10 @@ def main(argv):
   for manifest in _MANIFEST.value:
     path = pathlib.Path(manifest.partition("=")[2] if "=" in manifest else manifest)
     if not path.is_file():
-      raise app.UsageError(
-        f"--manifest={manifest}: "
-        f"{'is a directory, not a CSV file' if path.is_dir() else 'no such file'}"
+      problem = cli.broken_symlink(path) or (
+        "is a directory, not a CSV file" if path.is_dir() else "no such file"
       )
+      raise app.UsageError(f"--manifest={manifest}: {problem}")
   for flag in (_MANIFEST_DIR, _DATA_ROOT):
     if flag.value:
       cli.existing_directory(flag.name, flag.value)

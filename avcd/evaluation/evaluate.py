@@ -152,7 +152,13 @@ def evaluate_splits(
   A split holding partially forged clips also gets the localisation report
   (avcd.evaluation.localisation_report), under the key 'localisation' of its result (on the
   process that writes reports).
+
+  Raises:
+    config_checks.ConfigError: a split it names is not in its corpus (before any scoring).
   """
+  from avcd import config_checks  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+  config_checks.check_splits(cfg)
   scored = {}
 
   def records_of(split: str, trim: bool) -> list[dict]:

@@ -34,6 +34,7 @@ export_saved_model.
 import dataclasses
 import json
 import pathlib
+import re
 import time
 
 import jax
@@ -143,6 +144,17 @@ def _input_checks(tf, mfcc, faces, num_frames, rows: int) -> list:
   ]
 
 
+class ExportError(RuntimeError):
+  """Writing a SavedModel failed (e.g. the disk is full); the message names the output."""
+
+
+def _op_error_text(error) -> str:
+  """A TensorFlow op error's message in one line, without the op's '{{function_node ...}}' name
+  and the '[[...]]' op trace that TensorFlow appends."""
+  text = re.sub(r"\{\{[^}]*\}\}", "", error.message).split(" [", 1)[0]
+  return " ".join(text.split())
+
+
 def export_saved_model(
   student: ts.RestoredStudent,
   output: str | pathlib.Path,
@@ -199,7 +211,12 @@ def export_saved_model(
       return tf_serve(module.student_weights, mfcc, faces, num_frames)
 
   module.serving = serving
-  tf.saved_model.save(module, str(output), signatures={SIGNATURE_KEY: serving})
+  try:
+    tf.saved_model.save(module, str(output), signatures={SIGNATURE_KEY: serving})
+  except tf.errors.OpError as e:  # a full disk, a file system error: TensorFlow's error types
+    raise ExportError(
+      f"{output}: writing the SavedModel failed, it is incomplete: {_op_error_text(e)}"
+    ) from e
   metadata = dict(
     avcd_version=version.VERSION,
     source=student.source,

@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from avcd import cli
 from avcd.evaluation import calibration, localisation
 from avcd.serving import export, saved_model_check
 from avcd.serving.options import PredictOptions
@@ -181,10 +182,14 @@ def _probe(path: pathlib.Path) -> float | None:
 def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs:
   """Decodes one video into model inputs, or raises Unscorable with the reason."""
   path = pathlib.Path(path)
+  if problem := cli.broken_symlink(path):
+    raise Unscorable(problem)
   if path.is_dir():
     raise Unscorable("is a directory, not a video file")
-  if not path.is_file():
+  if not path.exists():
     raise Unscorable("file not found")
+  if not path.is_file():
+    raise Unscorable("is not a regular file")
   duration = _probe(path)
   max_seconds = options.max_frames / schema.FPS if options.max_frames else None
   # Audio first: telling the speaker among several faces reads it.

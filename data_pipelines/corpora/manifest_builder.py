@@ -19,6 +19,7 @@ and reports counts; read with `tfds.builder_from_directory`, `as_data_source()` 
 
 import abc
 import dataclasses
+import hashlib
 import os
 from typing import Sequence
 
@@ -99,9 +100,15 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
     return sources.read_splits(split_manifests, path_prefix=path_prefix)
 
   def inputs(self) -> dict:
-    """What the examples are made from, as saved in info.metadata: manifests, rewrites, options."""
+    """What the examples are made from, as saved in info.metadata: manifests (their paths and
+    the SHA-256 of their contents, so that a manifest edited in place is noticed), rewrites,
+    options."""
+    split_manifests = self.split_manifests()
     return {
-      "manifests": self.split_manifests(),
+      "manifests": split_manifests,
+      "manifest_sha256": {
+        path: _sha256(path) for paths in split_manifests.values() for path in paths
+      },
       "path_prefix": list(self._path_prefix),
       "extraction": dataclasses.asdict(self._options),
       "extraction_version": extraction.EXTRACTION_VERSION,
@@ -190,3 +197,11 @@ class ManifestBuilder(clip_builder.ClipBuilder, skip_registration=True):
   @property
   def _beam_rejects_dir(self) -> epath.Path:
     return self.work_dir / "beam_rejects"
+
+
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with epath.Path(path).open("rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
