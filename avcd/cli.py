@@ -28,10 +28,11 @@ COMMANDS = {
   "convert": ("convert", "convert the authors' PyTorch weights into an avcd checkpoint"),
   "export": ("export", "export a checkpoint as a TensorFlow SavedModel"),
   "predict": ("predict", "score raw videos"),
+  "serve": ("serve", "serve the scoring of videos over HTTP, with a web page to check one"),
   "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
 }
 # Commands that compile JAX programs: they take --compilation_cache (avcd/compilation_cache.py).
-COMPILING = {"train", "eval", "train-teacher", "export", "predict", "compile"}
+COMPILING = {"train", "eval", "train-teacher", "export", "predict", "serve", "compile"}
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 EXIT_STATUS_HELP = (
   "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
