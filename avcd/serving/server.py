@@ -205,13 +205,13 @@ class ScoringService:
     # A call of windows holds as many frames as one of predict's default batches.
     self.scorer = LengthBuckets(scorer, limits.length_buckets, options.batch_size * options.window)
     self.upload_dir = pathlib.Path(tempfile.mkdtemp(prefix="avcd-serve-"))
-    self.ready = threading.Event()
+    self.ready = threading.Event()  # compiled
+    self.closing = threading.Event()  # shutting down: no new jobs
     self.compile_s: float | None = None
     self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="avcd-score")
     self._lock = threading.Lock()
     self._jobs = 0  # admitted and not finished: the one being scored and those waiting
     self._job_s = 10.0  # a running mean of job durations, for Retry-After
-    self._closing = False
 
   def compile(self) -> None:
     started = time.monotonic()
@@ -235,7 +235,7 @@ class ScoringService:
 
   def _admit(self) -> None:
     with self._lock:
-      if self._closing:
+      if self.closing.is_set():
         raise _refuse(503, "the server is shutting down")
       if not self.ready.is_set():
         raise _refuse(503, "not ready: the model is being compiled", retry_after_s=5)
@@ -303,7 +303,7 @@ class ScoringService:
   def close(self) -> None:
     """Refuses new jobs, waits for the admitted ones, removes the upload directory."""
     with self._lock:
-      self._closing = True
+      self.closing.set()
     self._worker.shutdown(wait=True)
     shutil.rmtree(self.upload_dir, ignore_errors=True)
 
@@ -356,8 +356,12 @@ def create_app(service: ScoringService) -> fastapi.FastAPI:
   def healthz():
     return {"status": "alive"}
 
-  @app.get("/readyz", summary="The model is loaded and compiled for every length bucket.")
+  @app.get(
+    "/readyz", summary="The model is loaded and compiled for every length bucket, not stopping."
+  )
   def readyz():
+    if service.closing.is_set():
+      raise _refuse(503, "the server is shutting down")
     if not service.ready.is_set():
       raise _refuse(503, "not ready: the model is being compiled", retry_after_s=5)
     return {"status": "ready", "compile_s": service.compile_s}
