@@ -329,6 +329,9 @@ def create_app(service: ScoringService) -> fastapi.FastAPI:
     title="avcd serve",
     summary="Scores videos for audio-visual deepfakes, as `avcd predict` does.",
     lifespan=lifespan,
+    # FastAPI's documentation pages load their scripts from a CDN: only the schema is served.
+    docs_url=None,
+    redoc_url=None,
   )
 
   @app.exception_handler(fastapi.exceptions.RequestValidationError)
