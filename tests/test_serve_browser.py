@@ -123,6 +123,7 @@ def test_the_page_shows_the_scores_over_the_video_as_the_json_says(served, carph
     browser.find_element(By.ID, "file").send_keys(str(carphone))
     assert browser.find_element(By.ID, "progress-row").is_displayed()
     wait.WebDriverWait(browser, 300).until(until.visibility_of_element_located((By.ID, "result")))
+    assert not browser.find_element(By.ID, "progress-row").is_displayed()
     # The player has the video's frames; the face box sits over them.
     wait.WebDriverWait(browser, 60).until(
       lambda b: b.execute_script("return document.getElementById('player').videoWidth") > 0
