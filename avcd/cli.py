@@ -29,10 +29,11 @@ COMMANDS = {
   "convert": ("convert", "convert the authors' PyTorch weights into an avcd checkpoint"),
   "export": ("export", "export a checkpoint as a TensorFlow SavedModel"),
   "predict": ("predict", "score raw videos"),
+  "serve": ("serve", "serve the scoring of videos over HTTP, with a web page to check one"),
   "compile": ("compile", "ahead-of-time compile the train step for a mesh; print its memory"),
 }
 # Commands that compile JAX programs: they take --compilation_cache (avcd/compilation_cache.py).
-COMPILING = {"train", "eval", "train-teacher", "export", "predict", "compile"}
+COMPILING = {"train", "eval", "train-teacher", "export", "predict", "serve", "compile"}
 # Commands that write into --workdir: it is checked (and made) before they start.
 WRITES_WORKDIR = {"train", "train-teacher"}
 USAGE_EXIT, FAILURE_EXIT = 2, 1

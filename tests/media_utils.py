@@ -56,6 +56,7 @@ def write_video(
   audio: np.ndarray | None = None,
   sample_rate: int = 16_000,
   codec: str = "libx264",
+  lossless: bool = True,
 ) -> pathlib.Path:
   """Writes an mp4 with one video stream and, when `audio` is given, one AAC audio stream.
 
@@ -66,6 +67,8 @@ def write_video(
     audio: samples in [-1, 1], (n,) mono or (channels, n); None writes no audio stream.
     sample_rate: audio sample rate in Hz.
     codec: video encoder: 'libx264' (H.264, lossless luma at qp 0) or 'mpeg4'.
+    lossless: with libx264, qp 0; False: the High profile at crf 18, which browsers play (they
+      do not play the High 4:4:4 profile that lossless coding needs).
 
   Returns:
     The path written.
@@ -77,7 +80,7 @@ def write_video(
     video.width, video.height = frames.shape[2], frames.shape[1]
     video.pix_fmt = "yuv420p"
     if codec == "libx264":
-      video.options = {"qp": "0"}
+      video.options = {"qp": "0"} if lossless else {"crf": "18", "profile": "high"}
     audio_stream = None
     if audio is not None:
       audio = np.atleast_2d(np.asarray(audio, np.float32))

@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 
 from avcd import cli
+from avcd.commands import model_source
 from avcd.serving import options as predict_options
 
 _DEFAULTS = predict_options.PredictOptions()
@@ -82,8 +83,6 @@ def main(argv):
   videos = argv[1:]
   if not videos:
     raise app.UsageError("name at least one video")
-  if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
-    raise app.UsageError("give exactly one of --workdir and --saved-model")
   try:
     options = predict_options.PredictOptions(
       detector=_DETECTOR.value,
@@ -98,28 +97,14 @@ def main(argv):
     )
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  # Everything the flags name is checked before a model is loaded or a video read.
+  model_source.check(_WORKDIR.value, _SAVED_MODEL.value)
+  cli.writable_directory("output", _OUTPUT.value)
+  scorer = model_source.load(
+    _WORKDIR.value, _CHECKPOINT.value, _SAVED_MODEL.value, calibrate=_CALIBRATE.value
+  )
   from avcd.serving import predict  # pylint: disable=g-import-not-at-top
 
-  # Everything the flags name is checked before a model is loaded or a video read.
-  if _SAVED_MODEL.value is not None:
-    cli.require_tensorflow("--saved-model")
-    cli.existing_directory("saved-model", _SAVED_MODEL.value)
-    try:
-      predict.export.read_metadata(_SAVED_MODEL.value)
-    except (FileNotFoundError, ValueError) as e:
-      raise app.UsageError(f"--saved-model={_SAVED_MODEL.value}: {e}") from e
-  else:
-    cli.existing_directory("workdir", _WORKDIR.value)
-  cli.writable_directory("output", _OUTPUT.value)
-  if _SAVED_MODEL.value is not None:
-    scorer = predict.SavedModelScorer(_SAVED_MODEL.value)
-  else:
-    try:
-      scorer = predict.CheckpointScorer(
-        _WORKDIR.value, _CHECKPOINT.value, calibrate=_CALIBRATE.value
-      )
-    except (FileNotFoundError, ValueError) as e:
-      raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
   records = predict.predict_videos(scorer, videos, options)
   for record in records:
     if record["status"] != "scored":

@@ -67,6 +67,7 @@ class Scorer(Protocol):
 
   features: dict  # export.feature_settings
   source: dict  # where the model came from, for the JSON
+  config: dict  # the run's config, as JSON
 
   def __call__(
     self, mfcc: np.ndarray, faces: np.ndarray, num_frames: np.ndarray
@@ -79,6 +80,7 @@ class CheckpointScorer:
   def __init__(self, workdir: str | pathlib.Path, step: int | None = None, *, calibrate=True):
     student = ts.restore_student(workdir, step)
     self.features = export.feature_settings(student.config)
+    self.config = json.loads(student.config.to_json_best_effort())
     fitted = calibration.find(student.source, workdir) if calibrate else None
     self.source = dict(
       kind="checkpoint",
@@ -106,6 +108,7 @@ class SavedModelScorer:
 
     metadata = export.read_metadata(saved_model_dir)
     self.features = metadata["features"]
+    self.config = metadata.get("config")
     self.source = dict(
       kind="saved_model",
       path=str(pathlib.Path(saved_model_dir).absolute()),
@@ -503,8 +506,11 @@ def write_outputs(
     plot_scores(record, output / PLOT_DIR / name, options.threshold)
     record["plot"] = f"{PLOT_DIR}/{name}"
   path = output / JSON_FILE
-  path.write_text(
-    json.dumps(dict(model=source, options=dataclasses.asdict(options), videos=records), indent=2)
-    + "\n"
-  )
+  path.write_text(json.dumps(document(records, source=source, options=options), indent=2) + "\n")
   return path
+
+
+def document(records: list[dict], *, source: dict, options: PredictOptions) -> dict:
+  """The JSON document of `avcd predict` (and of `avcd serve`'s answers): the model's source,
+  the options and the videos' records."""
+  return dict(model=source, options=dataclasses.asdict(options), videos=records)
