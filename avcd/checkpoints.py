@@ -303,6 +303,103 @@ def _check_layout(
   raise CheckpointMismatchError("\n".join(lines))
 
 
+# Config fields a resumed run may change: they extend the run or only observe it, and leave what
+# every step computes as it was. Any other field changes the model the steps train (a different
+# learning rate, loss, network, batch plan or seed), and resuming would mix two runs. A name
+# ending in "." allows its whole section. docs/checkpoints.md gives each one's reason.
+RESUMABLE_CHANGES = (
+  "train.num_epochs",  # more (or fewer) steps of the same schedule: it counts steps, not epochs
+  "train.log_every_steps",
+  "train.checkpoint_every_steps",
+  "train.keep_checkpoints",
+  "train.keep_best",
+  "train.best_metric",  # which steps are kept, not what they hold
+  "train.profile_steps",
+  "eval.",  # evaluation reads the state and changes nothing of it
+  "data.num_workers",  # the same batches, read by other workers
+  "data.prefetch",
+  "data.data_dir",  # only when the train split's files are the same (avcd/train.py checks)
+  "mesh.",  # the state restores onto any mesh (the same batches; summation order may differ)
+  "teachers.cache_dir",  # where posterior caches live; a cache is found by its fingerprint
+)
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def _resumable_change(field: str) -> bool:
+  return any(
+    field.startswith(name) if name.endswith(".") else field == name for name in RESUMABLE_CHANGES
+  )
+
+
+def _field_defaults() -> dict:
+  """Every field config_lib defines, at its default: a field added to avcd after a checkpoint was
+  written is absent from its config, which is no change while the run keeps the default."""
+  from avcd import config_lib  # pylint: disable=g-import-not-at-top
+
+  defaults = dict(
+    model=config_lib.student(),
+    teachers=config_lib.teachers(),
+    loss=config_lib.losses(),
+    data=config_lib.data(builder="", train_split=""),
+    eval=config_lib.evaluation(splits=()),
+    train=config_lib.training(num_epochs=0),
+    optim=config_lib.optimizer(),
+    mesh=config_lib.mesh(),
+  )
+  return _flat_config({k: json.loads(v.to_json_best_effort()) for k, v in defaults.items()})
+
+
+def resume_config_changes(step_dir: str | pathlib.Path, config: ml_collections.ConfigDict) -> dict:
+  """The config changes a run resuming from `step_dir` makes, all of them RESUMABLE_CHANGES:
+  {field: [checkpoint's value, this run's]} ({} when the step stores no config).
+
+  `config`: the run's config with its corpus resolved (corpus_setup.resolve_corpus), as stored.
+
+  Raises:
+    ResumeRefusedError: any other field differs; the one line names each with both values.
+  """
+  step_dir = pathlib.Path(step_dir)
+  if not (step_dir / CONFIG).is_dir():
+    return {}
+  with _read_only_manager(step_dir.parent) as manager:
+    stored = manager.restore(
+      int(step_dir.name), args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    )[CONFIG]
+  theirs = _flat_config(stored)
+  ours = _flat_config(json.loads(config.to_json_best_effort()))
+  defaults = _field_defaults()
+  absent = "(absent)"
+  changes, refused = {}, []
+  for field in sorted(ours.keys() | theirs.keys()):
+    old, new = theirs.get(field, absent), ours.get(field, absent)
+    if old == new or (old is absent and field in defaults and new == defaults[field]):
+      continue
+    if _resumable_change(field):
+      changes[field] = [old, new]
+    else:
+      refused.append(f"{field}: checkpoint {old}, this run {new}")
+  if refused:
+    raise ResumeRefusedError(
+      f"{step_dir} was trained with another config, and resuming it would mix two runs: "
+      + "; ".join(refused)
+      + ". Train into a new --workdir, or revert these fields to the checkpoint's values "
+      "(changes that only extend or observe a run are allowed: docs/checkpoints.md)"
+    )
+  return changes
+
+
+def record_config_changes(workdir: str | pathlib.Path, step: int, changes: dict) -> None:
+  """Appends the allowed changes a resumed run made to WORKDIR/config_history.jsonl: with
+  WORKDIR/config.json (the latest config) it tells which config trained which steps."""
+  record = dict(
+    resumed_from_step=step,  # the changes apply from the step after it
+    time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    changes={field: dict(checkpoint=old, now=new) for field, (old, new) in changes.items()},
+  )
+  with (pathlib.Path(workdir) / CONFIG_HISTORY).open("a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def _metric_value(name: str):
   def value(metrics) -> float:
     v = metrics.get(name)
@@ -384,8 +481,10 @@ class TrainCheckpointer:
     data_iterator=None,
     config=None,
     metrics: dict | None = None,
+    meta: dict | None = None,
     force: bool = False,
   ) -> bool:
+    """Starts saving `step`; `meta`: more fields for its `meta` item (JSON)."""
     # Orbax waits for the previous save before it starts one; waiting here first costs nothing
     # more and names the right step if that save failed.
     self.wait()
@@ -399,6 +498,7 @@ class TrainCheckpointer:
           avcd_version=version.VERSION,
           process_count=jax.process_count(),
           device_count=jax.device_count(),
+          **(meta or {}),
         )
       ),
     }

@@ -11,6 +11,7 @@ the trained state.
 """
 
 import contextlib
+import json
 import pathlib
 import time
 
@@ -45,6 +46,44 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
     state = state.replace(params=student.params, batch_stats=student.batch_stats)
     logging.info("initialised the student from %s", student.source)
   return state
+
+
+def _corpus_identity(data_cfg: ml_collections.ConfigDict) -> dict:
+  """What identifies the training split's records wherever the corpus lies: its builder, split
+  and shard files (name, slice, size). Stored in every checkpoint's meta."""
+  split = split_index.open_split(data_cfg.builder, data_cfg.data_dir, data_cfg.train_split)
+  return dict(
+    builder=split.builder,
+    split=split.split,
+    shards=[shard[:4] for shard in split_index.shard_files(split)],  # without the mtime
+  )
+
+
+def _check_same_corpus(checkpointer, step: int, data_dirs: list[str], corpus: dict) -> None:
+  """A resumed run may read its corpus from another data.data_dir only if the training split's
+  files there are the ones the checkpoint was trained on; else ResumeRefusedError."""
+  old_dir, new_dir = data_dirs
+  trained_on = checkpointer.metadata(step).get("corpus")
+  if trained_on is None:  # written before checkpoints recorded it: the old path may still tell
+    try:
+      trained_on = _corpus_identity(
+        ml_collections.ConfigDict(
+          dict(builder=corpus["builder"], data_dir=old_dir, train_split=corpus["split"])
+        )
+      )
+    except (FileNotFoundError, ValueError):
+      pass
+  if json.loads(json.dumps(trained_on)) != json.loads(json.dumps(corpus)):
+    reason = (
+      "its training split's files differ"
+      if trained_on
+      else f"the checkpoint does not record its corpus and {old_dir} no longer holds it"
+    )
+    raise checkpoints.ResumeRefusedError(
+      f"data.data_dir: checkpoint {old_dir}, this run {new_dir}: {reason}, so it may not be the "
+      f"corpus step {step} was trained on. Train into a new --workdir, or set "
+      f"--config.data.data_dir={old_dir}"
+    )
 
 
 def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[str]:
@@ -96,6 +135,11 @@ def _train_and_evaluate(
   )
   cleanup.callback(checkpointer.close)
   resume_step = checkpointer.restorable_step(start_over=start_over)
+  config_changes = {}
+  if resume_step is not None:
+    config_changes = checkpoints.resume_config_changes(
+      checkpointer.directory / str(resume_step), corpus_setup.resolve_corpus(config, workdir)
+    )
 
   # ---- Devices, data and logging ---------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -107,10 +151,21 @@ def _train_and_evaluate(
   )
   config = corpus_setup.prepare_corpus(config, workdir)  # the config as run: its data resolved
   config_checks.check_splits(config)
+  corpus = _corpus_identity(config.data)
+  if "data.data_dir" in config_changes:
+    _check_same_corpus(checkpointer, resume_step, config_changes["data.data_dir"], corpus)
   writer = cleanup.enter_context(writers.MetricWriters(workdir))
   writer.write_hparams(config.to_dict())
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if config_changes:
+      checkpoints.record_config_changes(workdir, resume_step, config_changes)
+      logging.info(
+        "resuming step %d with config changes (recorded in %s): %s",
+        resume_step,
+        workdir / checkpoints.CONFIG_HISTORY,
+        "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in config_changes.items()),
+      )
   batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
   steps_per_epoch = loader.steps_per_epoch(
     config.data, process_count=jax.process_count(), batch_multiple=batch_multiple
@@ -321,6 +376,7 @@ def _train_and_evaluate(
         data_iterator=train_iter,
         config=config,
         metrics=checkpoint_metrics(results) if results else None,
+        meta=dict(corpus=corpus),
         force=preempted or last,
       )
     if preempted:
@@ -334,7 +390,14 @@ def _train_and_evaluate(
 
   # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
   if first_step == total_steps and checkpointer.latest_step() != total_steps:
-    checkpointer.save(total_steps, state, data_iterator=train_iter, config=config, force=True)
+    checkpointer.save(
+      total_steps,
+      state,
+      data_iterator=train_iter,
+      config=config,
+      meta=dict(corpus=corpus),
+      force=True,
+    )
   checkpointer.wait()
   results = run_evaluation(total_steps)
   logging.info(

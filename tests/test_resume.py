@@ -135,8 +135,8 @@ def runs(tmp_path_factory):
   preempted = _train(root, "chain", stop_at=term_at, stop_signal=signal.SIGTERM)
   saved = preempted.steps_logged(r"preempted: saved step (\d+)")
   assert preempted.returncode == 0 and len(saved) == 1, preempted.output[-5000:]
-  # The non-finite test starts from this state; the chain goes on in its own directory.
-  shutil.copytree(root / "chain", root / "nonfinite")
+  # The workdir as preemption left it; the chain goes on.
+  shutil.copytree(root / "chain", root / "preempted")
   kill_at, delay = rng.randint(saved[0] + 1, TOTAL_STEPS - 1), rng.uniform(0.0, 1.5)
   killed = _train(root, "chain", stop_at=kill_at, stop_signal=signal.SIGKILL, delay=delay)
   finished = _train(root, "chain")
@@ -186,9 +186,9 @@ def test_profile_steps_write_a_trace_of_those_steps(runs):
 def test_sigterm_checkpoints_exits_cleanly_and_the_next_start_resumes(runs):
   saved = runs["saved"]
   assert f"preempted: saved step {saved}" in runs["preempted"].output, runs["plan"]
-  assert (runs["root"] / "nonfinite" / "checkpoints" / str(saved)).is_dir()
+  assert (runs["root"] / "preempted" / "checkpoints" / str(saved)).is_dir()
   # Neither the final evaluation nor later steps ran.
-  assert not (runs["root"] / "nonfinite" / "eval").exists()
+  assert not (runs["root"] / "preempted" / "eval").exists()
   assert max(runs["preempted"].steps_logged(r"\bstep (\d+)/\d+ loss")) == saved
   assert _resumed_from(runs["killed"]) == saved, runs["plan"]
 
@@ -224,26 +224,33 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
   )
 
 
-def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
-  root, saved = runs["root"], runs["saved"]
+def _save_teachers(path: pathlib.Path, *, poisoned: bool) -> None:
+  """The random teachers of configs/tiny.py as a checkpoint at `path`, NaN if `poisoned`."""
   config = config_lib.load_config(str(TINY))
-  _, params, batch_stats = ts.split_model(
-    nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
-  )
-  poisoned = jax.tree.map(
-    lambda x: np.full(x.shape, np.nan, x.dtype), dict(params=params, batch_stats=batch_stats)
-  )
+  _, params, batch_stats = ts.split_model(ts.build_teachers(config.teachers, config.seed))
+  weights = dict(params=params, batch_stats=batch_stats)
+  if poisoned:
+    weights = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype), weights)
+  shutil.rmtree(path, ignore_errors=True)
   checkpoints.save_model(
-    root / "nan_teachers",
-    teachers_state=poisoned,
-    config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
+    path, teachers_state=weights, config=ml_collections.ConfigDict(dict(teachers=config.teachers))
   )
-  run = _train(
-    root,
-    "nonfinite",
+
+
+def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
+  root = runs["root"]
+  # A resumed run must keep its config (test_resume_config.py): the teachers' weights go bad in
+  # place between the first epoch and the second.
+  teachers = root / "teachers"
+  from_checkpoint = (
     "--config.teachers.source=checkpoint",
-    f"--config.teachers.checkpoint={root / 'nan_teachers'}",
+    f"--config.teachers.checkpoint={teachers}",
   )
+  _save_teachers(teachers, poisoned=False)
+  first = _train(root, "nonfinite", *from_checkpoint, "--config.train.num_epochs=1")
+  assert first.returncode == 0, first.output[-5000:]
+  _save_teachers(teachers, poisoned=True)
+  run = _train(root, "nonfinite", *from_checkpoint, "--config.train.num_epochs=2")
   assert run.returncode != 0
   match = re.search(
     r"NonFiniteLossError: non-finite loss nan at step (\d+); clips of split "
@@ -252,8 +259,9 @@ def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs)
     run.output,
   )
   assert match, run.output[-5000:]
-  assert int(match.group(1)) == saved + 1
-  assert pathlib.Path(match.group(4)) == root / "nonfinite" / "checkpoints" / str(saved)
+  last_good = TOTAL_STEPS // 2  # the end of the first epoch
+  assert int(match.group(1)) == last_good + 1
+  assert pathlib.Path(match.group(4)) == root / "nonfinite" / "checkpoints" / str(last_good)
 
 
 def test_eval_accepts_a_model_checkpoint_path(runs):
