@@ -62,6 +62,10 @@ class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint step failed (a full disk, a lost mount, ...); earlier steps are intact."""
 
 
+class StepRetiredError(RuntimeError):
+  """A step asked for by number was deleted while it was read (a training run's retention)."""
+
+
 class ResumeRefusedError(RuntimeError):
   """Every checkpoint of a workdir was corrupt and moved aside; training will not silently start
   over until told to."""
@@ -740,6 +744,33 @@ def select_step(path: str | pathlib.Path, step: int | None = None) -> pathlib.Pa
       (step_dir / CHECKSUMS).stat().st_size,
     )
   return step_dir
+
+
+def step_identity(step_dir: pathlib.Path) -> tuple[int, bool] | None:
+  """The step directory's inode and whether it has checksums (None if it is gone), for
+  `step_retired`."""
+  try:
+    return step_dir.stat().st_ino, (step_dir / CHECKSUMS).is_file()
+  except FileNotFoundError:
+    return None
+
+
+def step_retired(step_dir: pathlib.Path, identity: tuple[int, bool] | None) -> bool:
+  """Whether a step read after `identity = step_identity(step_dir)` was deleted meanwhile: its
+  directory is gone or replaced, or files its checksums list are (Orbax deletes a step file by
+  file, so a failed read can see it half deleted)."""
+  now = step_identity(step_dir)
+  if now is None or identity is None or now[0] != identity[0]:
+    return True
+  if not identity[1]:  # nothing tells which files it had
+    return False
+  try:
+    files = json.loads((step_dir / CHECKSUMS).read_text())["files"]
+  except FileNotFoundError:
+    return True
+  except (ValueError, KeyError):
+    return False
+  return any(not (step_dir / name).is_file() for name in files)
 
 
 def locate_root(path: str | pathlib.Path) -> pathlib.Path:

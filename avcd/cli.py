@@ -196,6 +196,7 @@ def _known_failure(error: Exception) -> int | None:
         "CheckpointMismatchError",
         "CheckpointSaveError",
         "ResumeRefusedError",
+        "StepRetiredError",
       ),
     ),
     ("avcd.workdir_lock", ("WorkdirBusyError",)),

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -379,3 +380,56 @@ def test_closing_the_watcher_restores_the_handler():
   assert signal.getsignal(signal.SIGTERM) != previous
   watcher.close()
   assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def _steps_of_students(root: pathlib.Path, model_cfg, steps) -> None:
+  """A directory of model-checkpoint steps whose student weights all equal the step number."""
+  for step in steps:
+    checkpoints.save_model(
+      root.parent / f"model{step}",
+      student_state=jax.tree.map(lambda x: x * step, _tiny_student_state(model_cfg)),
+    )
+    shutil.copytree(root.parent / f"model{step}" / "0", root / str(step))
+
+
+def test_a_step_deleted_by_retention_while_read_gives_way_to_the_newest_left(
+  tmp_path, monkeypatch, caplog
+):
+  model_cfg = tiny_models.student_config()
+  config = ml_collections.ConfigDict(dict(model=model_cfg))
+  root = tmp_path / "checkpoints"
+  _steps_of_students(root, model_cfg, (2, 4))
+  check_layout = checkpoints._check_layout  # pylint: disable=protected-access
+
+  def retire_step_4(step_dir, *args, **kwargs):
+    # What a training run's retention does between choosing a step and reading its arrays.
+    if step_dir.name == "4":
+      shutil.rmtree(step_dir)
+    return check_layout(step_dir, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints, "_check_layout", retire_step_4)
+  restored = ts.restore_student(root, config=config)
+  assert restored.source["step"] == 2
+  assert all(np.all(np.asarray(x) == 2) for x in jax.tree.leaves(restored.params))
+  assert f"step 4 of {root} was deleted while it was read" in caplog.text
+  assert "using step 2, the newest one left" in caplog.text
+
+  again = tmp_path / "again" / "checkpoints"
+  _steps_of_students(again, model_cfg, (2, 4))
+  with pytest.raises(checkpoints.StepRetiredError, match=r"/4 was deleted while it was read"):
+    ts.restore_student(again, 4, config=config)
+
+
+def test_a_failed_read_of_a_step_that_is_still_there_is_not_taken_for_retention(
+  tmp_path, monkeypatch
+):
+  model_cfg = tiny_models.student_config()
+  root = tmp_path / "checkpoints"
+  _steps_of_students(root, model_cfg, (2, 4))
+
+  def fail(*args, **kwargs):
+    raise OSError("the disk went away")
+
+  monkeypatch.setattr(checkpoints, "_check_layout", fail)
+  with pytest.raises(OSError, match="the disk went away"):
+    ts.restore_student(root, config=ml_collections.ConfigDict(dict(model=model_cfg)))
