@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging as absl_logging
 
@@ -111,6 +112,11 @@ class _QuietLibraries(logging.Filter):
   )
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == "asyncio" and self._from_orbax(record):
+      # "Task exception was never retrieved", with a traceback, for each array of a failed save
+      # whose write task Orbax left when it gave up; logged when the tasks are collected, after
+      # avcd has reported the failure.
+      return False
     if "/orbax/" in record.pathname and record.exc_info:
       record.exc_info, record.exc_text = None, None
     if record.levelno == logging.WARNING and any(
@@ -118,6 +124,11 @@ class _QuietLibraries(logging.Filter):
     ):
       return False
     return record.levelno > logging.INFO or not any(p in record.pathname for p in self._CHATTY)
+
+  @staticmethod
+  def _from_orbax(record: logging.LogRecord) -> bool:
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return "/orbax/" in str(record.msg) or any("/orbax/" in f.filename for f in frames)
 
 
 def _one_line(error: BaseException) -> str:

@@ -344,13 +344,19 @@ def _train_and_evaluate(
       jax.block_until_ready(state)
       profile.close()  # stops the trace
       logging.info("profiled steps %d-%d into %s", profile_first, step_number, workdir / "profile")
-    checkpointer.raise_if_failed()  # a failed background save stops the run at once
+    last = step_number == total_steps
+    logged = step_number % config.train.log_every_steps == 0 or last
+    if logged:
+      # A step is logged only once the saves before it are committed: after a failed save the
+      # run stops before any later step is reported (one wait per save at most, usually none).
+      checkpointer.wait()
+    else:
+      checkpointer.raise_if_failed()  # a failed background save stops the run at once
     if pending is not None:
       check(pending)  # the previous step: reading it now keeps the device busy
     pending = (step_number, step_metrics, batch["record"])
-    last = step_number == total_steps
 
-    if step_number % config.train.log_every_steps == 0 or last:
+    if logged:
       check(pending)
       pending = None
       log_progress(step_number)
