@@ -42,9 +42,9 @@ def _largest_file(step_dir: pathlib.Path) -> pathlib.Path:
   return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-def _flip_byte(path: pathlib.Path) -> None:
+def _flip_byte(path: pathlib.Path, position: int | None = None) -> None:
   data = bytearray(path.read_bytes())
-  data[len(data) // 2] ^= 0x01
+  data[len(data) // 2 if position is None else position] ^= 0x01
   path.write_bytes(bytes(data))
 
 
@@ -70,12 +70,22 @@ def test_committed_steps_carry_checksums_of_every_file(tmp_path):
   checkpointer.close()
 
 
-@pytest.mark.parametrize("damage", ["flipped_byte", "truncated", "deleted", "bad_manifest"])
+def _damage_unchecksummed(step_dir: pathlib.Path) -> None:
+  """A step as an older avcd wrote it (no checksums), with a bit flipped in its OCDBT index."""
+  (step_dir / checkpoints.CHECKSUMS).unlink()
+  _flip_byte(step_dir / "state" / "manifest.ocdbt", 0)
+
+
+@pytest.mark.parametrize(
+  "damage", ["flipped_byte", "truncated", "deleted", "bad_manifest", "unchecksummed"]
+)
 def test_corrupt_latest_step_falls_back_to_the_previous_one(tmp_path, damage, caplog):
   checkpointer = _saved_run(tmp_path)
   checkpointer.close()
   victim = _largest_file(tmp_path / "3")
-  if damage == "flipped_byte":
+  if damage == "unchecksummed":
+    _damage_unchecksummed(tmp_path / "3")
+  elif damage == "flipped_byte":
     _flip_byte(victim)
   elif damage == "truncated":
     victim.write_bytes(victim.read_bytes()[:100])
@@ -199,6 +209,20 @@ def test_restoring_a_named_corrupt_step_raises(tmp_path):
   with pytest.raises(checkpoints.CorruptCheckpointError, match=str(tmp_path / "2")):
     checkpointer.restore(2, checkpoints.abstract_like(_tree(0)))
   checkpointer.close()
+
+
+def test_reading_commands_skip_an_unchecksummed_step_that_fails_to_read(tmp_path, caplog):
+  _saved_run(tmp_path).close()
+  _damage_unchecksummed(tmp_path / "3")
+  with caplog.at_level("WARNING"):
+    assert checkpoints.select_step(tmp_path) == tmp_path / "2"
+  assert f"checkpoint {tmp_path / '3'} is corrupt: its 'state' item fails to read" in caplog.text
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="DATA_LOSS") as e:
+    checkpoints.select_step(tmp_path, 3)
+  assert str(tmp_path / "3") in str(e.value) and "\n" not in str(e.value)
+  # An undamaged step without checksums still restores (with a warning).
+  (tmp_path / "2" / checkpoints.CHECKSUMS).unlink()
+  assert checkpoints.select_step(tmp_path, 2) == tmp_path / "2"
 
 
 def test_half_written_step_is_ignored_and_removed(tmp_path):
