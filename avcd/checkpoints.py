@@ -693,6 +693,17 @@ def save_model(
     manager.wait_until_finished()
 
 
+def _is_dir(path: pathlib.Path) -> bool:
+  """path.is_dir(); where the directory holding `path` cannot be read, a PermissionError naming
+  that directory (the error of the probe names `path`, e.g. WORKDIR/checkpoints/checkpoints)."""
+  try:
+    return path.is_dir()
+  except PermissionError as e:
+    raise PermissionError(
+      e.errno, f"cannot read the directory ({e.strerror})", str(path.parent)
+    ) from None
+
+
 def locate(path: str | pathlib.Path) -> pathlib.Path:
   """The step directory a checkpoint path means.
 
@@ -701,13 +712,13 @@ def locate(path: str | pathlib.Path) -> pathlib.Path:
   latest complete step.
   """
   path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
+  if _is_dir(path / "checkpoints"):
     path = path / "checkpoints"
-  if path.name.isdigit() and not path.is_dir() and path.parent.is_dir():
+  if path.name.isdigit() and not _is_dir(path) and _is_dir(path.parent):
     with _read_only_manager(path.parent) as manager:
       steps = list(manager.all_steps())
     raise FileNotFoundError(f"no checkpoint for step {path.name} in {path.parent} (steps: {steps})")
-  if not path.is_dir():
+  if not _is_dir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   if path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
     return path
@@ -801,9 +812,9 @@ def locate_root(path: str | pathlib.Path) -> pathlib.Path:
   """The directory of steps a path means: WORKDIR/checkpoints for a training workdir, else the
   path itself (a directory of steps or a model checkpoint)."""
   path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
+  if _is_dir(path / "checkpoints"):
     return path / "checkpoints"
-  if not path.is_dir():
+  if not _is_dir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   return path
 

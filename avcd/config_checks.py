@@ -6,11 +6,12 @@ name that ranks every checkpoint at -inf). `check` needs nothing but the config;
 runs once the corpus is prepared.
 """
 
+import jax
 import ml_collections
 
 from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
-from avcd.training import losses, steps
+from avcd.training import losses, sharding, steps
 from data_pipelines import split_index
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -28,6 +29,15 @@ def _one_of(value, choices, field: str) -> None:
 def _at_least(value, minimum, field: str) -> None:
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
     raise ConfigError(f"{field}={value!r}: must be a number >= {minimum}")
+
+
+def check_mesh(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError where `mesh` does not fit the devices of this job. Called once the job's
+  processes are joined (jax.device_count() counts every process's devices), before any work."""
+  try:
+    sharding.mesh_shape(config.mesh, jax.device_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def check(config: ml_collections.ConfigDict) -> None:

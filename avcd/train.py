@@ -113,6 +113,7 @@ def train_and_evaluate(
   checkpoint of the workdir was found corrupt and moved aside (refused otherwise).
   """
   config_checks.check(config)
+  config_checks.check_mesh(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   with contextlib.ExitStack() as cleanup:

@@ -457,3 +457,22 @@ def test_a_failed_read_of_a_step_that_is_still_there_is_not_taken_for_retention(
   monkeypatch.setattr(checkpoints, "_check_layout", fail)
   with pytest.raises(OSError, match="the disk went away"):
     ts.restore_student(root, config=ml_collections.ConfigDict(dict(model=model_cfg)))
+
+
+def test_an_unreadable_checkpoint_directory_is_named_once(tmp_path, monkeypatch):
+  _saved_run(tmp_path / "run" / "checkpoints").close()
+  unreadable = tmp_path / "run" / "checkpoints"
+  is_dir = pathlib.Path.is_dir
+
+  def denied(path):
+    # What a user without read permission on `unreadable` gets (root is never denied).
+    if path.parent == unreadable:
+      raise PermissionError(13, "Permission denied", str(path))
+    return is_dir(path)
+
+  monkeypatch.setattr(pathlib.Path, "is_dir", denied)
+  # `avcd eval --workdir=run` reads run/checkpoints, probing whether it is a workdir first.
+  with pytest.raises(PermissionError) as e:
+    checkpoints.select_step(unreadable)
+  assert e.value.filename == str(unreadable)
+  assert "cannot read the directory (Permission denied)" in str(e.value)

@@ -44,6 +44,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     (["--config.data.max_frames=abc"], 2, "--config.data.max_frames=abc"),
     (["--config.train.best_metric=acu"], 2, "train.best_metric='acu': choose one of"),
     (["--config.loss.divergence=kl"], 2, "loss.divergence='kl': choose one of"),
+    (["--config.mesh.data=64"], 2, "mesh.data=64 x mesh.fsdp=1 needs 64 devices"),
     (
       ["--config.teachers.cache=True", "--config.data.train_window=16"],
       2,
