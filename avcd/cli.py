@@ -33,10 +33,11 @@ COMMANDS = {
 }
 # Commands that compile JAX programs: they take --compilation_cache (avcd/compilation_cache.py).
 COMPILING = {"train", "eval", "train-teacher", "export", "predict", "compile"}
-USAGE_EXIT, FAILURE_EXIT = 2, 1
+USAGE_EXIT, FAILURE_EXIT, INTERRUPTED_EXIT = 2, 1, 130
 EXIT_STATUS_HELP = (
   "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
-  "a usage error (a bad flag, config field or path; nothing was done)."
+  "a usage error (a bad flag, config field or path; nothing was done), 130 when interrupted "
+  "(Ctrl-C)."
 )
 
 
@@ -232,6 +233,10 @@ def _guarded(main, program: str, compiles: bool):
       if compiles:
         compilation_cache.enable()
       return main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C: what was saved, if anything, is in the message
+      message = " ".join(str(e).split()) or "interrupted; the last committed checkpoint is intact"
+      print(f"{program}: {message}", file=sys.stderr)
+      sys.exit(INTERRUPTED_EXIT)
     except Exception as e:  # pylint: disable=broad-except
       status = _known_failure(e)
       if status is None:

@@ -5,9 +5,9 @@
 Resume order: the newest intact checkpoint in WORKDIR/checkpoints (a corrupt one is moved aside
 and the one before it used), else `train.init_from` (an avcd training or model checkpoint, e.g.
 converted PyTorch weights), else from scratch. SIGTERM checkpoints the current step and returns;
-see docs/checkpoints.md. Log, checkpoint and evaluation each ask the same question after a step
-(is it time?); a step is checkpointed before it is evaluated, so a failing evaluation never costs
-the trained state.
+Ctrl-C checkpoints it and raises preemption.Interrupted; see docs/checkpoints.md. Log, checkpoint
+and evaluation each ask the same question after a step (is it time?); a step is checkpointed
+before it is evaluated, so a failing evaluation never costs the trained state.
 """
 
 import contextlib
@@ -388,6 +388,11 @@ def _train_and_evaluate(
       )
     if preempted:
       checkpointer.wait()
+      if watcher.interrupted:
+        raise preemption.Interrupted(
+          f"interrupted: saved step {step_number} in {checkpointer.directory}; the same command "
+          "resumes there"
+        )
       logging.warning(
         "preempted: saved step %d in %s and stopped; the next start resumes there",
         step_number,

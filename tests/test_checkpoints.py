@@ -399,11 +399,21 @@ def test_sigterm_sets_the_flag_and_gives_the_signal_back():
 
 
 def test_closing_the_watcher_restores_the_handler():
-  previous = signal.getsignal(signal.SIGTERM)
+  previous = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
   watcher = preemption.PreemptionWatcher()
-  assert signal.getsignal(signal.SIGTERM) != previous
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] != previous
   watcher.close()
-  assert signal.getsignal(signal.SIGTERM) == previous
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == previous
+
+
+def test_ctrl_c_asks_to_stop_once_and_a_second_one_interrupts_at_once():
+  watcher = preemption.PreemptionWatcher()
+  os.kill(os.getpid(), signal.SIGINT)
+  assert watcher.stop_requested(1) and watcher.interrupted
+  with pytest.raises(KeyboardInterrupt):
+    os.kill(os.getpid(), signal.SIGINT)
+  watcher.close()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _steps_of_students(root: pathlib.Path, model_cfg, steps) -> None:

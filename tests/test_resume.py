@@ -224,6 +224,20 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
   )
 
 
+def test_ctrl_c_saves_the_step_and_stops_in_one_line_with_status_130(runs):
+  root = runs["root"]
+  run = _train(root, "interrupted", stop_at=1, stop_signal=signal.SIGINT)
+  assert run.returncode == 130, run.output[-5000:]
+  assert "Traceback" not in run.output and "KeyboardInterrupt" not in run.output
+  match = re.search(r"avcd train: interrupted: saved step (\d+) in (\S+); ", run.output)
+  assert match, run.output[-5000:]
+  saved = int(match.group(1))
+  assert pathlib.Path(match.group(2)) == root / "interrupted" / "checkpoints"
+  assert (root / "interrupted" / "checkpoints" / str(saved)).is_dir()
+  assert max(run.steps_logged(r"\bstep (\d+)/\d+ loss")) == saved  # nothing trained after it
+  assert not (root / "interrupted" / "eval").exists()
+
+
 def _save_teachers(path: pathlib.Path, *, poisoned: bool) -> None:
   """The random teachers of configs/tiny.py as a checkpoint at `path`, NaN if `poisoned`."""
   config = config_lib.load_config(str(TINY))
