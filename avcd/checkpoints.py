@@ -18,7 +18,8 @@ has it. Orbax does not checksum data: a flipped bit loads silently and a truncat
 inside TensorStore. Restoring verifies the step first; a training run resuming from a step that
 fails falls back to the previous one and says so (the bad step is moved aside to
 `STEP.corrupt-TIME`); anything else (init_from, teachers, eval) stops with an error naming it.
-See docs/checkpoints.md.
+A run resumes only with the config its checkpoint was trained with, but for the fields in
+RESUMABLE_CHANGES (resume_config_changes). See docs/checkpoints.md.
 """
 
 import asyncio
