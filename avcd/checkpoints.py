@@ -18,7 +18,8 @@ has it. Orbax does not checksum data: a flipped bit loads silently and a truncat
 inside TensorStore. Restoring verifies the step first; a training run resuming from a step that
 fails falls back to the previous one and says so (the bad step is moved aside to
 `STEP.corrupt-TIME`); anything else (init_from, teachers, eval) stops with an error naming it.
-See docs/checkpoints.md.
+A run resumes only with the config its checkpoint was trained with, but for the fields in
+RESUMABLE_CHANGES (resume_config_changes). See docs/checkpoints.md.
 """
 
 import asyncio
@@ -39,7 +40,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from avcd import version
+from avcd import config_lib, version
 
 STATE, DATA, CONFIG, META = "state", "data", "config", "meta"
 STUDENT, TEACHERS = "student", "teachers"
@@ -60,6 +61,10 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint step failed (a full disk, a lost mount, ...); earlier steps are intact."""
+
+
+class StepRetiredError(RuntimeError):
+  """A step asked for by number was deleted while it was read (a training run's retention)."""
 
 
 class ResumeRefusedError(RuntimeError):
@@ -120,19 +125,22 @@ def verify_checksums(step_dir: str | pathlib.Path) -> bool:
   """Checks every file a step's checksums list; True if they all match.
 
   Returns False (with a warning) when the step has no checksums: written by an older avcd or by
-  another tool, it cannot be verified.
+  another tool, it cannot be verified, only read once through (what fails to read is corrupt; a
+  changed value that still reads goes unnoticed).
 
   Raises:
-    CorruptCheckpointError: naming the step and each missing, truncated or altered file.
+    CorruptCheckpointError: naming the step and each missing, truncated or altered file, or the
+    read that failed.
   """
   step_dir = pathlib.Path(step_dir)
   manifest_path = step_dir / CHECKSUMS
   if not manifest_path.exists():
     logging.warning(
-      "%s has no %s (written by an older avcd or another tool): it cannot be verified",
+      "%s has no %s (written by an older avcd or another tool): it cannot be verified, only read",
       step_dir,
       CHECKSUMS,
     )
+    _read_through(step_dir)
     return False
   try:
     files = json.loads(manifest_path.read_text())["files"]
@@ -160,6 +168,27 @@ def verify_checksums(step_dir: str | pathlib.Path) -> bool:
       + (f", ... ({len(problems) - 10} more)" if len(problems) > 10 else "")
     )
   return True
+
+
+def _read_through(step_dir: pathlib.Path) -> None:
+  """Reads every array item of a step onto the host; CorruptCheckpointError if that fails (OCDBT
+  checks its own index: a damaged one fails in TensorStore with DATA_LOSS)."""
+  for item in (STATE, STUDENT, TEACHERS):
+    if not (step_dir / item).is_dir():
+      continue
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / item))
+      on_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+      with _read_only_manager(step_dir.parent) as manager:
+        manager.restore(
+          int(step_dir.name),
+          args=ocp.args.Composite(**{item: ocp.args.PyTreeRestore(restore_args=on_host)}),
+        )
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(
+        f"checkpoint {step_dir} is corrupt: its {item!r} item fails to read ({_root_cause(e)}); "
+        f"it has no {CHECKSUMS} to name the damaged file"
+      ) from e
 
 
 class _ChecksummedRenamePath(ocp.path.atomicity.AtomicRenameTemporaryPath):
@@ -303,6 +332,91 @@ def _check_layout(
   raise CheckpointMismatchError("\n".join(lines))
 
 
+# Config fields a resumed run may change: they extend the run or only observe it, and leave what
+# every step computes as it was. Any other field changes the model the steps train (a different
+# learning rate, loss, network, batch plan or seed), and resuming would mix two runs. A name
+# ending in "." allows its whole section. docs/checkpoints.md gives each one's reason.
+RESUMABLE_CHANGES = (
+  "train.num_epochs",  # more (or fewer) steps of the same schedule: it counts steps, not epochs
+  "train.log_every_steps",
+  "train.checkpoint_every_steps",
+  "train.keep_checkpoints",
+  "train.keep_best",
+  "train.best_metric",  # which steps are kept, not what they hold
+  "train.profile_steps",
+  "eval.",  # evaluation reads the state and changes nothing of it
+  "data.num_workers",  # the same batches, read by other workers
+  "data.prefetch",
+  "data.data_dir",  # only when the train split's files are the same (avcd/train.py checks)
+  "mesh.",  # the state restores onto any mesh (the same batches; summation order may differ)
+  "teachers.cache_dir",  # where posterior caches live; a cache is found by its fingerprint
+)
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def _resumable_change(field: str) -> bool:
+  return any(
+    field.startswith(name) if name.endswith(".") else field == name for name in RESUMABLE_CHANGES
+  )
+
+
+def _field_defaults() -> dict:
+  """Every field config_lib defines, at its default: a field added to avcd after a checkpoint was
+  written is absent from its config, which is no change while the run keeps the default."""
+  return _flat_config(json.loads(config_lib.defaults().to_json_best_effort()))
+
+
+def resume_config_changes(step_dir: str | pathlib.Path, config: ml_collections.ConfigDict) -> dict:
+  """The config changes a run resuming from `step_dir` makes, all of them RESUMABLE_CHANGES:
+  {field: [checkpoint's value, this run's]} ({} when the step stores no config).
+
+  `config`: the run's config with its corpus resolved (corpus_setup.resolve_corpus), as stored.
+
+  Raises:
+    ResumeRefusedError: any other field differs; the one line names each with both values.
+  """
+  step_dir = pathlib.Path(step_dir)
+  if not (step_dir / CONFIG).is_dir():
+    return {}
+  with _read_only_manager(step_dir.parent) as manager:
+    stored = manager.restore(
+      int(step_dir.name), args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+    )[CONFIG]
+  theirs = _flat_config(stored)
+  ours = _flat_config(json.loads(config.to_json_best_effort()))
+  defaults = _field_defaults()
+  absent = "(absent)"
+  changes, refused = {}, []
+  for field in sorted(ours.keys() | theirs.keys()):
+    old, new = theirs.get(field, absent), ours.get(field, absent)
+    if old == new or (old is absent and field in defaults and new == defaults[field]):
+      continue
+    if _resumable_change(field):
+      changes[field] = [old, new]
+    else:
+      refused.append(f"{field}: checkpoint {old}, this run {new}")
+  if refused:
+    raise ResumeRefusedError(
+      f"{step_dir} was trained with another config, and resuming it would mix two runs: "
+      + "; ".join(refused)
+      + ". Train into a new --workdir, or revert these fields to the checkpoint's values "
+      "(changes that only extend or observe a run are allowed: docs/checkpoints.md)"
+    )
+  return changes
+
+
+def record_config_changes(workdir: str | pathlib.Path, step: int, changes: dict) -> None:
+  """Appends the allowed changes a resumed run made to WORKDIR/config_history.jsonl: with
+  WORKDIR/config.json (the latest config) it tells which config trained which steps."""
+  record = dict(
+    resumed_from_step=step,  # the changes apply from the step after it
+    time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    changes={field: dict(checkpoint=old, now=new) for field, (old, new) in changes.items()},
+  )
+  with (pathlib.Path(workdir) / CONFIG_HISTORY).open("a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def _metric_value(name: str):
   def value(metrics) -> float:
     v = metrics.get(name)
@@ -384,8 +498,10 @@ class TrainCheckpointer:
     data_iterator=None,
     config=None,
     metrics: dict | None = None,
+    meta: dict | None = None,
     force: bool = False,
   ) -> bool:
+    """Starts saving `step`; `meta`: more fields for its `meta` item (JSON)."""
     # Orbax waits for the previous save before it starts one; waiting here first costs nothing
     # more and names the right step if that save failed.
     self.wait()
@@ -399,6 +515,7 @@ class TrainCheckpointer:
           avcd_version=version.VERSION,
           process_count=jax.process_count(),
           device_count=jax.device_count(),
+          **(meta or {}),
         )
       ),
     }
@@ -565,6 +682,17 @@ def save_model(
     manager.wait_until_finished()
 
 
+def _is_dir(path: pathlib.Path) -> bool:
+  """path.is_dir(); where the directory holding `path` cannot be read, a PermissionError naming
+  that directory (the error of the probe names `path`, e.g. WORKDIR/checkpoints/checkpoints)."""
+  try:
+    return path.is_dir()
+  except PermissionError as e:
+    raise PermissionError(
+      e.errno, f"cannot read the directory ({e.strerror})", str(path.parent)
+    ) from None
+
+
 def locate(path: str | pathlib.Path) -> pathlib.Path:
   """The step directory a checkpoint path means.
 
@@ -573,13 +701,13 @@ def locate(path: str | pathlib.Path) -> pathlib.Path:
   latest complete step.
   """
   path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
+  if _is_dir(path / "checkpoints"):
     path = path / "checkpoints"
-  if path.name.isdigit() and not path.is_dir() and path.parent.is_dir():
+  if path.name.isdigit() and not _is_dir(path) and _is_dir(path.parent):
     with _read_only_manager(path.parent) as manager:
       steps = list(manager.all_steps())
     raise FileNotFoundError(f"no checkpoint for step {path.name} in {path.parent} (steps: {steps})")
-  if not path.is_dir():
+  if not _is_dir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   if path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
     return path
@@ -642,13 +770,40 @@ def select_step(path: str | pathlib.Path, step: int | None = None) -> pathlib.Pa
   return step_dir
 
 
+def step_identity(step_dir: pathlib.Path) -> tuple[int, bool] | None:
+  """The step directory's inode and whether it has checksums (None if it is gone), for
+  `step_retired`."""
+  try:
+    return step_dir.stat().st_ino, (step_dir / CHECKSUMS).is_file()
+  except FileNotFoundError:
+    return None
+
+
+def step_retired(step_dir: pathlib.Path, identity: tuple[int, bool] | None) -> bool:
+  """Whether a step read after `identity = step_identity(step_dir)` was deleted meanwhile: its
+  directory is gone or replaced, or files its checksums list are (Orbax deletes a step file by
+  file, so a failed read can see it half deleted)."""
+  now = step_identity(step_dir)
+  if now is None or identity is None or now[0] != identity[0]:
+    return True
+  if not identity[1]:  # nothing tells which files it had
+    return False
+  try:
+    files = json.loads((step_dir / CHECKSUMS).read_text())["files"]
+  except FileNotFoundError:
+    return True
+  except (ValueError, KeyError):
+    return False
+  return any(not (step_dir / name).is_file() for name in files)
+
+
 def locate_root(path: str | pathlib.Path) -> pathlib.Path:
   """The directory of steps a path means: WORKDIR/checkpoints for a training workdir, else the
   path itself (a directory of steps or a model checkpoint)."""
   path = pathlib.Path(path).absolute()
-  if (path / "checkpoints").is_dir():
+  if _is_dir(path / "checkpoints"):
     return path / "checkpoints"
-  if not path.is_dir():
+  if not _is_dir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   return path
 

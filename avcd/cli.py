@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging as absl_logging
 
@@ -36,10 +37,11 @@ COMMANDS = {
 COMPILING = {"train", "eval", "train-teacher", "export", "predict", "serve", "compile"}
 # Commands that write into --workdir: it is checked (and made) before they start.
 WRITES_WORKDIR = {"train", "train-teacher"}
-USAGE_EXIT, FAILURE_EXIT = 2, 1
+USAGE_EXIT, FAILURE_EXIT, INTERRUPTED_EXIT = 2, 1, 130
 EXIT_STATUS_HELP = (
   "Exit status: 0 on success, 1 when the work failed (one line says why), 2 for "
-  "a usage error (a bad flag, config field or path; nothing was done)."
+  "a usage error (a bad flag, config field or path; nothing was done), 130 when interrupted "
+  "(Ctrl-C)."
 )
 
 
@@ -133,6 +135,11 @@ class _QuietLibraries(logging.Filter):
   )
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == "asyncio" and self._from_orbax(record):
+      # "Task exception was never retrieved", with a traceback, for each array of a failed save
+      # whose write task Orbax left when it gave up; logged when the tasks are collected, after
+      # avcd has reported the failure.
+      return False
     if "/orbax/" in record.pathname and record.exc_info:
       record.exc_info, record.exc_text = None, None
     if record.levelno == logging.WARNING and any(
@@ -140,6 +147,11 @@ class _QuietLibraries(logging.Filter):
     ):
       return False
     return record.levelno > logging.INFO or not any(p in record.pathname for p in self._CHATTY)
+
+  @staticmethod
+  def _from_orbax(record: logging.LogRecord) -> bool:
+    frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info else []
+    return "/orbax/" in str(record.msg) or any("/orbax/" in f.filename for f in frames)
 
 
 def _one_line(error: BaseException) -> str:
@@ -218,6 +230,7 @@ def _known_failure(error: Exception) -> int | None:
         "CheckpointMismatchError",
         "CheckpointSaveError",
         "ResumeRefusedError",
+        "StepRetiredError",
       ),
     ),
     ("avcd.workdir_lock", ("WorkdirBusyError",)),
@@ -246,6 +259,10 @@ def _guarded(main, program: str, compiles: bool, writes_workdir: bool):
       if compiles:
         compilation_cache.enable()
       return main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C: what was saved, if anything, is in the message
+      message = " ".join(str(e).split()) or "interrupted; the last committed checkpoint is intact"
+      print(f"{program}: {message}", file=sys.stderr)
+      sys.exit(INTERRUPTED_EXIT)
     except Exception as e:  # pylint: disable=broad-except
       status = _known_failure(e)
       if status is None:

@@ -8,12 +8,13 @@ runs once the corpus is prepared.
 
 import math
 
+import jax
 import ml_collections
 
 from avcd import config_lib
 from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
-from avcd.training import losses, steps
+from avcd.training import losses, sharding, steps
 from data_pipelines import split_index
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -34,23 +35,6 @@ def _at_least(value, minimum, field: str) -> None:
 
 
 SECTIONS = ("model", "teachers", "loss", "data", "eval", "optim", "train", "mesh")
-
-
-def _reference() -> ml_collections.ConfigDict:
-  """Every section as config_lib builds it: what each field's type must be. Config files are
-  these plus what differs, so a field the reference has must keep its kind of value."""
-  return ml_collections.ConfigDict(
-    dict(
-      model=config_lib.student(),
-      teachers=config_lib.teachers(),
-      loss=config_lib.losses(),
-      data=config_lib.data(builder="", train_split=""),
-      eval=config_lib.evaluation(splits=()),
-      optim=config_lib.optimizer(),
-      train=config_lib.training(num_epochs=1),
-      mesh=config_lib.mesh(),
-    )
-  )
 
 
 def _kind(value) -> str | None:
@@ -96,7 +80,7 @@ def _check_types(config: ml_collections.ConfigDict) -> None:
           f"{field}={value!r}: must be {_describe_kind(expected)}, like the default {expected!r}"
         )
 
-  walk(config, _reference(), "")
+  walk(config, config_lib.defaults(), "")
 
 
 def _describe_kind(reference) -> str:
@@ -137,6 +121,15 @@ def _check_model_shapes(config: ml_collections.ConfigDict) -> None:
       f"teachers.vsr.frontend.stage_channels[-1]={vsr.frontend.stage_channels[-1]} must equal "
       f"teachers.vsr.width={vsr.width}: the frontend's features are the teacher's input"
     )
+
+
+def check_mesh(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError where `mesh` does not fit the devices of this job. Called once the job's
+  processes are joined (jax.device_count() counts every process's devices), before any work."""
+  try:
+    sharding.mesh_shape(config.mesh, jax.device_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -249,6 +249,24 @@ def optimizer(**overrides) -> ConfigDict:
   return cfg
 
 
+def defaults() -> ConfigDict:
+  """Every section at its defaults, with empty corpus names: the reference a config is checked
+  against (a field keeps the kind of value its default has) and against which a field absent
+  from an older checkpoint's config counts as unchanged."""
+  return ConfigDict(
+    dict(
+      model=student(),
+      teachers=teachers(),
+      loss=losses(),
+      data=data(builder="", train_split=""),
+      eval=evaluation(splits=()),
+      optim=optimizer(),
+      train=training(num_epochs=0),
+      mesh=mesh(),
+    )
+  )
+
+
 def sibling(config_file: str, name: str, argument: str | None = None) -> ConfigDict:
   """`get_config(argument)` of the config file `name` beside `config_file`, unlocked: a derived
   config is that config plus what differs (e.g. configs/cross_dataset.py from default.py)."""

@@ -5,12 +5,13 @@
 Resume order: the newest intact checkpoint in WORKDIR/checkpoints (a corrupt one is moved aside
 and the one before it used), else `train.init_from` (an avcd training or model checkpoint, e.g.
 converted PyTorch weights), else from scratch. SIGTERM checkpoints the current step and returns;
-see docs/checkpoints.md. Log, checkpoint and evaluation each ask the same question after a step
-(is it time?); a step is checkpointed before it is evaluated, so a failing evaluation never costs
-the trained state.
+Ctrl-C checkpoints it and raises preemption.Interrupted; see docs/checkpoints.md. Log, checkpoint
+and evaluation each ask the same question after a step (is it time?); a step is checkpointed
+before it is evaluated, so a failing evaluation never costs the trained state.
 """
 
 import contextlib
+import json
 import pathlib
 import time
 
@@ -47,6 +48,44 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
   return state
 
 
+def _corpus_identity(data_cfg: ml_collections.ConfigDict) -> dict:
+  """What identifies the training split's records wherever the corpus lies: its builder, split
+  and shard files (name, slice, size). Stored in every checkpoint's meta."""
+  split = split_index.open_split(data_cfg.builder, data_cfg.data_dir, data_cfg.train_split)
+  return dict(
+    builder=split.builder,
+    split=split.split,
+    shards=[shard[:4] for shard in split_index.shard_files(split)],  # without the mtime
+  )
+
+
+def _check_same_corpus(checkpointer, step: int, data_dirs: list[str], corpus: dict) -> None:
+  """A resumed run may read its corpus from another data.data_dir only if the training split's
+  files there are the ones the checkpoint was trained on; else ResumeRefusedError."""
+  old_dir, new_dir = data_dirs
+  trained_on = checkpointer.metadata(step).get("corpus")
+  if trained_on is None:  # written before checkpoints recorded it: the old path may still tell
+    try:
+      trained_on = _corpus_identity(
+        ml_collections.ConfigDict(
+          dict(builder=corpus["builder"], data_dir=old_dir, train_split=corpus["split"])
+        )
+      )
+    except (FileNotFoundError, ValueError):
+      pass
+  if json.loads(json.dumps(trained_on)) != json.loads(json.dumps(corpus)):
+    reason = (
+      "its training split's files differ"
+      if trained_on
+      else f"the checkpoint does not record its corpus and {old_dir} no longer holds it"
+    )
+    raise checkpoints.ResumeRefusedError(
+      f"data.data_dir: checkpoint {old_dir}, this run {new_dir}: {reason}, so it may not be the "
+      f"corpus step {step} was trained on. Train into a new --workdir, or set "
+      f"--config.data.data_dir={old_dir}"
+    )
+
+
 def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[str]:
   """The ids of a batch's clips (filler rows dropped), for error messages."""
   index = split_index.load_index(
@@ -74,6 +113,7 @@ def train_and_evaluate(
   checkpoint of the workdir was found corrupt and moved aside (refused otherwise).
   """
   config_checks.check(config)
+  config_checks.check_mesh(config)
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   with contextlib.ExitStack() as cleanup:
@@ -96,6 +136,11 @@ def _train_and_evaluate(
   )
   cleanup.callback(checkpointer.close)
   resume_step = checkpointer.restorable_step(start_over=start_over)
+  config_changes = {}
+  if resume_step is not None:
+    config_changes = checkpoints.resume_config_changes(
+      checkpointer.directory / str(resume_step), corpus_setup.resolve_corpus(config, workdir)
+    )
 
   # ---- Devices, data and logging ---------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -107,10 +152,21 @@ def _train_and_evaluate(
   )
   config = corpus_setup.prepare_corpus(config, workdir)  # the config as run: its data resolved
   config_checks.check_splits(config)
+  corpus = _corpus_identity(config.data)
+  if "data.data_dir" in config_changes:
+    _check_same_corpus(checkpointer, resume_step, config_changes["data.data_dir"], corpus)
   writer = cleanup.enter_context(writers.MetricWriters(workdir))
   writer.write_hparams(config.to_dict())
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    if config_changes:
+      checkpoints.record_config_changes(workdir, resume_step, config_changes)
+      logging.info(
+        "resuming step %d with config changes (recorded in %s): %s",
+        resume_step,
+        workdir / checkpoints.CONFIG_HISTORY,
+        "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in config_changes.items()),
+      )
   batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
   steps_per_epoch = loader.steps_per_epoch(
     config.data, process_count=jax.process_count(), batch_multiple=batch_multiple
@@ -289,13 +345,19 @@ def _train_and_evaluate(
       jax.block_until_ready(state)
       profile.close()  # stops the trace
       logging.info("profiled steps %d-%d into %s", profile_first, step_number, workdir / "profile")
-    checkpointer.raise_if_failed()  # a failed background save stops the run at once
+    last = step_number == total_steps
+    logged = step_number % config.train.log_every_steps == 0 or last
+    if logged:
+      # A step is logged only once the saves before it are committed: after a failed save the
+      # run stops before any later step is reported (one wait per save at most, usually none).
+      checkpointer.wait()
+    else:
+      checkpointer.raise_if_failed()  # a failed background save stops the run at once
     if pending is not None:
       check(pending)  # the previous step: reading it now keeps the device busy
     pending = (step_number, step_metrics, batch["record"])
-    last = step_number == total_steps
 
-    if step_number % config.train.log_every_steps == 0 or last:
+    if logged:
       check(pending)
       pending = None
       log_progress(step_number)
@@ -321,10 +383,16 @@ def _train_and_evaluate(
         data_iterator=train_iter,
         config=config,
         metrics=checkpoint_metrics(results) if results else None,
+        meta=dict(corpus=corpus),
         force=preempted or last,
       )
     if preempted:
       checkpointer.wait()
+      if watcher.interrupted:
+        raise preemption.Interrupted(
+          f"interrupted: saved step {step_number} in {checkpointer.directory}; the same command "
+          "resumes there"
+        )
       logging.warning(
         "preempted: saved step %d in %s and stopped; the next start resumes there",
         step_number,
@@ -334,7 +402,14 @@ def _train_and_evaluate(
 
   # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
   if first_step == total_steps and checkpointer.latest_step() != total_steps:
-    checkpointer.save(total_steps, state, data_iterator=train_iter, config=config, force=True)
+    checkpointer.save(
+      total_steps,
+      state,
+      data_iterator=train_iter,
+      config=config,
+      meta=dict(corpus=corpus),
+      force=True,
+    )
   checkpointer.wait()
   results = run_evaluation(total_steps)
   logging.info(

@@ -16,14 +16,12 @@ from jax.experimental import multihost_utils
 SYNTHETIC = "synthetic_av"
 
 
-def prepare_corpus(
+def resolve_corpus(
   config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 ) -> ml_collections.ConfigDict:
-  """A locked copy of `config` whose data section names a prepared corpus.
-
-  `data.data_dir` defaults to WORKDIR/data; a synthetic corpus is generated there when absent
-  and `data.builder` becomes its exact builder config. `config` itself is not changed.
-  """
+  """A locked copy of `config` as `prepare_corpus` returns it, without preparing anything:
+  `data.data_dir` defaulted to WORKDIR/data and a synthetic builder named by its exact config (a
+  resumed run compares it with its checkpoint's config before any work)."""
   resolved = ml_collections.ConfigDict(config.to_dict())
   data = resolved.data
   if not data.data_dir:
@@ -36,10 +34,27 @@ def prepare_corpus(
         "data.builder='synthetic_av' needs data.synthetic (a SyntheticSpec's fields)"
       )
     spec = generator.SyntheticSpec(**data.synthetic.to_dict())
+    data.builder = f"{SYNTHETIC}/{builder.config_name(spec)}"
+  resolved.lock()
+  return resolved
+
+
+def prepare_corpus(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> ml_collections.ConfigDict:
+  """A locked copy of `config` whose data section names a prepared corpus.
+
+  `data.data_dir` defaults to WORKDIR/data; a synthetic corpus is generated there when absent
+  and `data.builder` becomes its exact builder config. `config` itself is not changed.
+  """
+  resolved = resolve_corpus(config, workdir)
+  data = resolved.data
+  if data.builder.split("/")[0] == SYNTHETIC:
+    from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
+
+    spec = generator.SyntheticSpec(**data.synthetic.to_dict())
     if jax.process_index() == 0:
       logging.info("preparing the synthetic corpus in %s", data.data_dir)
       builder.build(spec, data.data_dir)
     multihost_utils.sync_global_devices("synthetic corpus ready")
-    data.builder = f"{SYNTHETIC}/{builder.config_name(spec)}"
-  resolved.lock()
   return resolved

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,9 +42,9 @@ def _largest_file(step_dir: pathlib.Path) -> pathlib.Path:
   return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
-def _flip_byte(path: pathlib.Path) -> None:
+def _flip_byte(path: pathlib.Path, position: int | None = None) -> None:
   data = bytearray(path.read_bytes())
-  data[len(data) // 2] ^= 0x01
+  data[len(data) // 2 if position is None else position] ^= 0x01
   path.write_bytes(bytes(data))
 
 
@@ -69,12 +70,22 @@ def test_committed_steps_carry_checksums_of_every_file(tmp_path):
   checkpointer.close()
 
 
-@pytest.mark.parametrize("damage", ["flipped_byte", "truncated", "deleted", "bad_manifest"])
+def _damage_unchecksummed(step_dir: pathlib.Path) -> None:
+  """A step as an older avcd wrote it (no checksums), with a bit flipped in its OCDBT index."""
+  (step_dir / checkpoints.CHECKSUMS).unlink()
+  _flip_byte(step_dir / "state" / "manifest.ocdbt", 0)
+
+
+@pytest.mark.parametrize(
+  "damage", ["flipped_byte", "truncated", "deleted", "bad_manifest", "unchecksummed"]
+)
 def test_corrupt_latest_step_falls_back_to_the_previous_one(tmp_path, damage, caplog):
   checkpointer = _saved_run(tmp_path)
   checkpointer.close()
   victim = _largest_file(tmp_path / "3")
-  if damage == "flipped_byte":
+  if damage == "unchecksummed":
+    _damage_unchecksummed(tmp_path / "3")
+  elif damage == "flipped_byte":
     _flip_byte(victim)
   elif damage == "truncated":
     victim.write_bytes(victim.read_bytes()[:100])
@@ -198,6 +209,20 @@ def test_restoring_a_named_corrupt_step_raises(tmp_path):
   with pytest.raises(checkpoints.CorruptCheckpointError, match=str(tmp_path / "2")):
     checkpointer.restore(2, checkpoints.abstract_like(_tree(0)))
   checkpointer.close()
+
+
+def test_reading_commands_skip_an_unchecksummed_step_that_fails_to_read(tmp_path, caplog):
+  _saved_run(tmp_path).close()
+  _damage_unchecksummed(tmp_path / "3")
+  with caplog.at_level("WARNING"):
+    assert checkpoints.select_step(tmp_path) == tmp_path / "2"
+  assert f"checkpoint {tmp_path / '3'} is corrupt: its 'state' item fails to read" in caplog.text
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="DATA_LOSS") as e:
+    checkpoints.select_step(tmp_path, 3)
+  assert str(tmp_path / "3") in str(e.value) and "\n" not in str(e.value)
+  # An undamaged step without checksums still restores (with a warning).
+  (tmp_path / "2" / checkpoints.CHECKSUMS).unlink()
+  assert checkpoints.select_step(tmp_path, 2) == tmp_path / "2"
 
 
 def test_half_written_step_is_ignored_and_removed(tmp_path):
@@ -374,8 +399,90 @@ def test_sigterm_sets_the_flag_and_gives_the_signal_back():
 
 
 def test_closing_the_watcher_restores_the_handler():
-  previous = signal.getsignal(signal.SIGTERM)
+  previous = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
   watcher = preemption.PreemptionWatcher()
-  assert signal.getsignal(signal.SIGTERM) != previous
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] != previous
   watcher.close()
-  assert signal.getsignal(signal.SIGTERM) == previous
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == previous
+
+
+def test_ctrl_c_asks_to_stop_once_and_a_second_one_interrupts_at_once():
+  watcher = preemption.PreemptionWatcher()
+  os.kill(os.getpid(), signal.SIGINT)
+  assert watcher.stop_requested(1) and watcher.interrupted
+  with pytest.raises(KeyboardInterrupt):
+    os.kill(os.getpid(), signal.SIGINT)
+  watcher.close()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _steps_of_students(root: pathlib.Path, model_cfg, steps) -> None:
+  """A directory of model-checkpoint steps whose student weights all equal the step number."""
+  for step in steps:
+    checkpoints.save_model(
+      root.parent / f"model{step}",
+      student_state=jax.tree.map(lambda x: x * step, _tiny_student_state(model_cfg)),
+    )
+    shutil.copytree(root.parent / f"model{step}" / "0", root / str(step))
+
+
+def test_a_step_deleted_by_retention_while_read_gives_way_to_the_newest_left(
+  tmp_path, monkeypatch, caplog
+):
+  model_cfg = tiny_models.student_config()
+  config = ml_collections.ConfigDict(dict(model=model_cfg))
+  root = tmp_path / "checkpoints"
+  _steps_of_students(root, model_cfg, (2, 4))
+  check_layout = checkpoints._check_layout  # pylint: disable=protected-access
+
+  def retire_step_4(step_dir, *args, **kwargs):
+    # What a training run's retention does between choosing a step and reading its arrays.
+    if step_dir.name == "4":
+      shutil.rmtree(step_dir)
+    return check_layout(step_dir, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints, "_check_layout", retire_step_4)
+  restored = ts.restore_student(root, config=config)
+  assert restored.source["step"] == 2
+  assert all(np.all(np.asarray(x) == 2) for x in jax.tree.leaves(restored.params))
+  assert f"step 4 of {root} was deleted while it was read" in caplog.text
+  assert "using step 2, the newest one left" in caplog.text
+
+  again = tmp_path / "again" / "checkpoints"
+  _steps_of_students(again, model_cfg, (2, 4))
+  with pytest.raises(checkpoints.StepRetiredError, match=r"/4 was deleted while it was read"):
+    ts.restore_student(again, 4, config=config)
+
+
+def test_a_failed_read_of_a_step_that_is_still_there_is_not_taken_for_retention(
+  tmp_path, monkeypatch
+):
+  model_cfg = tiny_models.student_config()
+  root = tmp_path / "checkpoints"
+  _steps_of_students(root, model_cfg, (2, 4))
+
+  def fail(*args, **kwargs):
+    raise OSError("the disk went away")
+
+  monkeypatch.setattr(checkpoints, "_check_layout", fail)
+  with pytest.raises(OSError, match="the disk went away"):
+    ts.restore_student(root, config=ml_collections.ConfigDict(dict(model=model_cfg)))
+
+
+def test_an_unreadable_checkpoint_directory_is_named_once(tmp_path, monkeypatch):
+  _saved_run(tmp_path / "run" / "checkpoints").close()
+  unreadable = tmp_path / "run" / "checkpoints"
+  is_dir = pathlib.Path.is_dir
+
+  def denied(path):
+    # What a user without read permission on `unreadable` gets (root is never denied).
+    if path.parent == unreadable:
+      raise PermissionError(13, "Permission denied", str(path))
+    return is_dir(path)
+
+  monkeypatch.setattr(pathlib.Path, "is_dir", denied)
+  # `avcd eval --workdir=run` reads run/checkpoints, probing whether it is a workdir first.
+  with pytest.raises(PermissionError) as e:
+    checkpoints.select_step(unreadable)
+  assert e.value.filename == str(unreadable)
+  assert "cannot read the directory (Permission denied)" in str(e.value)

@@ -46,6 +46,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     (["--config.data.max_frames=abc"], 2, "--config.data.max_frames=abc"),
     (["--config.train.best_metric=acu"], 2, "train.best_metric='acu': choose one of"),
     (["--config.loss.divergence=kl"], 2, "loss.divergence='kl': choose one of"),
+    (["--config.mesh.data=64"], 2, "mesh.data=64 x mesh.fsdp=1 needs 64 devices"),
     (
       ["--config.teachers.cache=True", "--config.data.train_window=16"],
       2,
@@ -119,9 +120,14 @@ def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_sy
   assert failed or re.search(r"/run/metrics\.jsonl: No space left on device$", line), result.stderr[
     -3000:
   ]
-  assert "Future exception was never retrieved" not in result.stderr
+  # Nothing follows the line: no exception that Orbax's background tasks left unretrieved.
+  assert "exception was never retrieved" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.rstrip().endswith(line), result.stderr[-3000:]
   errors = [text for text in result.stderr.splitlines() if text.startswith(("E", "Traceback"))]
   assert len(errors) < 10
+  if failed:  # training stopped at the failed save: no later step was trained on and logged
+    logged = [int(step) for step in re.findall(r"\bstep (\d+)/\d+ loss", result.stderr)]
+    assert logged and max(logged) <= int(failed.group(1)), result.stderr[-3000:]
   # Which step fills the disk depends on timing; the steps before it are committed and intact.
   committed = [
     int(p.name) for p in (small_file_system / "run" / "checkpoints").iterdir() if p.name.isdigit()

@@ -47,7 +47,9 @@ EXACT_METRICS = (
   "skipped_steps",
   "epoch",
 )
-RUN_TIMEOUT_S = 600
+# Only against a hang: a loaded 2-core machine takes minutes per run, and a limit near that fails
+# runs that would have passed.
+RUN_TIMEOUT_S = 3600
 
 
 class Run:
@@ -93,7 +95,7 @@ def _avcd(
     for line in process.stdout:
       lines.append(line)
       if stop_at is not None and not signalled and re.search(rf"\bstep {stop_at}/\d+ loss", line):
-        time.sleep(delay)
+        time.sleep(delay)  # not a wait for anything: a random moment after the step, to kill at
         process.send_signal(stop_signal)
         signalled = True
     returncode = process.wait()
@@ -135,8 +137,8 @@ def runs(tmp_path_factory):
   preempted = _train(root, "chain", stop_at=term_at, stop_signal=signal.SIGTERM)
   saved = preempted.steps_logged(r"preempted: saved step (\d+)")
   assert preempted.returncode == 0 and len(saved) == 1, preempted.output[-5000:]
-  # The non-finite test starts from this state; the chain goes on in its own directory.
-  shutil.copytree(root / "chain", root / "nonfinite")
+  # The workdir as preemption left it; the chain goes on.
+  shutil.copytree(root / "chain", root / "preempted")
   kill_at, delay = rng.randint(saved[0] + 1, TOTAL_STEPS - 1), rng.uniform(0.0, 1.5)
   killed = _train(root, "chain", stop_at=kill_at, stop_signal=signal.SIGKILL, delay=delay)
   finished = _train(root, "chain")
@@ -186,9 +188,9 @@ def test_profile_steps_write_a_trace_of_those_steps(runs):
 def test_sigterm_checkpoints_exits_cleanly_and_the_next_start_resumes(runs):
   saved = runs["saved"]
   assert f"preempted: saved step {saved}" in runs["preempted"].output, runs["plan"]
-  assert (runs["root"] / "nonfinite" / "checkpoints" / str(saved)).is_dir()
+  assert (runs["root"] / "preempted" / "checkpoints" / str(saved)).is_dir()
   # Neither the final evaluation nor later steps ran.
-  assert not (runs["root"] / "nonfinite" / "eval").exists()
+  assert not (runs["root"] / "preempted" / "eval").exists()
   assert max(runs["preempted"].steps_logged(r"\bstep (\d+)/\d+ loss")) == saved
   assert _resumed_from(runs["killed"]) == saved, runs["plan"]
 
@@ -224,26 +226,47 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
   )
 
 
-def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
-  root, saved = runs["root"], runs["saved"]
+def test_ctrl_c_saves_the_step_and_stops_in_one_line_with_status_130(runs):
+  root = runs["root"]
+  run = _train(root, "interrupted", stop_at=1, stop_signal=signal.SIGINT)
+  assert run.returncode == 130, run.output[-5000:]
+  assert "Traceback" not in run.output and "KeyboardInterrupt" not in run.output
+  match = re.search(r"avcd train: interrupted: saved step (\d+) in (\S+); ", run.output)
+  assert match, run.output[-5000:]
+  saved = int(match.group(1))
+  assert pathlib.Path(match.group(2)) == root / "interrupted" / "checkpoints"
+  assert (root / "interrupted" / "checkpoints" / str(saved)).is_dir()
+  assert max(run.steps_logged(r"\bstep (\d+)/\d+ loss")) == saved  # nothing trained after it
+  assert not (root / "interrupted" / "eval").exists()
+
+
+def _save_teachers(path: pathlib.Path, *, poisoned: bool) -> None:
+  """The random teachers of configs/tiny.py as a checkpoint at `path`, NaN if `poisoned`."""
   config = config_lib.load_config(str(TINY))
-  _, params, batch_stats = ts.split_model(
-    nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
-  )
-  poisoned = jax.tree.map(
-    lambda x: np.full(x.shape, np.nan, x.dtype), dict(params=params, batch_stats=batch_stats)
-  )
+  _, params, batch_stats = ts.split_model(ts.build_teachers(config.teachers, config.seed))
+  weights = dict(params=params, batch_stats=batch_stats)
+  if poisoned:
+    weights = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype), weights)
+  shutil.rmtree(path, ignore_errors=True)
   checkpoints.save_model(
-    root / "nan_teachers",
-    teachers_state=poisoned,
-    config=ml_collections.ConfigDict(dict(teachers=config.teachers)),
+    path, teachers_state=weights, config=ml_collections.ConfigDict(dict(teachers=config.teachers))
   )
-  run = _train(
-    root,
-    "nonfinite",
+
+
+def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs):
+  root = runs["root"]
+  # A resumed run must keep its config (test_resume_config.py): the teachers' weights go bad in
+  # place between the first epoch and the second.
+  teachers = root / "teachers"
+  from_checkpoint = (
     "--config.teachers.source=checkpoint",
-    f"--config.teachers.checkpoint={root / 'nan_teachers'}",
+    f"--config.teachers.checkpoint={teachers}",
   )
+  _save_teachers(teachers, poisoned=False)
+  first = _train(root, "nonfinite", *from_checkpoint, "--config.train.num_epochs=1")
+  assert first.returncode == 0, first.output[-5000:]
+  _save_teachers(teachers, poisoned=True)
+  run = _train(root, "nonfinite", *from_checkpoint, "--config.train.num_epochs=2")
   assert run.returncode != 0
   match = re.search(
     r"NonFiniteLossError: non-finite loss nan at step (\d+); clips of split "
@@ -252,8 +275,9 @@ def test_nonfinite_loss_stops_with_the_step_clips_and_last_good_checkpoint(runs)
     run.output,
   )
   assert match, run.output[-5000:]
-  assert int(match.group(1)) == saved + 1
-  assert pathlib.Path(match.group(4)) == root / "nonfinite" / "checkpoints" / str(saved)
+  last_good = TOTAL_STEPS // 2  # the end of the first epoch
+  assert int(match.group(1)) == last_good + 1
+  assert pathlib.Path(match.group(4)) == root / "nonfinite" / "checkpoints" / str(last_good)
 
 
 def test_eval_accepts_a_model_checkpoint_path(runs):

@@ -109,6 +109,7 @@ def main(argv):
 
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()
+  config_checks.check_mesh(_CONFIG.value)
   try:
     evaluate_checkpoint(
       _CONFIG.value,

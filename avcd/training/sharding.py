@@ -70,17 +70,19 @@ def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, i
   if sizes.count(-1) > 1:
     raise ValueError("at most one of mesh.data, mesh.fsdp may be -1")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh sizes must be positive or -1, not data={sizes[0]} fsdp={sizes[1]}")
+    raise ValueError(
+      f"mesh sizes must be positive or -1, not mesh.data={sizes[0]} mesh.fsdp={sizes[1]}"
+    )
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if num_devices % known:
       raise ValueError(
-        f"{num_devices} devices cannot be split into mesh data={sizes[0]} x fsdp={sizes[1]}"
+        f"{num_devices} devices cannot be split into mesh.data={sizes[0]} x mesh.fsdp={sizes[1]}"
       )
     sizes[sizes.index(-1)] = num_devices // known
   if sizes[0] * sizes[1] != num_devices:
     raise ValueError(
-      f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {sizes[0] * sizes[1]} "
+      f"mesh.data={sizes[0]} x mesh.fsdp={sizes[1]} needs {sizes[0] * sizes[1]} "
       f"devices, {num_devices} are available"
     )
   return sizes[0], sizes[1]

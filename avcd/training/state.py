@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 from flax import nnx
 
 from avcd import checkpoints, config_lib
@@ -136,15 +137,43 @@ def restore_student(
     path: a training workdir (its checkpoints/), a directory of steps, one step's directory, or a
       model checkpoint with a `student` item (`avcd convert`).
     step: a step of it; None takes the newest intact step (checkpoints.select_step: corrupt ones
-      are skipped with a warning; a step asked for must verify).
+      are skipped with a warning; a step asked for must verify). Where the step is deleted while
+      it is read (a training run's retention), None takes the newest step left, a step asked
+      for raises checkpoints.StepRetiredError.
     config: the config whose model the checkpoint must fit; None reads the one stored with it.
     mesh: where the parameters go (default: this process's first device).
 
   Raises:
-    FileNotFoundError, checkpoints.CorruptCheckpointError, checkpoints.CheckpointMismatchError;
-    ValueError when no config is given and the checkpoint stores none.
+    FileNotFoundError, checkpoints.CorruptCheckpointError, checkpoints.CheckpointMismatchError,
+    checkpoints.StepRetiredError; ValueError when no config is given and the checkpoint stores none.
   """
   step_dir = checkpoints.select_step(path, step)
+  while True:
+    identity = checkpoints.step_identity(step_dir)
+    try:
+      return _restore_student(step_dir, config, mesh)
+    except Exception as e:  # pylint: disable=broad-except
+      # A training run's retention may delete the step while it is read: Orbax then fails in
+      # TensorStore (e.g. "Truncated Zstd-compressed stream"), which reads like corruption.
+      if not checkpoints.step_retired(step_dir, identity):
+        raise
+      if step is not None:
+        raise checkpoints.StepRetiredError(
+          f"checkpoint {step_dir} was deleted while it was read (the training run writing there "
+          "keeps only its latest and best steps); ask for a step it keeps, or leave out "
+          "the step for the newest one"
+        ) from e
+      retired, step_dir = step_dir, checkpoints.select_step(path)
+      logging.warning(
+        "step %s of %s was deleted while it was read (the training run's retention); using "
+        "step %s, the newest one left",
+        retired.name,
+        retired.parent,
+        step_dir.name,
+      )
+
+
+def _restore_student(step_dir: pathlib.Path, config, mesh) -> RestoredStudent:
   if config is None:
     config = checkpoints.read_config(step_dir)
     if config is None:
