@@ -57,12 +57,25 @@ def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs(
       runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))
       runs.append(_recipe_run(3e-3, 1200, row, seed, 5, 2400))  # as few epochs, slower
   assert g.choose_recipe(runs) == dict(
-    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=750.0
+    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=1800 * 5 / g.RECIPE_EPOCHS
   )
   never = [
     _recipe_run(1e-3, 400, row, seed, 99, 1200) for row in g.RECIPE_ROWS for seed in g.RECIPE_SEEDS
   ]
   assert g.choose_recipe(never) is None
+
+
+def test_a_recipe_run_that_stopped_short_of_the_target_and_of_the_epochs_is_run_again(tmp_path):
+  path = tmp_path / "run.json"
+  assert not g._recipe_run_complete(path)
+  run = _recipe_run(1e-3, 1200, "R0", 0, 99, 2400)
+  path.write_text(json.dumps(dict(run, epochs=run["epochs"][:12])))  # the first grid's 12 epochs
+  assert not g._recipe_run_complete(path)
+  path.write_text(json.dumps(run))  # all RECIPE_EPOCHS, never at the target: a final "never"
+  assert g._recipe_run_complete(path)
+  reached = _recipe_run(1e-3, 1200, "R0", 0, 6, 2400)
+  path.write_text(json.dumps(dict(reached, epochs=reached["epochs"][:12])))
+  assert g._recipe_run_complete(path)
 
 
 def _contrast(mean, low, high, per_corpus=(0.1, 0.1)):
