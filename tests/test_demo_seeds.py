@@ -34,3 +34,11 @@ def test_the_readme_table_and_the_report_are_rebuilt_from_the_committed_results(
     "python -m avcd.studies.demo_seeds --report_only"
   )
   assert (tmp_path / "demo_seeds.md").read_text() == (REPO / "docs" / "demo_seeds.md").read_text()
+
+
+def test_the_study_imports_beside_the_claim_study_in_one_process():
+  # absl flags are process-global: a test worker imports both runners.
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  importlib.import_module("avcd.commands.generalisation")
+  importlib.reload(demo_seeds)

@@ -37,13 +37,6 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo_seeds", "Corpus, teachers and run dirs.")
-_RESULTS = flags.DEFINE_string("results", "docs/demo_seeds/results", "Results files (committed).")
-_REPORT = flags.DEFINE_string("report", "docs/demo_seeds.md", "Report to write.")
-_README = flags.DEFINE_string("readme", "README.md", "README whose seed table is rewritten.")
-_VARIANTS = flags.DEFINE_list("variants", ["heads"], "Variants to run, in order.")
-_SEEDS = flags.DEFINE_string("seeds", "0-9", "Seeds to run: 'A-B' or 'A,B,C'.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report and README table.")
 
 CONFIG = "configs/synthetic.py"
 LOG_EVERY = 20
@@ -378,21 +371,35 @@ def write_report(loaded: dict, report: pathlib.Path, readme: pathlib.Path) -> No
     readme.write_text(text[:begin] + block + text[end + len(README_END) :])
 
 
+def define_flags() -> None:
+  """The command line. Defined only when the module runs as a program: tests import it beside the
+  claim study's runner, whose flags have the same names, and absl flags are process-global."""
+  flags.DEFINE_string("workdir", "runs/demo_seeds", "Corpus, teachers and run dirs.")
+  flags.DEFINE_string("results", "docs/demo_seeds/results", "Results files (committed).")
+  flags.DEFINE_string("report", "docs/demo_seeds.md", "Report to write.")
+  flags.DEFINE_string("readme", "README.md", "README whose seed table is rewritten.")
+  flags.DEFINE_list("variants", ["heads"], "Variants to run, in order.")
+  flags.DEFINE_string("seeds", "0-9", "Seeds to run: 'A-B' or 'A,B,C'.")
+  flags.DEFINE_bool("report_only", False, "Only rebuild the report and README table.")
+
+
 def main(argv):
+  args = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  results = pathlib.Path(_RESULTS.value)
-  if not _REPORT_ONLY.value:
-    unknown = set(_VARIANTS.value) - set(VARIANTS)
+  results = pathlib.Path(args.results)
+  if not args.report_only:
+    unknown = set(args.variants) - set(VARIANTS)
     if unknown:
       raise app.UsageError(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
-    workdir = pathlib.Path(_WORKDIR.value).absolute()
-    for variant in _VARIANTS.value:
-      for seed in parse_seeds(_SEEDS.value):
+    workdir = pathlib.Path(args.workdir).absolute()
+    for variant in args.variants:
+      for seed in parse_seeds(args.seeds):
         if not (results / f"{run_name(variant, seed)}.json").exists():
           execute(variant, seed, workdir, results)
-  write_report(load_results(results), pathlib.Path(_REPORT.value), pathlib.Path(_README.value))
+  write_report(load_results(results), pathlib.Path(args.report), pathlib.Path(args.readme))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
