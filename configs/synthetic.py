@@ -2,20 +2,6 @@ r"""The built-in demo: teachers and a narrow student trained on the synthetic co
 
   avcd train --config=configs/synthetic.py --workdir=runs/synthetic
 
-Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
-claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets
-the corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus:
-lip-sync generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100
-speakers, 2800 test clips.
-
-Variant `partial` (`--config=configs/synthetic.py:partial`): temporal localisation
-(docs/localisation.md). Every fake is a real clip of 3-5 s with one or two forged segments of
-0.5-2 s (lipsync_part, desync_part, voice_swap_part); the student learns each frame's label, 16
-epochs. Hardware: 2 CPU cores. Expected time: about 33 min (corpus 1.5 min, 1.5 GB; teachers
-3.7 min; student 27 min 52 s; evaluation 16 s). Expected result on the test split: AP@0.5 55.8%,
-AR@10 63.5%, frame AUC 97.8%, video AUC 99.2% (per method and against clip-label training:
-docs/localisation.md).
-
 Generates the synthetic corpus into WORKDIR/data, trains the ASR/VSR teachers into
 WORKDIR/teachers if none are there yet, trains the student and evaluates it on the held-out
 speakers of the test split (reports in WORKDIR/eval/test).
@@ -25,6 +11,21 @@ teachers 1 min 40 s; student 3 min 15 s, 960 steps with the phoneme heads; evalu
 commit 135ba06). Expected result: test ROC-AUC >= 99% on every method, whatever the seed: seed 0
 gives 100.0 / 100.0 / 99.9 / 100.0 (desync, lipsync, talking_head, voice_swap); the seed study of
 10 seeds, with and without the heads, is in docs/demo_seeds.md.
+
+Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
+claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets
+the corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus:
+lip-sync generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100
+speakers, 2800 test clips.
+
+Variant `partial` (`--config=configs/synthetic.py:partial`): temporal localisation
+(docs/localisation.md). Every fake is a real clip of 3-5 s with one or two forged segments of
+0.5-2 s (lipsync_part, desync_part, voice_swap_part); the student learns each frame's label, 16
+epochs, with the demo's phoneme heads. Hardware: 2 CPU cores. Expected time: about 34 min
+(corpus 1 min 54 s, 1.5 GB; teachers 3 min; student 29 min; evaluation 15 s; at 5aee223).
+Expected result on the test split (evaluated at 41e1d90): AP@0.5 47.7%, AR@10 65.2%, frame AUC
+98.0%, video AUC 99.1% (per method, at 8 epochs, without the heads and against clip-label
+training: docs/localisation.md).
 """
 
 import ml_collections
