@@ -110,8 +110,8 @@ def get_config(variant: str = "demo"):
 
   config.optim = config_lib.optimizer(learning_rate=1e-3)
   # 4 epochs (960 steps): with the phoneme heads every seed of the seed study has learned every
-  # method by then; without them the escape from the voice-cue plateau came at 1,100-1,300 steps
-  # in some seeds and never in others within 8 epochs (README).
+  # method by then (at 480 steps talking_head was still 71-99%); without them 7 of 10 seeds never
+  # left the voice-cue plateau within these steps (docs/demo_seeds.md).
   config.train = config_lib.training(num_epochs=4, log_every_steps=120, checkpoint_every_steps=480)
   config.mesh = config_lib.mesh()
 
@@ -157,7 +157,8 @@ def get_config(variant: str = "demo"):
       max_frames=125, train_window=125, frame_budget=500, bucket_lengths=(100, 125)
     )
     config.train.labels = "frame"
-    # The frame classifier leaves the class prior (P(fake) ~0.12 on every frame) after ~9 epochs
-    # (docs/localisation.md): 8 epochs, the demo's, stop before it.
+    # Without the heads the frame classifier leaves the class prior (P(fake) ~0.12 on every frame)
+    # after ~9 epochs; with them it has by 8, but segment edges keep sharpening to 16
+    # (docs/localisation.md).
     config.train.num_epochs = 16
   return config
