@@ -879,7 +879,9 @@ def _recipe_run_complete(path: pathlib.Path) -> bool:
   epochs = json.loads(path.read_text())["epochs"]
   reached = any(min(e["auc"].values()) >= RECIPE_TARGET for e in epochs)
   if not reached and len(epochs) < RECIPE_EPOCHS:
-    logging.info("%s: %d epochs without the target; run again to %d", path, len(epochs), RECIPE_EPOCHS)
+    logging.info(
+      "%s: %d epochs without the target; run again to %d", path, len(epochs), RECIPE_EPOCHS
+    )
     return False
   return True
 

@@ -35,7 +35,9 @@ SCALE = 1.5  # the 112 px synthetic face in a 320 x 240 frame, as tests/test_fac
 def render_clip(method: str, folder: pathlib.Path) -> pathlib.Path:
   """The first test clip of `method` in the demo corpus, as an mp4 with its voice."""
   spec = generator.SyntheticSpec(**config_lib.load_config("configs/synthetic.py").data.synthetic)
-  index = next(i for i in range(spec.num_clips("test")) if generator.method_of(spec, "test", i) == method)
+  index = next(
+    i for i in range(spec.num_clips("test")) if generator.method_of(spec, "test", i) == method
+  )
   media = {}
 
   def keep(faces, samples):
