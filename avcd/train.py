@@ -22,9 +22,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from avcd import checkpoints, config_checks, workdir_lock
+from avcd.core import compiled, sharding
 from avcd.evaluation import evaluate, metrics
 from avcd.teachers import cache as teacher_cache, frozen, training as teacher_training
-from avcd.training import flops, losses, preemption, sharding, state as ts, steps, writers
+from avcd.training import flops, losses, preemption, state as ts, steps, writers
 from data_pipelines import corpus_setup, loader, progress, split_index
 
 # Steps before a profile (train.profile_steps) starts: the first compiles and warms the pipeline.
@@ -42,7 +43,7 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
     return checkpointer.restore(latest, step.state, data_iterator=train_iter, expected=config.model)
   state = step.init_state()
   if config.train.init_from:
-    student = ts.restore_student(config.train.init_from, config=config, mesh=step.mesh)
+    student = checkpoints.restore_student(config.train.init_from, config=config, mesh=step.mesh)
     state = state.replace(params=student.params, batch_stats=student.batch_stats)
     logging.info("initialised the student from %s", student.source)
   return state
@@ -199,10 +200,10 @@ def _train_and_evaluate(
   step = steps.make_train_step(config, mesh, steps_per_epoch)
   state = _initial_state(config, checkpointer, resume_step, step, train_iter)
   first_step = int(state.step)
-  update_fn = steps.ShapeCompiled(step.update_fn, "train step")
+  update_fn = compiled.ShapeCompiled(step.update_fn, "train step")
   step_flops = flops.StepFlops(step.update_fn, config.optim.grad_accum_steps)
   peak_flops = flops.peak_flops_per_device()
-  predict_fn = steps.ShapeCompiled(step.predict_step(), "predict step")
+  predict_fn = compiled.ShapeCompiled(step.predict_step(), "predict step")
 
   def run_evaluation(at_step: int) -> dict:
     """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""

@@ -444,10 +444,11 @@ def teachers_only(
   base, corpus: int, teacher: str, workdir: pathlib.Path, results: pathlib.Path
 ) -> None:
   """The teachers-only row: clip score 1 - mean soft target, on the test split; no training."""
+  from avcd.core import sharding  # pylint: disable=g-import-not-at-top
   from avcd.models import layers  # pylint: disable=g-import-not-at-top
   from avcd.models.student import frame_mask  # pylint: disable=g-import-not-at-top
   from avcd.teachers import frozen  # pylint: disable=g-import-not-at-top
-  from avcd.training import losses, sharding, steps  # pylint: disable=g-import-not-at-top
+  from avcd.training import losses, steps  # pylint: disable=g-import-not-at-top
   from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
 
   path = results / "runs" / f"corpus{corpus}-{teacher}-teachers_only.json"
@@ -879,7 +880,9 @@ def _recipe_run_complete(path: pathlib.Path) -> bool:
   epochs = json.loads(path.read_text())["epochs"]
   reached = any(min(e["auc"].values()) >= RECIPE_TARGET for e in epochs)
   if not reached and len(epochs) < RECIPE_EPOCHS:
-    logging.info("%s: %d epochs without the target; run again to %d", path, len(epochs), RECIPE_EPOCHS)
+    logging.info(
+      "%s: %d epochs without the target; run again to %d", path, len(epochs), RECIPE_EPOCHS
+    )
     return False
   return True
 

@@ -341,7 +341,7 @@ def write_report(loaded: dict, report: pathlib.Path, readme: pathlib.Path) -> No
     "every evaluation and the cross-entropy curve). How the runs are made: the module docstring of",
     "`avcd/studies/demo_seeds.py`. A method counts as learned at "
     f"{_pct(LEARNED)}% test AUC or more;",
-    f"'CE below plateau' is the first step at which the mean frame cross-entropy over the",
+    "'CE below plateau' is the first step at which the mean frame cross-entropy over the",
     f"{ESCAPE_STEPS} steps before it is below {PLATEAU_CE:.3f}, the loss of a student that detects",
     "only voice swaps.",
   ]
