@@ -298,7 +298,7 @@ def _train_and_evaluate(
     writer.write_scalars(step_number, summary)
     remaining = (total_steps - step_number) / max(steps_per_second, 1e-9)
     logged_losses = " ".join(
-      f"{name} {summary['loss_' + name]:.4f}"
+      f"{name} {summary[losses.metric_name(name)]:.4f}"
       for name, weight in losses.LOSS_TERMS.items()
       if config.loss[weight]
     )
