@@ -13,7 +13,8 @@ import time
 
 import ml_collections
 
-from avcd.training import flops, sharding, steps
+from avcd.core import sharding
+from avcd.training import flops, steps
 from data_pipelines import loader
 
 

@@ -9,7 +9,6 @@ exit status 2 for usage errors (bad flags, config fields or paths, found before 
 traceback means a bug in avcd.
 """
 
-import errno
 import importlib
 import logging
 import os
@@ -21,6 +20,7 @@ import traceback
 from absl import app, flags, logging as absl_logging
 
 from avcd import compilation_cache
+from avcd.commands import arguments
 
 COMMANDS = {
   "train": ("train", "train a detector on a config, then evaluate it"),
@@ -43,65 +43,6 @@ EXIT_STATUS_HELP = (
   "a usage error (a bad flag, config field or path; nothing was done), 130 when interrupted "
   "(Ctrl-C)."
 )
-
-
-def parse_pair(flag: str, text: str, form: str, example: str) -> tuple[int, int]:
-  """Parses a flag value of the form AxB (e.g. a mesh 4x2 or a batch 20x100) into two ints."""
-  try:
-    first, second = (int(n) for n in text.lower().split("x"))
-  except ValueError:
-    raise app.UsageError(f"--{flag}={text!r}: expected {form}, e.g. {example}") from None
-  return first, second
-
-
-def broken_symlink(path: pathlib.Path) -> str | None:
-  """What is wrong with a path that a symlink leads nowhere from ('is a symlink loop', 'is a
-  symlink to X, which does not exist'); None when it is not one. pathlib's exists() says only
-  False for both."""
-  try:
-    os.stat(path)
-  except OSError as e:
-    if e.errno == errno.ELOOP:
-      return "is a symlink loop"
-    if path.is_symlink():
-      return f"is a symlink to {os.readlink(path)}, which does not exist"
-  return None
-
-
-def existing_directory(flag: str, value: str) -> pathlib.Path:
-  """The directory a flag names; a UsageError when it is missing or not a directory."""
-  path = pathlib.Path(value)
-  if problem := broken_symlink(path):
-    raise app.UsageError(f"--{flag}={value}: {problem}")
-  if not path.exists():
-    raise app.UsageError(f"--{flag}={value}: no such directory")
-  if not path.is_dir():
-    raise app.UsageError(f"--{flag}={value}: not a directory")
-  return path
-
-
-def writable_directory(flag: str, value: str) -> pathlib.Path:
-  """A directory a command will write into: created now, so a bad path fails before any work."""
-  path = pathlib.Path(value)
-  if problem := broken_symlink(path):
-    raise app.UsageError(f"--{flag}={value}: {problem}")
-  if path.exists() and not path.is_dir():
-    raise app.UsageError(f"--{flag}={value}: is a file, not a directory")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise app.UsageError(f"--{flag}={value}: cannot create it ({e.strerror})") from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise app.UsageError(f"--{flag}={value}: not writable")
-  return path
-
-
-def require_tensorflow(what: str) -> None:
-  """A UsageError, before any work, where TensorFlow (the `tf` extra) is not installed."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-
-  if importlib.util.find_spec("tensorflow") is None:
-    raise app.UsageError(f"{what} needs TensorFlow, which is not installed: pip install -e '.[tf]'")
 
 
 def usage() -> str:
@@ -255,7 +196,7 @@ def _guarded(main, program: str, compiles: bool, writes_workdir: bool):
   def run(argv):
     try:
       if writes_workdir:
-        writable_directory("workdir", flags.FLAGS.workdir)
+        arguments.writable_directory("workdir", flags.FLAGS.workdir)
       if compiles:
         compilation_cache.enable()
       return main(argv)

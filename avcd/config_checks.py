@@ -12,9 +12,10 @@ import jax
 import ml_collections
 
 from avcd import config_lib
+from avcd.core import sharding
 from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
-from avcd.training import losses, sharding, steps
+from avcd.training import losses, steps
 from data_pipelines import split_index
 
 COMPUTE_DTYPES = ("float32", "bfloat16")

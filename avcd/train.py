@@ -5,12 +5,17 @@
 Resume order: the newest intact checkpoint in WORKDIR/checkpoints (a corrupt one is moved aside
 and the one before it used), else `train.init_from` (an avcd training or model checkpoint, e.g.
 converted PyTorch weights), else from scratch. SIGTERM checkpoints the current step and returns;
-Ctrl-C checkpoints it and raises preemption.Interrupted; see docs/checkpoints.md. Log, checkpoint
-and evaluation each ask the same question after a step (is it time?); a step is checkpointed
-before it is evaluated, so a failing evaluation never costs the trained state.
+Ctrl-C checkpoints it and raises preemption.Interrupted; see docs/checkpoints.md.
+
+Log, checkpoint and evaluation each ask the same question after a step (`_its_time`). A step
+evaluated between checkpoints is evaluated before it is saved, so that its save carries the
+metrics that rank it among the best checkpoints (a failing evaluation there costs at most the
+steps since the last checkpoint); the final step is saved before its evaluation, so a failing
+final evaluation loses no trained step.
 """
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import time
@@ -22,9 +27,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from avcd import checkpoints, config_checks, workdir_lock
+from avcd.core import compiled, sharding
 from avcd.evaluation import evaluate, metrics
-from avcd.teachers import cache as teacher_cache, frozen, training as teacher_training
-from avcd.training import flops, losses, preemption, sharding, state as ts, steps, writers
+from avcd.teachers import setup as teachers_setup
+from avcd.training import flops, losses, preemption, state as ts, steps, writers
 from data_pipelines import corpus_setup, loader, progress, split_index
 
 # Steps before a profile (train.profile_steps) starts: the first compiles and warms the pipeline.
@@ -42,7 +48,7 @@ def _initial_state(config, checkpointer, latest: int | None, step: steps.TrainSt
     return checkpointer.restore(latest, step.state, data_iterator=train_iter, expected=config.model)
   state = step.init_state()
   if config.train.init_from:
-    student = ts.restore_student(config.train.init_from, config=config, mesh=step.mesh)
+    student = checkpoints.restore_student(config.train.init_from, config=config, mesh=step.mesh)
     state = state.replace(params=student.params, batch_stats=student.batch_stats)
     logging.info("initialised the student from %s", student.source)
   return state
@@ -92,15 +98,6 @@ def _clip_ids(config: ml_collections.ConfigDict, records: np.ndarray) -> list[st
     split_index.open_split(config.data.builder, config.data.data_dir, config.data.train_split)
   )
   return sorted({str(i) for i in index.clips(records[records >= 0])["id"]})
-
-
-def _frozen_teachers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
-  """The teachers section: trains them first when `teachers.source='train'` finds none."""
-  if config.teachers.source == "train" and not frozen.has_checkpoint(config, workdir):
-    path = frozen.directory(config, workdir)
-    logging.info("teachers.source='train' and no teachers in %s yet: training them first", path)
-    teacher_training.train_teachers(config, path)
-  return frozen.load(config, workdir, mesh)
 
 
 def train_and_evaluate(
@@ -156,6 +153,65 @@ def _train_and_evaluate(
   if "data.data_dir" in config_changes:
     _check_same_corpus(checkpointer, resume_step, config_changes["data.data_dir"], corpus)
   writer = cleanup.enter_context(writers.MetricWriters(workdir))
+  _record_config(config, workdir, writer, resume_step, config_changes)
+  batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
+  steps_per_epoch = loader.steps_per_epoch(
+    config.data, process_count=jax.process_count(), batch_multiple=batch_multiple
+  )
+  total_steps = steps_per_epoch * config.train.num_epochs
+  logging.info("%d steps per epoch, %d steps", steps_per_epoch, total_steps)
+
+  # ---- Teachers (frozen), or their cached posteriors -------------------------------------------
+  teachers = teachers_setup.prepare(config, workdir, mesh)
+
+  # ---- Training batches ------------------------------------------------------------------------
+  train_data = loader.train_dataset(
+    config.data,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    batch_multiple=batch_multiple,
+    teacher_posteriors=teachers.posteriors,
+  )
+  train_iter = iter(train_data)
+
+  # ---- Train step and state -------------------------------------------------------------------
+  step = steps.make_train_step(config, mesh, steps_per_epoch)
+  state = _initial_state(config, checkpointer, resume_step, step, train_iter)
+  first_step = int(state.step)
+  run = _Run(
+    config, workdir, mesh, checkpointer, writer, train_iter, corpus, steps_per_epoch, total_steps
+  )
+
+  # ---- Training loop ---------------------------------------------------------------------------
+  state = _train_loop(run, step, state, teachers.state, cleanup)
+  if state is None:  # preempted after a checkpoint
+    return {}
+
+  # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
+  if first_step == total_steps and checkpointer.latest_step() != total_steps:
+    checkpointer.save(
+      total_steps,
+      state,
+      data_iterator=train_iter,
+      config=config,
+      meta=dict(corpus=corpus),
+      force=True,
+    )
+  checkpointer.wait()
+  results = _evaluate(run, run.predict_fn, state, total_steps)
+  logging.info(
+    "done in %s: reports in %s",
+    progress.duration(time.perf_counter() - start_time),
+    workdir / "eval",
+  )
+  multihost_utils.sync_global_devices("avcd train done")
+  return results
+
+
+def _record_config(config, workdir: pathlib.Path, writer, resume_step, config_changes) -> None:
+  """The config as run: hyperparameters in the metric writers, WORKDIR/config.json, and the
+  changes a resumed run made (checkpoints.record_config_changes)."""
   writer.write_hparams(config.to_dict())
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -167,88 +223,163 @@ def _train_and_evaluate(
         workdir / checkpoints.CONFIG_HISTORY,
         "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in config_changes.items()),
       )
-  batch_multiple = sharding.local_batch_multiple(mesh) * config.optim.grad_accum_steps
-  steps_per_epoch = loader.steps_per_epoch(
-    config.data, process_count=jax.process_count(), batch_multiple=batch_multiple
-  )
-  total_steps = steps_per_epoch * config.train.num_epochs
-  logging.info("%d steps per epoch, %d steps", steps_per_epoch, total_steps)
 
-  # ---- Teachers (frozen) -----------------------------------------------------------------------
-  teachers_graphdef, teachers_state = _frozen_teachers(config, workdir, mesh)
-  teacher_posteriors = None
-  if config.teachers.cache:
-    # The batches then carry the teachers' posteriors: the step neither runs nor holds teachers.
-    teacher_posteriors = teacher_cache.build_or_reuse(
-      config, workdir, mesh, teachers_graphdef, teachers_state
-    )
-    teachers_state = None
 
-  # ---- Training batches ------------------------------------------------------------------------
-  train_data = loader.train_dataset(
-    config.data,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    batch_multiple=batch_multiple,
-    teacher_posteriors=teacher_posteriors,
-  )
-  train_iter = iter(train_data)
+@dataclasses.dataclass
+class _Run:
+  """What the loop and the evaluations of one run share."""
 
-  # ---- Train step and state -------------------------------------------------------------------
-  step = steps.make_train_step(config, mesh, steps_per_epoch)
-  state = _initial_state(config, checkpointer, resume_step, step, train_iter)
+  config: ml_collections.ConfigDict  # as run: its corpus resolved
+  workdir: pathlib.Path
+  mesh: jax.sharding.Mesh
+  checkpointer: checkpoints.TrainCheckpointer
+  writer: writers.MetricWriters
+  train_iter: object  # the Grain iterator (checkpointed with each step)
+  corpus: dict  # _corpus_identity, stored in every checkpoint's meta
+  steps_per_epoch: int
+  total_steps: int
+  predict_fn: compiled.ShapeCompiled | None = None  # set by the loop
+
+
+def _its_time(step: int, every: int, *, also: bool = False) -> bool:
+  """Whether a periodic action (log, checkpoint, evaluation) is due after `step`: every `every`
+  steps (0: never), or whenever `also`."""
+  return also or (every > 0 and step % every == 0)
+
+
+def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup):
+  """Trains from `state` to the run's last step; returns the final state, or None when
+  preemption stopped the run after checkpointing its current step."""
+  config, checkpointer, workdir = run.config, run.checkpointer, run.workdir
   first_step = int(state.step)
-  update_fn = steps.ShapeCompiled(step.update_fn, "train step")
+  update_fn = compiled.ShapeCompiled(step.update_fn, "train step")
   step_flops = flops.StepFlops(step.update_fn, config.optim.grad_accum_steps)
-  peak_flops = flops.peak_flops_per_device()
-  predict_fn = steps.ShapeCompiled(step.predict_step(), "predict step")
+  run.predict_fn = compiled.ShapeCompiled(step.predict_step(), "predict step")
+  log = _Progress(run, update_fn)
+  watcher = preemption.PreemptionWatcher()
+  cleanup.callback(watcher.close)
+  profile = _Profile(config.train.profile_steps, first_step, run.total_steps, workdir)
+  # Stops a trace still running when the loop ends early (preemption, a non-finite loss), so the
+  # steps traced so far are written.
+  cleanup.enter_context(profile.stack)
 
-  def run_evaluation(at_step: int) -> dict:
-    """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""
-    results = evaluate.evaluate_splits(
-      predict_fn,
-      state.params,
-      state.batch_stats,
-      config,
-      mesh,
-      workdir,
-      source=dict(checkpoint_dir=str(checkpointer.directory), step=at_step),
+  for step_number in range(first_step + 1, run.total_steps + 1):
+    batch = next(run.train_iter)
+    inputs = sharding.global_batch(
+      {k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, run.mesh
     )
-    scalars = {
-      f"{split}/{k}": v
-      for split, m in results.items()
-      for k, v in m.items()
-      if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None
-    }
-    scalars.update(
-      {
-        f"{split}/auc/{method}": v["auc"]
-        for split, m in results.items()
-        for method, v in m.get("per_method", {}).items()
-        if v.get("auc") is not None
-      }
+    log.flops += step_flops(state, inputs, teachers_state)
+    profile.before(step_number)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
+      state, step_metrics = update_fn(state, inputs, teachers_state)
+    profile.after(step_number, state)
+    last = step_number == run.total_steps
+    logged = _its_time(step_number, config.train.log_every_steps, also=last)
+    if logged:
+      # A step is logged only once the saves before it are committed: after a failed save the
+      # run stops before any later step is reported (one wait per save at most, usually none).
+      checkpointer.wait()
+    else:
+      checkpointer.raise_if_failed()  # a failed background save stops the run at once
+    log.add(step_number, step_metrics, batch["record"])  # checks the previous step
+    if logged:
+      log.check_pending()
+      log.write(step_number, state)
+
+    preempted = watcher.stop_requested(step_number)
+    results = None
+    if not (preempted or last) and _its_time(step_number, config.eval.every_steps):
+      # Evaluated before it is saved, so that the save carries the metrics that rank it among the
+      # best checkpoints; a crash here costs at most the steps since the last checkpoint.
+      results = _evaluate(run, run.predict_fn, state, step_number)
+    if _its_time(step_number, config.train.checkpoint_every_steps, also=preempted or last):
+      log.check_pending()  # a step is checkpointed only once its loss is known to be finite
+      checkpointer.save(
+        step_number,
+        state,
+        data_iterator=run.train_iter,
+        config=config,
+        metrics=_checkpoint_metrics(config, results) if results else None,
+        meta=dict(corpus=run.corpus),
+        force=preempted or last,
+      )
+    if preempted:
+      _stop_preempted(checkpointer, watcher, step_number)
+      return None
+  return state
+
+
+def _stop_preempted(checkpointer, watcher, step_number: int) -> None:
+  """After the preempted step's save: waits for it; raises Interrupted on Ctrl-C."""
+  checkpointer.wait()
+  if watcher.interrupted:
+    raise preemption.Interrupted(
+      f"interrupted: saved step {step_number} in {checkpointer.directory}; the same command "
+      "resumes there"
     )
-    writer.write_scalars(at_step, scalars)
-    logging.info(
-      "step %d evaluation: %s",
-      at_step,
-      {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1},
-    )
-    return results
+  logging.warning(
+    "preempted: saved step %d in %s and stopped; the next start resumes there",
+    step_number,
+    checkpointer.directory,
+  )
 
-  def checkpoint_metrics(results: dict) -> dict:
-    value = next(iter(results.values())).get(config.train.best_metric)  # first split, variant
-    return {config.train.best_metric: value}
 
-  # ---- Training loop ---------------------------------------------------------------------------
-  pending = None  # the previous step's (step, metrics, records), checked one step late
-  interval = []  # host metrics since the last log line
-  interval_flops = 0.0
-  interval_start = loop_start = time.perf_counter()
+class _Profile:
+  """A jax.profiler trace of `train.profile_steps` steps, from PROFILE_AFTER_STEPS after the
+  first step of this start, into WORKDIR/profile."""
 
-  def check(pending_step):
-    step_number, step_metrics, records = pending_step
+  def __init__(self, profile_steps: int, first_step: int, total_steps: int, workdir):
+    self.steps, self.workdir = profile_steps, workdir
+    self.first = first_step + PROFILE_AFTER_STEPS + 1
+    self.last = min(self.first + profile_steps - 1, total_steps)
+    self.stack = contextlib.ExitStack()
+    if profile_steps and self.first > total_steps:
+      logging.warning(
+        "train.profile_steps: no profile, the run ends at step %d, before step %d where "
+        "profiling would start",
+        total_steps,
+        self.first,
+      )
+
+  def before(self, step_number: int) -> None:
+    if self.steps and step_number == self.first:
+      jax.profiler.start_trace(str(self.workdir / "profile"))
+      self.stack.callback(jax.profiler.stop_trace)
+
+  def after(self, step_number: int, state) -> None:
+    if self.steps and step_number == self.last:
+      jax.block_until_ready(state)
+      self.stack.close()  # stops the trace
+      logging.info(
+        "profiled steps %d-%d into %s", self.first, step_number, self.workdir / "profile"
+      )
+
+
+class _Progress:
+  """The host side of the steps since the last log line: each step's metrics are read one step
+  late (reading them at once would leave the device idle), checked for a non-finite loss, and
+  summarised into the log line and the metric writers."""
+
+  def __init__(self, run: _Run, update_fn: compiled.ShapeCompiled):
+    self.run, self.update_fn = run, update_fn
+    self.pending = None  # the previous step's (step, metrics, records), checked one step late
+    self.interval = []  # host metrics since the last log line
+    self.flops = 0.0
+    self.compiled_before = 0.0  # update_fn.compile_seconds at the start of the interval
+    self.peak_flops = flops.peak_flops_per_device()
+    self.start = self.loop_start = time.perf_counter()
+
+  def add(self, step_number: int, step_metrics: dict, records) -> None:
+    """A step's metrics, still on the device; the previous step's are checked now."""
+    self.check_pending()
+    self.pending = (step_number, step_metrics, records)
+
+  def check_pending(self) -> None:
+    if self.pending is None:
+      return
+    step_number, step_metrics, records = self.pending
+    self.pending = None
+    config, checkpointer = self.run.config, self.run.checkpointer
     step_metrics = jax.tree.map(float, step_metrics)
     if not step_metrics["finite"] and config.train.on_nonfinite == "raise":
       checkpointer.wait()  # the last good checkpoint may still be being written
@@ -266,156 +397,91 @@ def _train_and_evaluate(
         step_metrics["loss"],
         step_number,
       )
-    interval.append(step_metrics)
+    self.interval.append(step_metrics)
 
-  compiled_before = 0.0  # update_fn.compile_seconds at the start of the interval
-
-  def log_progress(step_number: int) -> None:
-    nonlocal interval, interval_flops, interval_start, compiled_before
+  def write(self, step_number: int, state) -> None:
+    """Logs the interval up to `step_number` and starts the next."""
+    run, config = self.run, self.run.config
     now = time.perf_counter()
-    elapsed = max(now - interval_start - (update_fn.compile_seconds - compiled_before), 1e-9)
-    compiled_before = update_fn.compile_seconds
-    frames = sum(m["frames"] for m in interval)
+    compiling = self.update_fn.compile_seconds - self.compiled_before
+    elapsed = max(now - self.start - compiling, 1e-9)
+    self.compiled_before = self.update_fn.compile_seconds
+    frames = sum(m["frames"] for m in self.interval)
     summary = {
-      k: float(np.mean([m[k] for m in interval]))
-      for k in interval[0]
+      k: float(np.mean([m[k] for m in self.interval]))
+      for k in self.interval[0]
       if k not in ("finite", "frames")
     }
-    steps_per_second = len(interval) / elapsed
+    steps_per_second = len(self.interval) / elapsed
+    schedule = ts.learning_rate_schedule(config.optim, run.steps_per_epoch)
     summary.update(
       steps_per_second=steps_per_second,
       frames_per_second=frames / elapsed,
       frames_per_second_per_device=frames / elapsed / jax.device_count(),
-      flops_per_second=interval_flops / elapsed,
-      learning_rate=float(ts.learning_rate_schedule(config.optim, steps_per_epoch)(step_number)),
+      flops_per_second=self.flops / elapsed,
+      learning_rate=float(schedule(step_number)),
       skipped_steps=float(state.skipped_steps),
-      epoch=step_number / steps_per_epoch,
+      epoch=step_number / run.steps_per_epoch,
     )
-    mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), peak_flops)
+    mfu = flops.utilisation(summary["flops_per_second"], jax.device_count(), self.peak_flops)
     if mfu is not None:
       summary["mfu"] = mfu
-    writer.write_scalars(step_number, summary)
-    remaining = (total_steps - step_number) / max(steps_per_second, 1e-9)
+    run.writer.write_scalars(step_number, summary)
+    remaining = (run.total_steps - step_number) / max(steps_per_second, 1e-9)
     logged_losses = " ".join(
-      f"{name} {summary['loss_' + name]:.4f}"
+      f"{name} {summary[losses.metric_name(name)]:.4f}"
       for name, weight in losses.LOSS_TERMS.items()
       if config.loss[weight]
     )
     logging.info(
       "step %d/%d loss %.4f (%s) | epoch %.1f | %.2f steps/s %.0f frames/s | elapsed %s, ETA %s",
       step_number,
-      total_steps,
+      run.total_steps,
       summary["loss"],
       logged_losses,
       summary["epoch"],
       steps_per_second,
       summary["frames_per_second"],
-      progress.duration(now - loop_start),
+      progress.duration(now - self.loop_start),
       progress.duration(remaining),
     )
-    interval, interval_flops, interval_start = [], 0.0, time.perf_counter()
+    self.interval, self.flops, self.start = [], 0.0, time.perf_counter()
 
-  watcher = preemption.PreemptionWatcher()
-  cleanup.callback(watcher.close)
-  profile_first = first_step + PROFILE_AFTER_STEPS + 1
-  profile_last = min(profile_first + config.train.profile_steps - 1, total_steps)
-  if config.train.profile_steps and profile_first > total_steps:
-    logging.warning(
-      "train.profile_steps: no profile, the run ends at step %d, before step %d where profiling "
-      "would start",
-      total_steps,
-      profile_first,
-    )
-  # Stops a trace still running when the loop ends early (preemption, a non-finite loss), so the
-  # steps traced so far are written.
-  profile = cleanup.enter_context(contextlib.ExitStack())
 
-  for step_number in range(first_step + 1, total_steps + 1):
-    batch = next(train_iter)
-    inputs = sharding.global_batch(
-      {k: v for k, v in batch.items() if k in steps.TRAIN_INPUTS}, mesh
-    )
-    interval_flops += step_flops(state, inputs, teachers_state)
-    if config.train.profile_steps and step_number == profile_first:
-      jax.profiler.start_trace(str(workdir / "profile"))
-      profile.callback(jax.profiler.stop_trace)
-    with jax.profiler.StepTraceAnnotation("train", step_num=step_number):
-      state, step_metrics = update_fn(state, inputs, teachers_state)
-    if config.train.profile_steps and step_number == profile_last:
-      jax.block_until_ready(state)
-      profile.close()  # stops the trace
-      logging.info("profiled steps %d-%d into %s", profile_first, step_number, workdir / "profile")
-    last = step_number == total_steps
-    logged = step_number % config.train.log_every_steps == 0 or last
-    if logged:
-      # A step is logged only once the saves before it are committed: after a failed save the
-      # run stops before any later step is reported (one wait per save at most, usually none).
-      checkpointer.wait()
-    else:
-      checkpointer.raise_if_failed()  # a failed background save stops the run at once
-    if pending is not None:
-      check(pending)  # the previous step: reading it now keeps the device busy
-    pending = (step_number, step_metrics, batch["record"])
-
-    if logged:
-      check(pending)
-      pending = None
-      log_progress(step_number)
-
-    preempted = watcher.stop_requested(step_number)
-    results = None
-    if (
-      config.eval.every_steps
-      and step_number % config.eval.every_steps == 0
-      and not preempted
-      and not last
-    ):
-      # Evaluated before it is saved, so that the save carries the metrics that rank it among the
-      # best checkpoints; a crash here costs at most the steps since the last checkpoint.
-      results = run_evaluation(step_number)
-    if step_number % config.train.checkpoint_every_steps == 0 or preempted or last:
-      if pending is not None:
-        check(pending)  # a step is checkpointed only once its loss is known to be finite
-        pending = None
-      checkpointer.save(
-        step_number,
-        state,
-        data_iterator=train_iter,
-        config=config,
-        metrics=checkpoint_metrics(results) if results else None,
-        meta=dict(corpus=corpus),
-        force=preempted or last,
-      )
-    if preempted:
-      checkpointer.wait()
-      if watcher.interrupted:
-        raise preemption.Interrupted(
-          f"interrupted: saved step {step_number} in {checkpointer.directory}; the same command "
-          "resumes there"
-        )
-      logging.warning(
-        "preempted: saved step %d in %s and stopped; the next start resumes there",
-        step_number,
-        checkpointer.directory,
-      )
-      return {}
-
-  # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
-  if first_step == total_steps and checkpointer.latest_step() != total_steps:
-    checkpointer.save(
-      total_steps,
-      state,
-      data_iterator=train_iter,
-      config=config,
-      meta=dict(corpus=corpus),
-      force=True,
-    )
-  checkpointer.wait()
-  results = run_evaluation(total_steps)
-  logging.info(
-    "done in %s: reports in %s",
-    progress.duration(time.perf_counter() - start_time),
-    workdir / "eval",
+def _evaluate(run: _Run, predict_fn, state, at_step: int) -> dict:
+  """Evaluates every split (reports in WORKDIR/eval) and returns the checkpoint's metrics."""
+  results = evaluate.evaluate_splits(
+    predict_fn,
+    state.params,
+    state.batch_stats,
+    run.config,
+    run.mesh,
+    run.workdir,
+    source=dict(checkpoint_dir=str(run.checkpointer.directory), step=at_step),
   )
-  multihost_utils.sync_global_devices("avcd train done")
+  scalars = {
+    f"{split}/{k}": v
+    for split, m in results.items()
+    for k, v in m.items()
+    if k in ("auc", "eer", "acc", "bacc", "ap") and v is not None
+  }
+  scalars.update(
+    {
+      f"{split}/auc/{method}": v["auc"]
+      for split, m in results.items()
+      for method, v in m.get("per_method", {}).items()
+      if v.get("auc") is not None
+    }
+  )
+  run.writer.write_scalars(at_step, scalars)
+  logging.info(
+    "step %d evaluation: %s",
+    at_step,
+    {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1},
+  )
   return results
+
+
+def _checkpoint_metrics(config, results: dict) -> dict:
+  value = next(iter(results.values())).get(config.train.best_metric)  # first split, variant
+  return {config.train.best_metric: value}

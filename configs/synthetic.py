@@ -13,7 +13,7 @@ gives 100.0 / 100.0 / 99.9 / 100.0 (desync, lipsync, talking_head, voice_swap); 
 10 seeds, with and without the heads, is in docs/demo_seeds.md.
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
-claim study (docs/generalisation.md), run by `python -m avcd.commands.generalisation`, which sets
+claim study (docs/generalisation.md), run by `python -m avcd.studies.generalisation`, which sets
 the corpus seed, teachers, losses and recipe of each run. Version 2 of the synthetic corpus:
 lip-sync generators ls_a (trained), ls_b and ls_c (held out) and ls_a_clean (diagnostic), 100
 speakers, 2800 test clips.
@@ -116,7 +116,7 @@ def get_config(variant: str = "demo"):
   config.mesh = config_lib.mesh()
 
   if variant == "generalisation":
-    # The claim study (docs/generalisation.md, `python -m avcd.commands.generalisation`): version 2
+    # The claim study (docs/generalisation.md, `python -m avcd.studies.generalisation`): version 2
     # of the corpus, whose lip-sync generators differ from real clips in content only (plus each
     # generator's own trace); ls_a trains, ls_b and ls_c are held out, ls_a_clean is ls_a without
     # its trace. About 100 speakers; the test split holds 200 clips of every method.

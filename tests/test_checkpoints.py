@@ -17,7 +17,9 @@ import pytest
 from flax import nnx
 
 from avcd import checkpoints
-from avcd.training import preemption, state as ts
+from avcd.checkpoints import integrity, layout
+from avcd.models import build
+from avcd.training import preemption
 from tests import tiny_models
 from tests.conftest import REPO
 
@@ -198,7 +200,7 @@ def test_a_save_error_is_reduced_to_its_os_cause_and_path(tensorstore_message):
     except ValueError as inner:
       raise RuntimeError("Save Finalize thread (save_finalize) failed.") from inner
   except RuntimeError as outer:
-    cause = checkpoints._root_cause(outer)  # pylint: disable=protected-access
+    cause = integrity.root_cause(outer)
   assert cause == "No space left on device (/ckpt/4.tmp/_sharding)"
 
 
@@ -243,6 +245,7 @@ _KILLED_SAVER = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
     from avcd import checkpoints
+    from avcd.checkpoints import integrity
 
     def die(*args, **kwargs):
       os.kill(os.getpid(), signal.SIGKILL)
@@ -253,7 +256,7 @@ _KILLED_SAVER = textwrap.dedent("""
     checkpointer.save(1, tree)
     checkpointer.wait()
     if sys.argv[2] == "while_checksumming":
-      checkpoints._file_digest = die  # the step is fully written, not yet committed
+      integrity._file_digest = die  # the step is fully written, not yet committed
     checkpointer.save(2, dict(w=tree["w"] + 1))
     if sys.argv[2] == "while_writing":
       die()
@@ -285,7 +288,7 @@ _RESHARD = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, ml_collections, numpy as np
     from avcd import checkpoints
-    from avcd.training import sharding
+    from avcd.core import sharding
 
     def mesh(data, fsdp):
       return sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)),
@@ -325,15 +328,17 @@ def test_restores_onto_a_different_device_count_and_mesh(tmp_path):
 
 
 def _tiny_student_state(model_cfg) -> dict:
-  abstract = nnx.eval_shape(lambda: ts.build_student(model_cfg, 0))
-  _, params, batch_stats = ts.split_model(abstract)
+  abstract = nnx.eval_shape(lambda: build.build_student(model_cfg, 0))
+  _, params, batch_stats = build.split_model(abstract)
   return jax.tree.map(
     lambda x: jnp.ones(x.shape, x.dtype), dict(params=params, batch_stats=batch_stats)
   )
 
 
 def _abstract_student(model_cfg) -> dict:
-  _, params, batch_stats = ts.split_model(nnx.eval_shape(lambda: ts.build_student(model_cfg, 0)))
+  _, params, batch_stats = build.split_model(
+    nnx.eval_shape(lambda: build.build_student(model_cfg, 0))
+  )
   return checkpoints.abstract_like(dict(params=params, batch_stats=batch_stats))
 
 
@@ -439,7 +444,7 @@ def test_a_step_deleted_by_retention_while_read_gives_way_to_the_newest_left(
   config = ml_collections.ConfigDict(dict(model=model_cfg))
   root = tmp_path / "checkpoints"
   _steps_of_students(root, model_cfg, (2, 4))
-  check_layout = checkpoints._check_layout  # pylint: disable=protected-access
+  check_layout = layout.check_layout
 
   def retire_step_4(step_dir, *args, **kwargs):
     # What a training run's retention does between choosing a step and reading its arrays.
@@ -447,8 +452,8 @@ def test_a_step_deleted_by_retention_while_read_gives_way_to_the_newest_left(
       shutil.rmtree(step_dir)
     return check_layout(step_dir, *args, **kwargs)
 
-  monkeypatch.setattr(checkpoints, "_check_layout", retire_step_4)
-  restored = ts.restore_student(root, config=config)
+  monkeypatch.setattr(layout, "check_layout", retire_step_4)
+  restored = checkpoints.restore_student(root, config=config)
   assert restored.source["step"] == 2
   assert all(np.all(np.asarray(x) == 2) for x in jax.tree.leaves(restored.params))
   assert f"step 4 of {root} was deleted while it was read" in caplog.text
@@ -457,7 +462,7 @@ def test_a_step_deleted_by_retention_while_read_gives_way_to_the_newest_left(
   again = tmp_path / "again" / "checkpoints"
   _steps_of_students(again, model_cfg, (2, 4))
   with pytest.raises(checkpoints.StepRetiredError, match=r"/4 was deleted while it was read"):
-    ts.restore_student(again, 4, config=config)
+    checkpoints.restore_student(again, 4, config=config)
 
 
 def test_a_failed_read_of_a_step_that_is_still_there_is_not_taken_for_retention(
@@ -470,9 +475,9 @@ def test_a_failed_read_of_a_step_that_is_still_there_is_not_taken_for_retention(
   def fail(*args, **kwargs):
     raise OSError("the disk went away")
 
-  monkeypatch.setattr(checkpoints, "_check_layout", fail)
+  monkeypatch.setattr(layout, "check_layout", fail)
   with pytest.raises(OSError, match="the disk went away"):
-    ts.restore_student(root, config=ml_collections.ConfigDict(dict(model=model_cfg)))
+    checkpoints.restore_student(root, config=ml_collections.ConfigDict(dict(model=model_cfg)))
 
 
 def test_an_unreadable_checkpoint_directory_is_named_once(tmp_path, monkeypatch):

@@ -12,9 +12,9 @@ import pytest
 from flax import nnx
 
 from avcd import checkpoints, config_lib
+from avcd.models import build
 from avcd.models.teachers import sinusoidal_positions
 from avcd.porting import convert, weights
-from avcd.training import state as ts
 from tests import parity_utils
 from tests.conftest import REPO
 
@@ -96,8 +96,11 @@ def _targets(use_frontend: bool = False):
   teachers_cfg = config_lib.teachers()
   teachers_cfg.vsr.use_frontend = use_frontend
   graphdefs, targets = [], []
-  for build in (lambda: ts.build_student(model_cfg, 0), lambda: ts.build_teachers(teachers_cfg)):
-    graphdef, params, batch_stats = ts.split_model(nnx.eval_shape(build))
+  for make in (
+    lambda: build.build_student(model_cfg, 0),
+    lambda: build.build_teachers(teachers_cfg),
+  ):
+    graphdef, params, batch_stats = build.split_model(nnx.eval_shape(make))
     graphdefs.append(graphdef)
     targets.append(checkpoints.abstract_like(dict(params=params, batch_stats=batch_stats)))
   return graphdefs, targets, (model_cfg, teachers_cfg)

@@ -40,5 +40,5 @@ def test_the_study_imports_beside_the_claim_study_in_one_process():
   # absl flags are process-global: a test worker imports both runners.
   import importlib  # pylint: disable=g-import-not-at-top
 
-  importlib.import_module("avcd.commands.generalisation")
+  importlib.import_module("avcd.studies.generalisation.__main__")
   importlib.reload(demo_seeds)

@@ -12,9 +12,11 @@ import pytest
 from flax import nnx
 
 from avcd import checkpoints, config_lib
+from avcd.core import inference
 from avcd.evaluation import calibration
+from avcd.models import build
 from avcd.serving import export
-from avcd.training import state as ts, steps
+from avcd.training import state as ts
 from tests.conftest import REPO
 
 tf = pytest.importorskip("tensorflow")
@@ -32,7 +34,9 @@ def write_training_checkpoint(workdir: pathlib.Path):
   """
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
   optimizer = ts.make_optimizer(config.optim, steps_per_epoch=1)
-  state = ts.init_train_state(ts.build_student(config.model, config.seed), optimizer, config.seed)
+  state = ts.init_train_state(
+    build.build_student(config.model, config.seed), optimizer, config.seed
+  )
   rng = np.random.default_rng(0)
 
   def perturb(path, x):
@@ -83,8 +87,8 @@ def run(tmp_path_factory):
     "platt", 0.5, 0.3, "validation", 100, checkpoint_dir=str(workdir / "checkpoints"), step=STEP
   )
   fitted.save(workdir)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: ts.build_student(config.model, config.seed)))
-  predict_fn = jax.jit(steps.make_predict_fn(graphdef, fitted))
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build.build_student(config.model, config.seed)))
+  predict_fn = jax.jit(inference.make_predict_fn(graphdef, fitted))
 
   def jax_outputs(batch):
     return {k: np.asarray(v) for k, v in predict_fn(state.params, state.batch_stats, batch).items()}
@@ -216,7 +220,7 @@ def test_saved_model_cli_run_matches_jax(run, saved_model, tmp_path):
 
 
 def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
-  from_run = ts.restore_student(run["workdir"], STEP)
+  from_run = checkpoints.restore_student(run["workdir"], STEP)
   assert from_run.source["item"] == "state" and from_run.config == run["config"]
   model_dir = tmp_path / "model"
   checkpoints.save_model(
@@ -224,7 +228,7 @@ def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
     student_state=dict(params=run["state"].params, batch_stats=run["state"].batch_stats),
     config=run["config"],
   )
-  from_model = ts.restore_student(model_dir)
+  from_model = checkpoints.restore_student(model_dir)
   assert from_model.source == dict(checkpoint_dir=str(model_dir), step=0, item="student")
   for restored in (from_run, from_model):
     for got, want in zip(
@@ -236,19 +240,19 @@ def test_restore_student_from_training_and_model_checkpoints(run, tmp_path):
 
 def test_restore_student_names_missing_steps_and_configs(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
-    ts.restore_student(run["workdir"], 3)
+    checkpoints.restore_student(run["workdir"], 3)
   model_dir = tmp_path / "model"
   checkpoints.save_model(
     model_dir, student_state=dict(params=run["state"].params, batch_stats=run["state"].batch_stats)
   )
   with pytest.raises(ValueError, match="no 'config' item"):
-    ts.restore_student(model_dir)
+    checkpoints.restore_student(model_dir)
 
 
 def test_export_refuses_a_non_empty_output(run, tmp_path):
   (tmp_path / "keep.txt").write_text("data")
   with pytest.raises(FileExistsError, match="--overwrite"):
-    export.export_saved_model(ts.restore_student(run["workdir"]), tmp_path)
+    export.export_saved_model(checkpoints.restore_student(run["workdir"]), tmp_path)
 
 
 def test_config_from_json_gives_back_tuples():

@@ -6,22 +6,22 @@ import json
 import numpy as np
 
 from avcd import config_checks, config_lib
-from avcd.commands import generalisation as g
 from avcd.evaluation import statistics
+from avcd.studies.generalisation import design, report, runs
 from tests.conftest import REPO
 
 RECIPE = dict(learning_rate=1e-3, frame_budget=400, num_epochs=12)
 
 
 def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
-  pilot = g.stage_runs("pilot", 0)
+  pilot = design.stage_runs("pilot", 0)
   assert [r.name for r in pilot[:3]] == [
     "corpus0-none-R0-seed0",
     "corpus0-standard-R2-seed0",
     "corpus0-none-R3-seed0",
   ]
-  assert len(pilot) == 3 * g.PILOT_SEEDS
-  stage1, stage2 = g.stage_runs("1", 7), g.stage_runs("2", 7)
+  assert len(pilot) == 3 * design.PILOT_SEEDS
+  stage1, stage2 = design.stage_runs("1", 7), design.stage_runs("2", 7)
   # Stage 1: R0, R2, R3 as pre-registered, plus R5 and R2H (amendment of 2026-12-07).
   assert set(pilot) <= set(stage1) and len(stage1) == 7 * 5
   assert {r.row for r in stage1} == {"R0", "R2", "R3", "R5", "R2H"}
@@ -29,14 +29,14 @@ def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
   assert len(names) == len(set(names))
   # The weaker teacher changes only the rows that use teachers; R0 and R3 are shared.
   assert {r.row for r in stage2 if r.teacher == "weak_vsr"} == {"R1", "R2"}
-  assert g.Run.of(0, "weak_vsr", "R0", 3) == g.Run.of(0, "standard", "R0", 3)
-  assert {r.row for r in stage2 if r.corpus == 1} == set(g.ROWS)
+  assert design.Run.of(0, "weak_vsr", "R0", 3) == design.Run.of(0, "standard", "R0", 3)
+  assert {r.row for r in stage2 if r.corpus == 1} == set(design.ROWS)
 
 
 def _recipe_run(learning_rate, budget, row, seed, reached_at, seconds):
   epochs = [
-    dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in g.TRAINED})
-    for e in range(1, g.RECIPE_EPOCHS + 1)
+    dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in design.TRAINED})
+    for e in range(1, design.RECIPE_EPOCHS + 1)
   ]
   return dict(
     learning_rate=learning_rate,
@@ -49,33 +49,35 @@ def _recipe_run(learning_rate, budget, row, seed, reached_at, seconds):
 
 
 def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs():
-  runs = []
-  for row in g.RECIPE_ROWS:
-    for seed in g.RECIPE_SEEDS:
-      runs.append(_recipe_run(1e-3, 400, row, seed, 6, 1200))
-      runs.append(_recipe_run(3e-3, 400, row, seed, 4 if seed else 9, 1200))  # one seed slow
-      runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))
-      runs.append(_recipe_run(3e-3, 1200, row, seed, 5, 2400))  # as few epochs, slower
-  assert g.choose_recipe(runs) == dict(
-    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=1800 * 5 / g.RECIPE_EPOCHS
+  recipe_runs = []
+  for row in design.RECIPE_ROWS:
+    for seed in design.RECIPE_SEEDS:
+      recipe_runs.append(_recipe_run(1e-3, 400, row, seed, 6, 1200))
+      recipe_runs.append(_recipe_run(3e-3, 400, row, seed, 4 if seed else 9, 1200))  # one seed slow
+      recipe_runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))
+      recipe_runs.append(_recipe_run(3e-3, 1200, row, seed, 5, 2400))  # as few epochs, slower
+  assert report.choose_recipe(recipe_runs) == dict(
+    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=1800 * 5 / design.RECIPE_EPOCHS
   )
   never = [
-    _recipe_run(1e-3, 400, row, seed, 99, 1200) for row in g.RECIPE_ROWS for seed in g.RECIPE_SEEDS
+    _recipe_run(1e-3, 400, row, seed, 99, 1200)
+    for row in design.RECIPE_ROWS
+    for seed in design.RECIPE_SEEDS
   ]
-  assert g.choose_recipe(never) is None
+  assert report.choose_recipe(never) is None
 
 
 def test_a_recipe_run_that_stopped_short_of_the_target_and_of_the_epochs_is_run_again(tmp_path):
   path = tmp_path / "run.json"
-  assert not g._recipe_run_complete(path)
+  assert not runs._recipe_run_complete(path)
   run = _recipe_run(1e-3, 1200, "R0", 0, 99, 2400)
   path.write_text(json.dumps(dict(run, epochs=run["epochs"][:12])))  # the first grid's 12 epochs
-  assert not g._recipe_run_complete(path)
+  assert not runs._recipe_run_complete(path)
   path.write_text(json.dumps(run))  # all RECIPE_EPOCHS, never at the target: a final "never"
-  assert g._recipe_run_complete(path)
+  assert runs._recipe_run_complete(path)
   reached = _recipe_run(1e-3, 1200, "R0", 0, 6, 2400)
   path.write_text(json.dumps(dict(reached, epochs=reached["epochs"][:12])))
-  assert g._recipe_run_complete(path)
+  assert runs._recipe_run_complete(path)
 
 
 def _contrast(mean, low, high, per_corpus=(0.1, 0.1)):
@@ -91,22 +93,23 @@ def test_decision_rule():
     gate_failures=0,
     complete=True,
   )
-  assert g.verdict(**good) == "holds"
-  assert g.verdict(**dict(good, gate_failures=1)) == "inconclusive"
-  assert g.verdict(**dict(good, against_sync=_contrast(-0.01, -0.04, 0.02))) == "inconclusive"
-  assert g.verdict(**dict(good, by_generator={"ls_b": -0.01, "ls_c": 0.1})) == "inconclusive"
+  assert report.verdict(**good) == "holds"
+  assert report.verdict(**dict(good, gate_failures=1)) == "inconclusive"
+  assert report.verdict(**dict(good, against_sync=_contrast(-0.01, -0.04, 0.02))) == "inconclusive"
+  assert report.verdict(**dict(good, by_generator={"ls_b": -0.01, "ls_c": 0.1})) == "inconclusive"
   assert (
-    g.verdict(**dict(good, primary=_contrast(0.08, 0.03, 0.13, (0.17, -0.01)))) == "inconclusive"
+    report.verdict(**dict(good, primary=_contrast(0.08, 0.03, 0.13, (0.17, -0.01))))
+    == "inconclusive"
   )
-  assert g.verdict(**dict(good, primary=_contrast(0.01, -0.02, 0.04))) == "fails"
-  assert g.verdict(**dict(good, complete=False)) == "holds so far (stage 2 is not complete)"
+  assert report.verdict(**dict(good, primary=_contrast(0.01, -0.02, 0.04))) == "fails"
+  assert report.verdict(**dict(good, complete=False)) == "holds so far (stage 2 is not complete)"
 
 
 def test_report_reads_results_files(tmp_path):
   results = tmp_path / "results"
   rng = np.random.default_rng(0)
   methods = ["real"] * 40 + [
-    m for m in (*g.TRAINED, "ls_a_clean", "ls_b", "ls_c") for _ in range(8)
+    m for m in (*design.TRAINED, "ls_a_clean", "ls_b", "ls_c") for _ in range(8)
   ]
   labels = [int(m != "real") for m in methods]
   clips = dict(
@@ -121,7 +124,7 @@ def test_report_reads_results_files(tmp_path):
   held_out = np.isin(methods, ["ls_b", "ls_c"])
   for seed in range(3):
     for row, gain in (("R0", 0.0), ("R2", 2.0), ("R3", 1.0)):
-      run = g.Run.of(0, "standard", row, seed)
+      run = design.Run.of(0, "standard", row, seed)
       scores = (
         rng.normal(size=len(methods)) + 3.0 * (np.array(labels) & ~held_out) + gain * held_out
       )
@@ -136,14 +139,14 @@ def test_report_reads_results_files(tmp_path):
           )
         )
       )
-  report = tmp_path / "results.md"
-  g.write_report(
-    g.load_results(results),
-    report,
-    "python -m avcd.commands.generalisation --report_only",
+  written = tmp_path / "results.md"
+  report.write_report(
+    report.load_results(results),
+    written,
+    "python -m avcd.studies.generalisation --report_only",
     num_resamples=50,
   )
-  text = report.read_text()
+  text = written.read_text()
   assert "## Test AUC by method: corpus 0, standard teachers" in text
   assert "| R2 CE + distillation + contrastive | 3 |" in text
   row = next(line for line in text.splitlines() if line.startswith("| R2 - R0 |"))
@@ -155,22 +158,22 @@ def test_report_reads_results_files(tmp_path):
 def test_the_heads_rows_train_the_heads_and_the_paper_rows_do_not(tmp_path):
   base = config_lib.load_config(str(REPO / "configs" / "synthetic.py:generalisation"))
   for row, heads in (("R0", False), ("R2", False), ("R3", False), ("R5", True), ("R2H", True)):
-    config = g.run_config(base, g.Run.of(0, "standard", row, 0), tmp_path, recipe=RECIPE)
+    config = design.run_config(base, design.Run.of(0, "standard", row, 0), tmp_path, recipe=RECIPE)
     assert (config.loss.phoneme_weight > 0) == heads, row
     assert (tuple(config.model.phoneme_classes) != (0, 0)) == heads, row
     config_checks.check(config)
-  assert g.Run.of(0, "standard", "R5", 0).teacher == "standard"  # the heads learn the teachers
+  assert design.Run.of(0, "standard", "R5", 0).teacher == "standard"  # the heads learn the teachers
 
 
 def test_an_interrupted_run_keeps_the_time_of_every_attempt(tmp_path):
   run_dir = tmp_path / "run"
   try:
-    with g._segment(run_dir):
+    with runs._segment(run_dir):
       raise KeyboardInterrupt  # the machine went away mid-run
   except KeyboardInterrupt:
     pass
-  with g._segment(run_dir) as segment:
+  with runs._segment(run_dir) as segment:
     segment["finished"] = True
-  segments = json.loads((run_dir / g.SEGMENTS_FILE).read_text())
+  segments = json.loads((run_dir / runs.SEGMENTS_FILE).read_text())
   assert [s["finished"] for s in segments] == [False, True]
   assert all(s["seconds"] >= 0 and s["cpu_seconds"] >= 0 and s["date"] for s in segments)

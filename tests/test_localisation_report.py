@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from avcd import config_lib
+from avcd.core import sharding
 from avcd.evaluation import evaluate, localisation_report
-from avcd.training import sharding, steps
+from avcd.training import steps
 from data_pipelines import corpus_setup, schema
 from data_pipelines.synthetic import generator
 

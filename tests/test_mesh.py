@@ -30,7 +30,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from avcd.training import sharding
+from avcd.core import sharding
 from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, LOSS_RTOL, REPO
 
 MESHES = ((1, 1), (8, 1), (4, 2), (2, 4))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from avcd.training import sharding
+from avcd.core import sharding
 from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, LOSS_RTOL, REPO
 
 STEPS_PER_EPOCH = 2  # 8 training clips, 4 per batch

@@ -12,7 +12,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from avcd import config_checks, config_lib
-from avcd.training import sharding, state as ts, steps
+from avcd.core import sharding
+from avcd.models import build
+from avcd.training import steps
 from tests import tiny_models
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
@@ -41,8 +43,8 @@ def test_without_heads_the_train_step_lowers_to_the_program_from_before_the_head
 
 
 def test_heads_read_each_encoders_frames_and_leave_the_scores_alone():
-  without = ts.build_student(tiny_models.student_config(), seed=0)
-  heads = ts.build_student(tiny_models.student_config(phoneme_classes=(6, 5)), seed=0)
+  without = build.build_student(tiny_models.student_config(), seed=0)
+  heads = build.build_student(tiny_models.student_config(phoneme_classes=(6, 5)), seed=0)
   rng = np.random.default_rng(0)
   mfcc = rng.standard_normal((2, 40, 13)).astype(np.float32)
   faces = rng.integers(0, 256, (2, 10, tiny_models.FACE, tiny_models.FACE), dtype=np.uint8)

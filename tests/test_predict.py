@@ -12,8 +12,8 @@ import pytest
 
 from avcd import checkpoints, config_lib
 from avcd.evaluation import calibration
+from avcd.models import build
 from avcd.serving import export, options, predict
-from avcd.training import state as ts
 from data_pipelines.features import face_crop, face_detectors, video
 from data_pipelines.synthetic import generator
 from tests import media_utils
@@ -86,12 +86,12 @@ def model(tmp_path_factory):
   """A model checkpoint of a configs/tiny.py student, and its SavedModel."""
   folder = tmp_path_factory.mktemp("model")
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
-  _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
+  _, params, batch_stats = build.split_model(build.build_student(config.model, config.seed))
   checkpoints.save_model(
     folder / "checkpoint", config=config, student_state=dict(params=params, batch_stats=batch_stats)
   )
   export.export_saved_model(
-    ts.restore_student(folder / "checkpoint"), folder / "saved_model", platforms=("cpu",)
+    checkpoints.restore_student(folder / "checkpoint"), folder / "saved_model", platforms=("cpu",)
   )
   return dict(checkpoint=folder / "checkpoint", saved_model=folder / "saved_model")
 

@@ -28,7 +28,9 @@ import pytest
 from flax import nnx
 
 from avcd import checkpoints, config_lib
-from avcd.training import sharding, state as ts, steps
+from avcd.core import sharding
+from avcd.models import build
+from avcd.training import state as ts, steps
 from tests import tiny_models
 from tests.conftest import REPO
 
@@ -243,7 +245,7 @@ def test_ctrl_c_saves_the_step_and_stops_in_one_line_with_status_130(runs):
 def _save_teachers(path: pathlib.Path, *, poisoned: bool) -> None:
   """The random teachers of configs/tiny.py as a checkpoint at `path`, NaN if `poisoned`."""
   config = config_lib.load_config(str(TINY))
-  _, params, batch_stats = ts.split_model(ts.build_teachers(config.teachers, config.seed))
+  _, params, batch_stats = build.split_model(build.build_teachers(config.teachers, config.seed))
   weights = dict(params=params, batch_stats=batch_stats)
   if poisoned:
     weights = jax.tree.map(lambda x: np.full(x.shape, np.nan, x.dtype), weights)
@@ -323,9 +325,9 @@ def test_skip_policy_leaves_the_state_unchanged_and_counts_the_step():
     )
   )
   optimizer = ts.make_optimizer(cfg.optim, steps_per_epoch=10)
-  student = ts.build_student(cfg.model, 0)
+  student = build.build_student(cfg.model, 0)
   state = ts.init_train_state(student, optimizer, 0)
-  teachers_graphdef, *teachers_state = ts.split_model(ts.build_teachers(cfg.teachers))
+  teachers_graphdef, *teachers_state = build.split_model(build.build_teachers(cfg.teachers))
   rng = np.random.default_rng(0)
   frames, size = 8, tiny_models.FACE
   batch = dict(

@@ -11,8 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from avcd import config_lib
+from avcd.core import sharding
 from avcd.evaluation import evaluate, robustness
-from avcd.training import sharding, steps
+from avcd.training import steps
 from data_pipelines import corpus_setup, perturbations, prepare, rebuilt_split, split_index
 from tests import media_utils
 from tests.conftest import REPO

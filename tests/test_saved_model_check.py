@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from avcd import config_lib
+from avcd.models import build
 from avcd.serving import export, saved_model_check
-from avcd.training import state as ts
 from tests import media_utils
 from tests.conftest import REPO
 
@@ -27,12 +27,12 @@ def exported(tmp_path_factory):
 
   folder = tmp_path_factory.mktemp("export")
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
-  _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
+  _, params, batch_stats = build.split_model(build.build_student(config.model, config.seed))
   checkpoints.save_model(
     folder / "checkpoint", config=config, student_state=dict(params=params, batch_stats=batch_stats)
   )
   export.export_saved_model(
-    ts.restore_student(folder / "checkpoint"), folder / "saved_model", platforms=("cpu",)
+    checkpoints.restore_student(folder / "checkpoint"), folder / "saved_model", platforms=("cpu",)
   )
   frames = np.repeat(media_utils.flat_frames(media_utils.grey_levels(30), 112, 112), 1, 0)
   video = media_utils.write_video(

@@ -17,8 +17,8 @@ import pytest
 from fastapi import testclient
 
 from avcd import checkpoints, config_lib
+from avcd.models import build
 from avcd.serving import predict, server
-from avcd.training import state as ts
 from tests import media_utils
 from tests.conftest import REPO
 
@@ -84,7 +84,7 @@ def scorer(tmp_path_factory):
   """The gated CheckpointScorer of a configs/tiny.py student."""
   folder = tmp_path_factory.mktemp("model")
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
-  _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
+  _, params, batch_stats = build.split_model(build.build_student(config.model, config.seed))
   checkpoints.save_model(
     folder / "checkpoint", config=config, student_state=dict(params=params, batch_stats=batch_stats)
   )

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from avcd import checkpoints, config_lib
-from avcd.training import state as ts
+from avcd.models import build
 from tests import media_utils
 from tests.conftest import REPO
 
@@ -68,7 +68,7 @@ class Served:
 def served(tmp_path_factory):
   folder = tmp_path_factory.mktemp("served")
   config = config_lib.load_config(str(REPO / "configs" / "tiny.py"))
-  _, params, batch_stats = ts.split_model(ts.build_student(config.model, config.seed))
+  _, params, batch_stats = build.split_model(build.build_student(config.model, config.seed))
   checkpoints.save_model(
     folder / "checkpoint", config=config, student_state=dict(params=params, batch_stats=batch_stats)
   )

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from avcd import checkpoints, config_lib, train
+from avcd.core import sharding
+from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.teachers import cache as teacher_cache, frozen
-from avcd.training import sharding, state as ts, steps
+from avcd.training import steps
 from data_pipelines import corpus_setup, loader, posterior_store as cache_store
 from tests.conftest import REPO
 
@@ -129,7 +131,7 @@ def test_a_train_step_with_the_cache_has_the_losses_of_one_running_the_teachers(
 def _save_teachers(path: pathlib.Path, config, seed: int) -> None:
   """A model checkpoint of randomly initialised teachers (replacing any at `path`)."""
   shutil.rmtree(path, ignore_errors=True)
-  _, params, batch_stats = ts.split_model(ts.build_teachers(config.teachers, seed))
+  _, params, batch_stats = build.split_model(build.build_teachers(config.teachers, seed))
   checkpoints.save_model(
     path, teachers_state=dict(params=params, batch_stats=batch_stats), config=config
   )
@@ -188,17 +190,23 @@ def test_a_failed_write_leaves_no_cache(tmp_path):
 @pytest.mark.slow
 def test_training_runs_on_the_cache_without_the_teachers(tmp_path, monkeypatch):
   config = tiny_config(tmp_path, **{"train.num_epochs": 1})
-  calls = []  # (teachers passed, posteriors in the batch) of every traced call
-  original = steps.teacher_posteriors
+  step_calls = []  # (teachers passed, posteriors in the batch) of every traced train step
+  forwards = []  # every traced run of the teachers' forward
+  original_step, original_forward = steps.teacher_posteriors, teachers_model.posteriors
 
-  def recording(graphdef, state, batch, *args, **kwargs):
-    calls.append((state is not None, "asr_probs" in batch))
-    return original(graphdef, state, batch, *args, **kwargs)
+  def recording_step(graphdef, state, batch, *args, **kwargs):
+    step_calls.append((state is not None, "asr_probs" in batch))
+    return original_step(graphdef, state, batch, *args, **kwargs)
 
-  monkeypatch.setattr(steps, "teacher_posteriors", recording)
+  def recording_forward(*args, **kwargs):
+    forwards.append(args[1] is not None)
+    return original_forward(*args, **kwargs)
+
+  monkeypatch.setattr(steps, "teacher_posteriors", recording_step)
+  monkeypatch.setattr(teachers_model, "posteriors", recording_forward)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert "test" in results
   # The cache is computed with the teachers; the train step gets no teachers, only posteriors.
-  assert (True, False) in calls and (False, True) in calls
-  assert set(calls) == {(True, False), (False, True)}
+  assert forwards and all(forwards)
+  assert set(step_calls) == {(False, True)}
   assert list(pathlib.Path(config.data.data_dir).rglob("teacher_cache/train.*/cache.json"))

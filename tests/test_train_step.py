@@ -8,7 +8,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from avcd import config_lib
-from avcd.training import sharding, state as ts, steps
+from avcd.core import sharding
+from avcd.models import build
+from avcd.training import steps
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 FACE = 32
@@ -65,8 +67,8 @@ def test_teachers_are_deterministic_unless_configured_like_the_reference():
   mask = jnp.arange(12)[None] < batch["num_frames"][:, None]
   for dropout, same in ((False, True), (True, False)):
     config = _config(**{"teachers.dropout_in_train": dropout})
-    teachers = ts.build_teachers(config.teachers, 0)
-    graphdef, *state = ts.split_model(teachers)
+    teachers = build.build_teachers(config.teachers, 0)
+    graphdef, *state = build.split_model(teachers)
     run = lambda seed: steps.teacher_posteriors(
       graphdef, tuple(state), batch, mask, dropout=dropout, rng=jax.random.key(seed)
     )[0]

@@ -39,8 +39,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from avcd import cli, compilation_cache, config_lib
-from avcd.training import flops, sharding, steps as train_steps
+from avcd import compilation_cache, config_lib
+from avcd.commands import arguments
+from avcd.core import inference, sharding
+from avcd.training import flops, steps as train_steps
 
 KINDS = ("train", "predict")
 TEACHERS = ("in_step", "cached")
@@ -175,11 +177,11 @@ def measure(row: Row, rows: int, length: int, *, steps: int, warmup: int) -> dic
     state = step.init_state()  # the student's; predict runs no teachers and no optimizer
     started = time.perf_counter()
     predict = step.predict_step()
-    inputs = [{k: b[k] for k in train_steps.MODEL_INPUTS} for b in batches]
-    arguments = (state.params, state.batch_stats, inputs[0])
-    compiled = predict.lower(*arguments).compile()
+    inputs = [{k: b[k] for k in inference.MODEL_INPUTS} for b in batches]
+    first = (state.params, state.batch_stats, inputs[0])
+    compiled = predict.lower(*first).compile()
     compile_seconds = time.perf_counter() - started
-    program_flops = flops.program_flops(predict, arguments)
+    program_flops = flops.program_flops(predict, first)
     step_seconds, out = _time(
       compiled, lambda i: (state.params, state.batch_stats, inputs[i % 2]), steps, warmup
     )
@@ -247,7 +249,7 @@ def main(argv):
       for teachers in (_TEACHERS.value if kind == "train" else ["in_step"])
       for dtype in _DTYPES.value or default_dtypes
     ]
-  rows, length = cli.parse_pair("batch", batch, "BxT", "20x100")
+  rows, length = arguments.parse_pair("batch", batch, "BxT", "20x100")
   device = jax.local_devices()[0]
   peak = _PEAK_TFLOPS.value * 1e12 if _PEAK_TFLOPS.value else flops.peak_flops_per_device(device)
   header = (

@@ -13,7 +13,7 @@ the shapes and shardings), temporaries and code are XLA:CPU's and only indicativ
 from absl import app, flags
 from ml_collections import config_flags
 
-from avcd import cli
+from avcd.commands import arguments
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (configs/*.py).", lock_config=True
@@ -42,12 +42,14 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
   from avcd import aot, config_checks  # pylint: disable=g-import-not-at-top
-  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
+  from avcd.core import sharding  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config_checks.check(config)
   if _MESH.value:
-    config.mesh.data, config.mesh.fsdp = cli.parse_pair("mesh", _MESH.value, "DATAxFSDP", "4x2")
+    config.mesh.data, config.mesh.fsdp = arguments.parse_pair(
+      "mesh", _MESH.value, "DATAxFSDP", "4x2"
+    )
   mesh = sharding.make_mesh(config.mesh)
   reports = aot.compile_buckets(config, mesh, _LENGTHS.value)
   print(aot.format_reports(reports, mesh))

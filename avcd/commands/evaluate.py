@@ -5,7 +5,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from avcd import cli
+from avcd.commands import arguments
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file (configs/*.py).", lock_config=True
@@ -49,12 +49,13 @@ def evaluate_checkpoint(
   # Imported here: `avcd eval --help` stays instant.
   import jax  # pylint: disable=g-import-not-at-top
 
+  from avcd import checkpoints, config_checks  # pylint: disable=g-import-not-at-top
+  from avcd.core import inference, sharding  # pylint: disable=g-import-not-at-top
   from avcd.evaluation import (  # pylint: disable=g-import-not-at-top
     calibration as calibration_lib,
     evaluate,
     robustness,
   )
-  from avcd.training import sharding, state as ts, steps  # pylint: disable=g-import-not-at-top
   from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir).absolute()
@@ -63,9 +64,10 @@ def evaluate_checkpoint(
   else:
     path, step = pathlib.Path(checkpoint), None
   mesh = sharding.make_mesh(config.mesh)
-  student = ts.restore_student(path, step, config=config, mesh=mesh)
+  student = checkpoints.restore_student(path, step, config=config, mesh=mesh)
   config = corpus_setup.prepare_corpus(config, workdir)
-  predict_fn = steps.make_predict_step(student.graphdef, student.shardings, mesh)
+  config_checks.check_splits(config)
+  predict_fn = inference.make_predict_step(student.graphdef, student.shardings, mesh)
   model = (predict_fn, student.params, student.batch_stats, config, mesh, workdir)
   results = evaluate.evaluate_splits(*model, source=student.source)
   source = student.source
@@ -93,7 +95,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint = _CHECKPOINT.value
   if checkpoint is None or checkpoint.isdigit():  # a step of WORKDIR/checkpoints
-    cli.existing_directory("workdir", _WORKDIR.value)
+    arguments.existing_directory("workdir", _WORKDIR.value)
   elif not pathlib.Path(checkpoint).exists():
     raise app.UsageError(f"--checkpoint={checkpoint}: neither a step number nor an existing path")
   settings = None
@@ -105,7 +107,7 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(f"--perturbations: {e}") from e
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
-  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
+  from avcd.core import sharding  # pylint: disable=g-import-not-at-top
 
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()

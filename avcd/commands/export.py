@@ -11,7 +11,7 @@ import pathlib
 
 from absl import app, flags
 
-from avcd import cli
+from avcd.commands import arguments
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax2tf lowers for
 
@@ -39,29 +39,29 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Everything the flags name is checked before a model is loaded.
-  cli.require_tensorflow("avcd export")
+  arguments.require_tensorflow("avcd export")
   unknown = sorted(set(_PLATFORMS.value) - set(PLATFORMS))
   if unknown or not _PLATFORMS.value:
     raise app.UsageError(
       f"--platforms={','.join(_PLATFORMS.value)}: choose from {', '.join(PLATFORMS)}"
     )
-  cli.existing_directory("workdir", _WORKDIR.value)
+  arguments.existing_directory("workdir", _WORKDIR.value)
   output = pathlib.Path(_OUTPUT.value)
   if output.is_dir() and any(output.iterdir()) and not _OVERWRITE.value:
     raise app.UsageError(
       f"--output={_OUTPUT.value}: not empty (choose a new directory, or pass "
       "--overwrite to write into it)"
     )
-  cli.writable_directory("output", _OUTPUT.value)
+  arguments.writable_directory("output", _OUTPUT.value)
   import time  # pylint: disable=g-import-not-at-top
 
+  from avcd import checkpoints  # pylint: disable=g-import-not-at-top
   from avcd.evaluation import calibration  # pylint: disable=g-import-not-at-top
   from avcd.serving import export  # pylint: disable=g-import-not-at-top
-  from avcd.training import state as ts  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   try:
-    student = ts.restore_student(_WORKDIR.value, _CHECKPOINT.value)
+    student = checkpoints.restore_student(_WORKDIR.value, _CHECKPOINT.value)
   except FileNotFoundError as e:
     raise app.UsageError(f"--workdir={_WORKDIR.value}: {e}") from e
   try:

@@ -3,7 +3,7 @@
 
 from absl import app
 
-from avcd import cli
+from avcd.commands import arguments
 
 
 def check(workdir: str | None, saved_model: str | None) -> None:
@@ -11,8 +11,8 @@ def check(workdir: str | None, saved_model: str | None) -> None:
   if (workdir is None) == (saved_model is None):
     raise app.UsageError("give exactly one of --workdir and --saved-model")
   if saved_model is not None:
-    cli.require_tensorflow("--saved-model")
-    cli.existing_directory("saved-model", saved_model)
+    arguments.require_tensorflow("--saved-model")
+    arguments.existing_directory("saved-model", saved_model)
     from avcd.serving import export  # pylint: disable=g-import-not-at-top
 
     try:
@@ -20,7 +20,7 @@ def check(workdir: str | None, saved_model: str | None) -> None:
     except (FileNotFoundError, ValueError) as e:
       raise app.UsageError(f"--saved-model={saved_model}: {e}") from e
   else:
-    cli.existing_directory("workdir", workdir)
+    arguments.existing_directory("workdir", workdir)
 
 
 def load(workdir: str | None, checkpoint: int | None, saved_model: str | None, calibrate=True):

@@ -12,8 +12,7 @@ import sys
 
 from absl import app, flags
 
-from avcd import cli
-from avcd.commands import model_source
+from avcd.commands import arguments, model_source
 from avcd.serving import options as predict_options
 
 _DEFAULTS = predict_options.PredictOptions()
@@ -99,7 +98,7 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   # Everything the flags name is checked before a model is loaded or a video read.
   model_source.check(_WORKDIR.value, _SAVED_MODEL.value)
-  cli.writable_directory("output", _OUTPUT.value)
+  arguments.writable_directory("output", _OUTPUT.value)
   scorer = model_source.load(
     _WORKDIR.value, _CHECKPOINT.value, _SAVED_MODEL.value, calibrate=_CALIBRATE.value
   )

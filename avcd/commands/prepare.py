@@ -18,7 +18,8 @@ import sys
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from avcd import cli
+from avcd import paths
+from avcd.commands import arguments
 from data_pipelines import clips, manifests, prepare
 from data_pipelines.corpora import extraction
 
@@ -99,17 +100,17 @@ def main(argv):
   options = extraction.ExtractOptions(
     luma=_LUMA.value, max_frames=_MAX_FRAMES.value, max_av_mismatch_s=_MAX_AV_MISMATCH_S.value
   )
-  cli.writable_directory("output", _OUTPUT.value)
+  arguments.writable_directory("output", _OUTPUT.value)
   for manifest in _MANIFEST.value:
     path = pathlib.Path(manifest.partition("=")[2] if "=" in manifest else manifest)
     if not path.is_file():
-      problem = cli.broken_symlink(path) or (
+      problem = paths.broken_symlink(path) or (
         "is a directory, not a CSV file" if path.is_dir() else "no such file"
       )
       raise app.UsageError(f"--manifest={manifest}: {problem}")
   for flag in (_MANIFEST_DIR, _DATA_ROOT):
     if flag.value:
-      cli.existing_directory(flag.name, flag.value)
+      arguments.existing_directory(flag.name, flag.value)
   try:
     manifests.parse_path_prefixes(_PATH_PREFIX.value)  # malformed rules fail before any work
     builder = prepare.make_builder(

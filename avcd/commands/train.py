@@ -24,8 +24,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
 
   from avcd import train  # pylint: disable=g-import-not-at-top
+  from avcd.core import sharding  # pylint: disable=g-import-not-at-top
   from avcd.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
 
   sharding.initialize_distributed()
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)

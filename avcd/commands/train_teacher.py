@@ -20,8 +20,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from avcd import config_checks  # pylint: disable=g-import-not-at-top
+  from avcd.core import sharding  # pylint: disable=g-import-not-at-top
   from avcd.teachers import training as teacher_training  # pylint: disable=g-import-not-at-top
-  from avcd.training import sharding  # pylint: disable=g-import-not-at-top
 
   config_checks.check(_CONFIG.value)
   sharding.initialize_distributed()

@@ -14,8 +14,8 @@ import scipy.special
 from absl import logging
 from jax.experimental import multihost_utils
 
+from avcd.core import inference, sharding
 from avcd.evaluation import calibration as calibration_lib, localisation_report, metrics, reports
-from avcd.training import sharding, steps
 from data_pipelines import loader, schema, split_index
 
 
@@ -68,7 +68,7 @@ def score_split(
   scores, logits, records, frame_probabilities, frame_labels = [], [], [], [], []
   gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
   for batch in dataset:
-    inputs = sharding.global_batch({k: batch[k] for k in steps.MODEL_INPUTS}, mesh)
+    inputs = sharding.global_batch({k: batch[k] for k in inference.MODEL_INPUTS}, mesh)
     out = predict_fn(params, batch_stats, inputs)
     scores.append(gather(out["score"]))
     logits.append(gather(out["logit"]))
@@ -151,14 +151,9 @@ def evaluate_splits(
   calibration) is applied to the other splits too. A split named more than once is scored once.
   A split holding partially forged clips also gets the localisation report
   (avcd.evaluation.localisation_report), under the key 'localisation' of its result (on the
-  process that writes reports).
-
-  Raises:
-    config_checks.ConfigError: a split it names is not in its corpus (before any scoring).
+  process that writes reports). Callers check first that the splits exist
+  (config_checks.check_splits).
   """
-  from avcd import config_checks  # pylint: disable=g-import-not-at-top  (it imports this module)
-
-  config_checks.check_splits(cfg)
   scored = {}
 
   def records_of(split: str, trim: bool) -> list[dict]:

@@ -118,23 +118,55 @@ class Teachers(nnx.Module):
     self.asr = ASRTeacher(cfg.asr, rngs=rngs)
     self.vsr = VSRTeacher(cfg.vsr, rngs=rngs)
 
-  def posteriors(
-    self,
-    stft: jax.Array,
-    faces: jax.Array,
-    lips: jax.Array | None,
-    mask: jax.Array,
-    *,
-    train: bool = False,
-    rngs=None,
-  ):
-    """(B, T, K) ASR and VSR probabilities; lips are computed from the faces when None.
 
-    `train` switches dropout only (the reference's frozen teachers keep it on); the VSR frontend's
-    BatchNorm always uses its running statistics here.
-    """
-    if lips is None:
-      lips = self.vsr.lip_features(faces, mask, train=False)
-    asr = jax.nn.softmax(self.asr(stft, mask, train=train, rngs=rngs), axis=-1)
-    vsr = jax.nn.softmax(self.vsr(lips, mask, train=train, rngs=rngs), axis=-1)
-    return asr, vsr
+def forward(
+  graphdef,
+  state: tuple,
+  inputs: dict,
+  mask: jax.Array,
+  *,
+  train: bool = False,
+  frontend_train: bool = False,
+  rngs=None,
+  probabilities: bool = False,
+  copy: bool = False,
+):
+  """The teachers' forward pass, a pure function of their (graphdef, (params, batch_stats)):
+  (B, T, K) ASR and VSR logits (or, with `probabilities`, their softmax) and the batch statistics
+  after the pass. The one teacher forward of the train step and the posterior cache (through
+  `posteriors`) and of teacher training.
+
+  inputs: `stft` (B, 4T, bins), `faces` (B, T, H, W) and, where precomputed, `lips` (B, T, D);
+  without lips the VSR teacher's visual frontend computes them from the faces (its BatchNorm in
+  train mode only with `frontend_train`). `train` switches the transformers' dropout (drawn from
+  `rngs`). `copy`: merge into a copy of the state (where the batch statistics are read back
+  inside a traced function that differentiates).
+  """
+  teachers = nnx.merge(graphdef, *state, copy=copy)
+  lips = inputs.get("lips")
+  if lips is None:
+    lips = teachers.vsr.lip_features(inputs["faces"], mask, train=frontend_train)
+  outputs = []
+  for network, x in ((teachers.asr, inputs["stft"]), (teachers.vsr, lips)):
+    logits = network(x, mask, train=train, rngs=rngs)
+    outputs.append(jax.nn.softmax(logits, axis=-1) if probabilities else logits)
+  return outputs[0], outputs[1], nnx.state(teachers, nnx.BatchStat)
+
+
+def posteriors(graphdef, state: tuple, inputs: dict, mask: jax.Array, *, dropout: bool, rng):
+  """(B, T, K) ASR and VSR probabilities of the frozen teachers (`forward`), no gradient flowing
+  into them.
+
+  `dropout` keeps the transformers' dropout on (the reference's frozen teachers do), drawn from
+  `rng`; the VSR frontend's BatchNorm always uses its running statistics here.
+  """
+  asr, vsr, _ = forward(
+    graphdef,
+    state,
+    inputs,
+    mask,
+    train=dropout,
+    rngs=nnx.Rngs(dropout=rng) if dropout else None,
+    probabilities=True,
+  )
+  return jax.lax.stop_gradient(asr), jax.lax.stop_gradient(vsr)

@@ -33,8 +33,8 @@ import numpy as np
 from flax import nnx
 
 from avcd import checkpoints, config_lib
+from avcd.models import build
 from avcd.porting import weights
-from avcd.training import state as ts
 
 INSTALL_TORCH = "pip install 'avcd[torch]'"
 # Containers some training scripts wrap a state dict in.
@@ -106,7 +106,7 @@ def _sha256(path: pathlib.Path) -> str:
 
 def _split(module: nnx.Module, what: str) -> dict:
   """{params, batch_stats} of a filled module; fails if any array was left unfilled."""
-  _, params, batch_stats = ts.split_model(module)
+  _, params, batch_stats = build.split_model(module)
   unfilled = [
     leaf
     for leaf in jax.tree.leaves((params, batch_stats))
@@ -150,8 +150,8 @@ def convert(
   model_cfg = config_lib.student()
   teachers_cfg = config_lib.teachers()
   teachers_cfg.vsr.use_frontend = bool(vsr_frontend)
-  student = nnx.eval_shape(lambda: ts.build_student(model_cfg, 0)) if (mtl or talknet) else None
-  teachers = nnx.eval_shape(lambda: ts.build_teachers(teachers_cfg)) if (mtl or asr) else None
+  student = nnx.eval_shape(lambda: build.build_student(model_cfg, 0)) if (mtl or talknet) else None
+  teachers = nnx.eval_shape(lambda: build.build_teachers(teachers_cfg)) if (mtl or asr) else None
   sources = {"student": [], "teachers": []}
   if mtl:
     weights.load_mtl_ddf(load_state_dict(mtl), student=student, asr=teachers.asr, vsr=teachers.vsr)

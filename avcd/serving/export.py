@@ -19,14 +19,14 @@ export serves every batch size and length):
            frame_logits  float32  (B, T, 2)          per-frame (real, fake) logits; rows past
                                                      num_frames carry no meaning
 
-The function is steps.make_predict_fn, the one `avcd eval` runs, converted by jax2tf with native
+The function is inference.make_predict_fn, the one `avcd eval` runs, converted by jax2tf with native
 serialization: the graph is one XlaCallModule op (StableHLO, lowered for each of `platforms`) plus
 the weights as variables, so serving needs a TensorFlow runtime with XLA. The linked shapes
 `(b, 4*t, 13)` / `(b, t, 112, 112)` are checked when the model runs: an mfcc whose row count is
 not 4 * T fails with InvalidArgumentError. `avcd_export.json` beside the SavedModel records the
 run's config, the avcd version, the signature and the feature settings predict needs.
 
-The student comes from `avcd.training.state.restore_student`, the restore path (verified, with
+The student comes from `avcd.checkpoints.restore_student`, the restore path (verified, with
 fallback past corrupt steps) that every command shares. TensorFlow is imported only inside
 export_saved_model.
 """
@@ -42,8 +42,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd import version
-from avcd.training import state as ts, steps
+from avcd import checkpoints, version
+from avcd.core import inference
 from data_pipelines import schema
 
 SIGNATURE_KEY = "serving_default"
@@ -97,12 +97,12 @@ def describe_signature(spec: dict) -> str:
   return f"{spec['name']}\n  inputs\n{tensors('inputs')}\n  outputs\n{tensors('outputs')}"
 
 
-def serving_function(student: ts.RestoredStudent, calibration=None):
+def serving_function(student: checkpoints.RestoredStudent, calibration=None):
   """(fn(weights, mfcc, faces, num_frames) -> outputs, weights): the predict function of the
   student (with `calibration` applied to `probability`) over a flat list of its parameter and
   statistic arrays."""
   weights, treedef = jax.tree.flatten((student.params, student.batch_stats))
-  predict_fn = steps.make_predict_fn(student.graphdef, calibration)
+  predict_fn = inference.make_predict_fn(student.graphdef, calibration)
 
   def serve(weights, mfcc, faces, num_frames):
     params, batch_stats = jax.tree.unflatten(treedef, weights)
@@ -156,7 +156,7 @@ def _op_error_text(error) -> str:
 
 
 def export_saved_model(
-  student: ts.RestoredStudent,
+  student: checkpoints.RestoredStudent,
   output: str | pathlib.Path,
   *,
   platforms: tuple[str, ...] = DEFAULT_PLATFORMS,

@@ -48,11 +48,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from avcd import cli
+from avcd import checkpoints, paths
+from avcd.core import inference, sharding
 from avcd.evaluation import calibration, localisation
 from avcd.serving import export, saved_model_check
 from avcd.serving.options import PredictOptions
-from avcd.training import sharding, state as ts, steps
 from data_pipelines import clips, schema
 from data_pipelines.features import audio, face_crop, video
 
@@ -78,7 +78,7 @@ class CheckpointScorer:
   """The student of a training run or model checkpoint, run by JAX."""
 
   def __init__(self, workdir: str | pathlib.Path, step: int | None = None, *, calibrate=True):
-    student = ts.restore_student(workdir, step)
+    student = checkpoints.restore_student(workdir, step)
     self.features = export.feature_settings(student.config)
     self.config = json.loads(student.config.to_json_best_effort())
     fitted = calibration.find(student.source, workdir) if calibrate else None
@@ -90,7 +90,7 @@ class CheckpointScorer:
     mesh = sharding.make_mesh(
       ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.local_devices()[:1]
     )
-    self._predict = steps.make_predict_step(student.graphdef, student.shardings, mesh, fitted)
+    self._predict = inference.make_predict_step(student.graphdef, student.shardings, mesh, fitted)
     self._params, self._batch_stats = student.params, student.batch_stats
 
   def __call__(self, mfcc, faces, num_frames):
@@ -185,7 +185,7 @@ def _probe(path: pathlib.Path) -> float | None:
 def clip_inputs(path: str | pathlib.Path, options: PredictOptions) -> ClipInputs:
   """Decodes one video into model inputs, or raises Unscorable with the reason."""
   path = pathlib.Path(path)
-  if problem := cli.broken_symlink(path):
+  if problem := paths.broken_symlink(path):
     raise Unscorable(problem)
   if path.is_dir():
     raise Unscorable("is a directory, not a video file")

@@ -6,7 +6,7 @@ their weights: the content of the checkpoint they were restored from (its checks
 which restoring verified), or the seed for `teachers.source='random'`. A different checkpoint at
 the same path is a different cache.
 
-Computing: every process runs the teachers (eval mode, `steps.teacher_posteriors`, the function
+Computing: every process runs the teachers (eval mode, `models.teachers.posteriors`, the forward
 the train step runs) over its rows of whole-clip batches of `data.train_split`
 (`loader.whole_clips_dataset`, at the training frame budget per micro-batch, so it fits wherever
 training fits); the posteriors come back replicated and process 0 writes them. Process 0 alone
@@ -27,9 +27,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from avcd import checkpoints
+from avcd.core import sharding
+from avcd.models import teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.teachers import frozen
-from avcd.training import sharding, steps
 from data_pipelines import loader, posterior_store as cache_store, split_index
 
 # teachers config fields that do not change the posteriors (where weights come from, how the
@@ -77,7 +78,7 @@ def teachers_identity(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
 
 def _posteriors(teachers_graphdef, teachers_state, batch: dict):
   mask = frame_mask(batch["num_frames"], batch["faces"].shape[1])
-  asr, vsr = steps.teacher_posteriors(
+  asr, vsr = teachers_model.posteriors(
     teachers_graphdef, teachers_state, batch, mask, dropout=False, rng=None
   )
   return asr, vsr, batch["record"], batch["num_frames"]

@@ -12,7 +12,8 @@ from absl import logging
 from flax import nnx
 
 from avcd import checkpoints
-from avcd.training import sharding, state as ts
+from avcd.core import sharding
+from avcd.models import build
 
 SOURCES = ("checkpoint", "train", "random")
 
@@ -31,14 +32,14 @@ def load(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
   source = config.teachers.source
   if source not in SOURCES:
     raise ValueError(f"teachers.source={source!r}; choose one of {SOURCES}")
-  teachers = nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
-  graphdef, params, batch_stats = ts.split_model(teachers)
+  teachers = nnx.eval_shape(lambda: build.build_teachers(config.teachers, config.seed))
+  graphdef, params, batch_stats = build.split_model(teachers)
   shardings = sharding.state_shardings((params, batch_stats), mesh)
   if source == "random":
     logging.warning(
       "teachers.source='random': the correlation targets come from untrained teachers"
     )
-    init = lambda: ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:]
+    init = lambda: build.split_model(build.build_teachers(config.teachers, config.seed))[1:]
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
   path = directory(config, workdir)

@@ -24,8 +24,10 @@ from absl import logging
 from flax import nnx
 
 from avcd import checkpoints
+from avcd.core import compiled, sharding
+from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
-from avcd.training import losses, sharding, state as ts, steps
+from avcd.training import losses, state as ts
 from data_pipelines import corpus_setup, loader, progress, split_index
 
 TEACHER_INPUTS = ("stft", "faces", "lips", "num_frames", "phonemes")
@@ -46,16 +48,6 @@ def _masked_cross_entropy(logits, labels, valid):
   return -jnp.sum(jnp.where(valid, picked, 0.0)) / count, accuracy
 
 
-def _teacher_logits(teachers, batch, mask, *, train, rngs=None):
-  lips = batch.get("lips")
-  if lips is None:
-    lips = teachers.vsr.lip_features(batch["faces"], mask, train=train)
-  return (
-    teachers.asr(batch["stft"], mask, train=train, rngs=rngs),
-    teachers.vsr(lips, mask, train=train, rngs=rngs),
-  )
-
-
 def make_update_fn(graphdef, optimizer):
   """update_fn(state, batch) -> (state, metrics): one step on both teachers' phoneme losses."""
 
@@ -65,14 +57,22 @@ def make_update_fn(graphdef, optimizer):
     valid = mask & (batch["phonemes"] >= 0)
 
     def loss_fn(params):
-      teachers = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-      asr, vsr = _teacher_logits(teachers, batch, mask, train=True, rngs=nnx.Rngs(dropout=rng))
+      asr, vsr, batch_stats = teachers_model.forward(
+        graphdef,
+        (params, state.batch_stats),
+        batch,
+        mask,
+        train=True,
+        frontend_train=True,  # the visual frontend learns too
+        rngs=nnx.Rngs(dropout=rng),
+        copy=True,
+      )
       asr_loss, asr_accuracy = _masked_cross_entropy(asr, batch["phonemes"], valid)
       vsr_loss, vsr_accuracy = _masked_cross_entropy(vsr, batch["phonemes"], valid)
       metrics = dict(
         asr_loss=asr_loss, vsr_loss=vsr_loss, asr_accuracy=asr_accuracy, vsr_accuracy=vsr_accuracy
       )
-      return asr_loss + vsr_loss, (metrics, nnx.state(teachers, nnx.BatchStat))
+      return asr_loss + vsr_loss, (metrics, batch_stats)
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -91,9 +91,8 @@ def make_posteriors_fn(graphdef, divergence: str):
   """posteriors_fn(params, batch_stats, batch) -> per-frame predictions and soft targets."""
 
   def posteriors_fn(params, batch_stats, batch):
-    teachers = nnx.merge(graphdef, params, batch_stats)
     mask = frame_mask(batch["num_frames"], batch["phonemes"].shape[1])
-    asr, vsr = _teacher_logits(teachers, batch, mask, train=False)
+    asr, vsr, _ = teachers_model.forward(graphdef, (params, batch_stats), batch, mask)
     target = losses.soft_target(jax.nn.softmax(asr, -1), jax.nn.softmax(vsr, -1), divergence)
     return dict(asr=jnp.argmax(asr, -1), vsr=jnp.argmax(vsr, -1), soft_target=target, mask=mask)
 
@@ -175,6 +174,40 @@ def _plot_soft_targets(targets: dict, path: pathlib.Path, divergence: str) -> No
   fig.savefig(path)
 
 
+def _train(update_fn, state, train_iter, mesh, steps_per_epoch: int, total_steps: int):
+  """The teachers' training loop: `total_steps` steps, a log line after every epoch."""
+  start = interval_start = time.perf_counter()
+  log, frames = [], 0
+  for step in range(1, total_steps + 1):
+    batch = next(train_iter)
+    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TEACHER_INPUTS}, mesh)
+    state, metrics = update_fn(state, inputs)
+    log.append(metrics)
+    frames += int(np.sum(batch["num_frames"]))
+    if step % steps_per_epoch == 0 or step == total_steps:
+      summary = {k: float(np.mean([float(m[k]) for m in log])) for k in log[0]}
+      if not np.isfinite(summary["loss"]):
+        raise FloatingPointError(f"teacher loss is {summary['loss']} at step {step}")
+      now = time.perf_counter()
+      seconds = max(now - interval_start - update_fn.compile_seconds, 1e-9)
+      update_fn.compile_seconds = 0.0  # counted once
+      logging.info(
+        "teachers step %d/%d loss %.3f, frame accuracy ASR %.3f VSR %.3f | %.2f steps/s "
+        "%.0f frames/s | elapsed %s, ETA %s",
+        step,
+        total_steps,
+        summary["loss"],
+        summary["asr_accuracy"],
+        summary["vsr_accuracy"],
+        len(log) / seconds,
+        frames / seconds,
+        progress.duration(now - start),
+        progress.duration((total_steps - step) * seconds / len(log)),
+      )
+      log, frames, interval_start = [], 0, time.perf_counter()
+  return state
+
+
 def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.Path) -> dict:
   """Trains both teachers on `config`, saves them to output_dir and returns the report."""
   output_dir = pathlib.Path(output_dir).absolute()
@@ -208,10 +241,10 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
   )
   optimizer = optax.adamw(schedule, weight_decay=training.weight_decay)
   graphdef, _, shardings, init_fn = ts.abstract_state(
-    lambda: ts.build_teachers(config.teachers, config.seed), optimizer, config.seed, mesh
+    lambda: build.build_teachers(config.teachers, config.seed), optimizer, config.seed, mesh
   )
   state = jax.jit(init_fn, out_shardings=shardings)()
-  update_fn = steps.ShapeCompiled(
+  update_fn = compiled.ShapeCompiled(
     sharding.jit_update(make_update_fn(graphdef, optimizer), shardings, mesh), "teacher step"
   )
   posteriors_fn = jax.jit(
@@ -226,35 +259,8 @@ def train_teachers(config: ml_collections.ConfigDict, output_dir: str | pathlib.
   )
 
   # ---- Training loop ---------------------------------------------------------------------------
-  start = interval_start = time.perf_counter()
-  log, frames = [], 0
-  for step in range(1, total_steps + 1):
-    batch = next(train_iter)
-    inputs = sharding.global_batch({k: v for k, v in batch.items() if k in TEACHER_INPUTS}, mesh)
-    state, metrics = update_fn(state, inputs)
-    log.append(metrics)
-    frames += int(np.sum(batch["num_frames"]))
-    if step % steps_per_epoch == 0 or step == total_steps:
-      summary = {k: float(np.mean([float(m[k]) for m in log])) for k in log[0]}
-      if not np.isfinite(summary["loss"]):
-        raise FloatingPointError(f"teacher loss is {summary['loss']} at step {step}")
-      now = time.perf_counter()
-      seconds = max(now - interval_start - update_fn.compile_seconds, 1e-9)
-      update_fn.compile_seconds = 0.0  # counted once
-      logging.info(
-        "teachers step %d/%d loss %.3f, frame accuracy ASR %.3f VSR %.3f | %.2f steps/s "
-        "%.0f frames/s | elapsed %s, ETA %s",
-        step,
-        total_steps,
-        summary["loss"],
-        summary["asr_accuracy"],
-        summary["vsr_accuracy"],
-        len(log) / seconds,
-        frames / seconds,
-        progress.duration(now - start),
-        progress.duration((total_steps - step) * seconds / len(log)),
-      )
-      log, frames, interval_start = [], 0, time.perf_counter()
+  start = time.perf_counter()
+  state = _train(update_fn, state, train_iter, mesh, steps_per_epoch, total_steps)
 
   # ---- Evaluation, report and checkpoint -------------------------------------------------------
   report, targets = _evaluate(posteriors_fn, state, config, data_cfg, training.eval_split, mesh)

@@ -1,1 +1,2 @@
-"""The train step, its state, losses, sharding, preemption, metric writers and FLOPs."""
+"""The train step, its state and optimizer, losses (one list of terms), preemption, metric writers
+and FLOPs."""

@@ -29,21 +29,43 @@ near constant until the encoders already tell phonemes apart; the heads give eac
 signal from the first step (README, "Faithfulness").
 """
 
+import functools
+import operator
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 _LOG_RATIO_EPS = 1e-10  # the reference adds it to the probability ratio inside the log
 
-# The weighted terms of the total loss: the name each is logged under (`loss_NAME`) and its weight
-# field in config.loss. The step's metrics, the config checks and the log line read this list.
+# The weighted terms of the total loss, in the order they are summed: the name each is logged
+# under (`metric_name`; the step logs every `loss_*` part) and its weight field in config.loss.
+# The total, the config checks and the log line read this list; a new term is computed in
+# detector_losses, named here and given its weight in config_lib.
 LOSS_TERMS = {
   "ce": "ce_weight",
   "bce": "distill_weight",
   "metric": "metric_weight",
   "sync": "sync_weight",
-  "phoneme": "phoneme_weight",
+  "phoneme": "phoneme_weight",  # only with phoneme heads (model.phoneme_classes)
 }
+
+
+def metric_name(term: str) -> str:
+  """The metric a loss term's batch value is logged as (loss_NAME; the total is `loss`)."""
+  return f"loss_{term}"
+
+
+def _weighted_total(terms: dict, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """sum of weight x value over the LOSS_TERMS in `terms` (keyed by metric_name), in their order."""
+  return functools.reduce(
+    operator.add,
+    (
+      cfg[weight] * terms[metric_name(term)]
+      for term, weight in LOSS_TERMS.items()
+      if metric_name(term) in terms
+    ),
+  )
 
 
 def symmetric_kl_mean(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -244,13 +266,13 @@ def detector_losses(
   if rolled_embeds is not None:
     sync = sync_loss(similarity, cosine(*rolled_embeds), frame_labels, mask)
 
-  total = (
-    cfg.ce_weight * ce
-    + cfg.distill_weight * bce
-    + cfg.metric_weight * metric
-    + cfg.sync_weight * sync
-  )
-  terms = dict(loss_ce=ce, loss_bce=bce, loss_metric=metric, loss_sync=sync)
+  terms = {
+    metric_name("ce"): ce,
+    metric_name("bce"): bce,
+    metric_name("metric"): metric,
+    metric_name("sync"): sync,
+  }
+  total = _weighted_total(terms, cfg)
   if cfg.phoneme_weight > 0:
     # Only then: without heads the step's program stays the paper's, output for output.
     audio_phonemes, visual_phonemes = phoneme_loss(
@@ -260,12 +282,13 @@ def detector_losses(
       vsr_probs,
       mask,
     )
+    phonemes = {metric_name("phoneme"): audio_phonemes + visual_phonemes}
+    total = total + _weighted_total(phonemes, cfg)
     terms.update(
-      loss_phoneme=audio_phonemes + visual_phonemes,
-      loss_phoneme_audio=audio_phonemes,
+      phonemes,
+      loss_phoneme_audio=audio_phonemes,  # its two parts, logged beside it
       loss_phoneme_visual=visual_phonemes,
     )
-    total = total + cfg.phoneme_weight * terms["loss_phoneme"]
   parts = dict(
     loss=total,
     **terms,

@@ -1,15 +1,13 @@
-"""The train and predict steps: pure functions over state pytrees, and the one place that jits
-them with shardings for a mesh.
+"""The train step: a pure function over state pytrees, and the one place that jits it with
+shardings for a mesh.
 
 `make_train_step(config, mesh)` is the train step of `avcd train`; `avcd compile`, the
 benchmarks and the tests build it through the same function (MaxText's pattern), so the program
-that is compiled ahead of time, benchmarked and tested is the program that trains.
-`make_predict_step` is the one predict step of training-time evaluation, `avcd eval` and
-`avcd predict`.
+that is compiled ahead of time, benchmarked and tested is the program that trains. Its predict
+step is `avcd.core.inference.make_predict_step` on the same mesh and parameter layout.
 """
 
 import dataclasses
-import time
 
 import einops
 import jax
@@ -17,12 +15,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 
 from avcd import checkpoints
+from avcd.core import inference, sharding
+from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
-from avcd.training import losses, sharding, state as ts
+from avcd.training import losses, state as ts
 from avcd.training.state import TrainState
 from data_pipelines import augment, schema
 
@@ -43,8 +42,6 @@ TRAIN_INPUTS = (
 # The batch field each `train.labels` choice trains the frame classifier on: the clip label on
 # every frame (the reference), or the frames' own labels (partially forged clips).
 TRAIN_LABEL_FIELDS = {"clip": "label", "frame": "frame_labels"}
-# What the predict step reads.
-MODEL_INPUTS = ("mfcc", "faces", "num_frames")
 
 
 def teacher_posteriors(
@@ -56,19 +53,13 @@ def teacher_posteriors(
   dropout: bool,
   rng: jax.Array | None,
 ):
-  """(B, T, K) ASR and VSR posteriors, from the batch's cache or by running the teachers."""
+  """(B, T, K) ASR and VSR posteriors: the batch's cached ones, or the frozen teachers' forward
+  (models.teachers.posteriors)."""
   if "asr_probs" in batch and "vsr_probs" in batch:
     return batch["asr_probs"], batch["vsr_probs"]
-  teachers = nnx.merge(teachers_graphdef, *teachers_state)
-  asr, vsr = teachers.posteriors(
-    batch["stft"],
-    batch["faces"],
-    batch.get("lips"),
-    mask,
-    train=dropout,
-    rngs=nnx.Rngs(dropout=rng) if dropout else None,
+  return teachers_model.posteriors(
+    teachers_graphdef, teachers_state, batch, mask, dropout=dropout, rng=rng
   )
-  return jax.lax.stop_gradient(asr), jax.lax.stop_gradient(vsr)
 
 
 def _roll_shifts(rng: jax.Array, count: int, frames: tuple[int, int]) -> jax.Array:
@@ -201,50 +192,6 @@ def make_update_fn(
   return update_fn
 
 
-def make_predict_fn(graphdef, calibration=None):
-  """predict_fn(params, batch_stats, batch) -> per clip (eval mode):
-
-  score            the fake-class clip logit (the reference's score)
-  logit            fake-minus-real clip logit
-  raw_probability  softmax of the clip logits, class 1 (fake)
-  probability      P(fake): raw_probability, or `calibration` (an
-                   avcd.evaluation.calibration.Calibration) applied to `logit`
-  frame_logits     (B, T, 2) per-frame (real, fake) logits
-  """
-
-  def predict_fn(params, batch_stats, batch: dict) -> dict:
-    student = nnx.merge(graphdef, params, batch_stats)
-    out = student(batch["mfcc"], batch["faces"], batch["num_frames"], train=False)
-    clip = out["clip_logits"]
-    logit = clip[:, 1] - clip[:, 0]
-    raw_probability = jax.nn.sigmoid(logit)  # = softmax(clip)[:, 1]
-    return dict(
-      score=clip[:, 1],
-      logit=logit,
-      raw_probability=raw_probability,
-      probability=raw_probability
-      if calibration is None
-      else jax.nn.sigmoid(calibration.scale * logit + calibration.bias),
-      frame_logits=out["frame_logits"],
-    )
-
-  return predict_fn
-
-
-def make_predict_step(graphdef, state_shardings, mesh, calibration=None):
-  """predict_fn(params, batch_stats, batch) jitted for `mesh`: the batch split along the batch
-  axes, the outputs replicated (every process sees every clip's score)."""
-  return jax.jit(
-    make_predict_fn(graphdef, calibration),
-    in_shardings=(
-      state_shardings.params,
-      state_shardings.batch_stats,
-      sharding.batch_sharding(mesh),
-    ),
-    out_shardings=sharding.replicated(mesh),
-  )
-
-
 def train_batch_spec(
   rows: int, length: int, *, with_lips: bool, teacher_classes: tuple[int, int] | None = None
 ) -> dict:
@@ -350,7 +297,7 @@ class TrainStep:
 
   def predict_step(self):
     """The jitted predict step on the same mesh and parameter layout."""
-    return make_predict_step(self.graphdef, self.state_shardings, self.mesh)
+    return inference.make_predict_step(self.graphdef, self.state_shardings, self.mesh)
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int = 1) -> TrainStep:
@@ -365,10 +312,10 @@ def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: in
   graphdef, abstract, shardings, init_fn = ts.abstract_train_state(config, optimizer, mesh)
 
   def init_teachers():
-    return tuple(ts.split_model(ts.build_teachers(config.teachers, config.seed))[1:])
+    return tuple(build.split_model(build.build_teachers(config.teachers, config.seed))[1:])
 
-  teachers_graphdef, *teachers = ts.split_model(
-    nnx.eval_shape(lambda: ts.build_teachers(config.teachers, config.seed))
+  teachers_graphdef, *teachers = build.split_model(
+    nnx.eval_shape(lambda: build.build_teachers(config.teachers, config.seed))
   )
   teachers_state, teacher_classes = None, None
   if config.teachers.cache:
@@ -395,27 +342,3 @@ def make_train_step(config: ml_collections.ConfigDict, mesh, steps_per_epoch: in
     mesh=mesh,
     init_fns=(init_fn, init_teachers),
   )
-
-
-class ShapeCompiled:
-  """A jitted step compiled ahead of its first call for each batch shape, saying so in the log:
-  compiling takes seconds to minutes, and a silent first step looks like a hang."""
-
-  def __init__(self, jitted, name: str):
-    self._jitted = jitted
-    self._name = name
-    self._compiled = {}
-    self.compile_seconds = 0.0  # spent compiling so far (throughput excludes it)
-
-  def __call__(self, *args):
-    batch = next(a for a in args if isinstance(a, dict) and "num_frames" in a)
-    key = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()) if hasattr(v, "shape"))
-    if key not in self._compiled:
-      rows, length = batch["faces"].shape[:2]
-      logging.info("compiling the %s for batches of %d clips x %d frames", self._name, rows, length)
-      start = time.perf_counter()
-      self._compiled[key] = self._jitted.lower(*args).compile()
-      seconds = time.perf_counter() - start
-      self.compile_seconds += seconds
-      logging.info("compiled the %s (%d x %d) in %.1f s", self._name, rows, length, seconds)
-    return self._compiled[key](*args)
