@@ -6,10 +6,11 @@ Generates the synthetic corpus into WORKDIR/data, trains the ASR/VSR teachers in
 WORKDIR/teachers if none are there yet, trains the student and evaluates it on the held-out
 speakers of the test split (reports in WORKDIR/eval/test).
 
-Hardware: 2 CPU cores. Expected time: 6 min 33 s end to end (corpus 1 min 16 s, 827 MB;
-teachers 1 min 40 s; student 3 min 15 s, 960 steps with the phoneme heads; evaluation 10 s;
-commit 135ba06). Expected result: test ROC-AUC >= 99% on every method, whatever the seed: seed 0
-gives 100.0 / 100.0 / 99.9 / 100.0 (desync, lipsync, talking_head, voice_swap); the seed study of
+Hardware: 2 CPU cores. Expected time: 7 min 35 s end to end (corpus 1 min 12 s, 828 MB;
+teachers 1 min 52 s; student 4 min 17 s, 960 steps with the phoneme heads; evaluation 14 s;
+commit fbbf0d6; 6 min 33 s at 135ba06 on a day the machine ran faster). Expected result: test
+ROC-AUC >= 99% on every method, whatever the seed: seed 0 gives 100.0 / 100.0 / 99.9 / 100.0
+(desync, lipsync, talking_head, voice_swap); the seed study of
 10 seeds, with and without the heads, is in docs/demo_seeds.md.
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the

@@ -23,7 +23,10 @@ How time is attributed. avcd: every model class's methods, the loss, augmentatio
 optimizer run under `jax.named_scope` while the step is traced (scopes are metadata: the compiled
 program is the same), `jax.profiler` records every XLA:CPU thunk, and each thunk goes to the
 family of its heaviest op (a fusion holding a convolution counts as that convolution's family, so
-BatchNorm or ReLU that XLA fused into a conv is counted with the conv). Reference: every module's
+BatchNorm or ReLU that XLA fused into a conv is counted with the conv; an op XLA made itself takes
+the name of its nearest named producer). Convolutions that XLA:CPU hands to Eigen, every one
+while YNNPACK is off (avcd's default, avcd/__init__.py), record no trace event: the time when the
+program ran but no traced thunk did is the row `UNTRACED`. Reference: every module's
 forward runs under `torch.profiler.record_function(ClassName)`; forward ops go to the family of
 their module, backward ops to the family of the forward op that created them (autograd sequence
 numbers). In both, each family's share of the profiled op time is scaled to the step's median wall
