@@ -19,9 +19,14 @@ import numpy as np
 import pytest
 
 from avcd.core import sharding
-from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, LOSS_RTOL, REPO
+from tests.conftest import ADAM_EPS, FAST_COMPILE_FLAGS, REPO
 
 STEPS_PER_EPOCH = 2  # 8 training clips, 4 per batch
+# One process of 4 devices against two of 2: with XLA's Eigen convolutions (avcd's default since
+# YNNPACK was turned off) the losses after 4 steps differ by up to 2.9e-5 relative, against 6e-6
+# under YNNPACK, most likely because Eigen blocks a convolution's reduction by the threads it
+# gets, which differ between the two arrangements. Looser than one process's meshes (LOSS_RTOL).
+PROCESS_LOSS_RTOL = 5e-5
 # Only against a hang: on a loaded 2-core machine the three runs, competing for the cores, take
 # many minutes (compiling for two meshes), and a tight limit fails a run that would have passed.
 RUNS_DEADLINE_S = 3600
@@ -111,7 +116,7 @@ def test_two_processes_match_one_process(runs):
   one, two = _losses(runs["root"] / "one"), _losses(runs["root"] / "two")
   assert sorted(one) == sorted(two) == list(range(1, 2 * STEPS_PER_EPOCH + 1))
   np.testing.assert_allclose(
-    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=LOSS_RTOL
+    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=PROCESS_LOSS_RTOL
   )
 
 

@@ -81,21 +81,6 @@ FAMILIES = (
   UNTRACED,
   "other",
 )
-_BATCH = flags.DEFINE_multi_string("batch", ["1x100"], "B x T batches to profile (repeatable).")
-_REFERENCE = flags.DEFINE_string(
-  "reference", None, "A checkout of the reference repository: profile its steps too."
-)
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per row and round.", lower_bound=1)
-_ROUNDS = flags.DEFINE_integer(
-  "rounds",
-  3,
-  "Rounds over all rows; a row's wall time is the median of its rounds' medians.",
-  lower_bound=1,
-)
-_PROFILED = flags.DEFINE_integer(
-  "profiled_steps", 3, "Steps run under the profiler.", lower_bound=1
-)
-_OUTPUT = flags.DEFINE_string("output", None, "Directory for step_profile.json and .md.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,7 +586,7 @@ AVCD_ROWS = (
 )
 
 
-def _subjects(batch: str) -> list[tuple[str, str, object]]:
+def _subjects(batch: str, reference: str | None) -> list[tuple[str, str, object]]:
   """(implementation, step, subject) for every step profiled at one B x T batch."""
   try:
     rows, length = (int(n) for n in batch.lower().split("x"))
@@ -611,40 +596,59 @@ def _subjects(batch: str) -> list[tuple[str, str, object]]:
     ("avcd", label, _Avcd(config_path, kind, rows, length))
     for label, config_path, kind in AVCD_ROWS
   ]
-  if _REFERENCE.value:
-    reference = _Reference(pathlib.Path(_REFERENCE.value), rows, length)
+  if reference:
+    steps = _Reference(pathlib.Path(reference), rows, length)
     subjects += [
-      ("reference", "train", _ReferenceStep(reference, "train")),
-      ("reference", "eval forward", _ReferenceStep(reference, "predict")),
+      ("reference", "train", _ReferenceStep(steps, "train")),
+      ("reference", "eval forward", _ReferenceStep(steps, "predict")),
     ]
   return subjects
 
 
+def define_flags() -> None:
+  """The command line. Defined only when the module runs as a program: the tests import it beside
+  `avcd.benchmarks.train_step`, whose flags have the same names, and absl flags are global."""
+  flags.DEFINE_multi_string("batch", ["1x100"], "B x T batches to profile (repeatable).")
+  flags.DEFINE_string(
+    "reference", None, "A checkout of the reference repository: profile its steps too."
+  )
+  flags.DEFINE_integer("steps", 3, "Timed steps per row and round.", lower_bound=1)
+  flags.DEFINE_integer(
+    "rounds",
+    3,
+    "Rounds over all rows; a row's wall time is the median of its rounds' medians.",
+    lower_bound=1,
+  )
+  flags.DEFINE_integer("profiled_steps", 3, "Steps run under the profiler.", lower_bound=1)
+  flags.DEFINE_string("output", None, "Directory for step_profile.json and .md.")
+
+
 def main(argv):
+  args = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   compilation_cache.enable()
   rows = []
-  for batch in _BATCH.value:
-    subjects = _subjects(batch)
+  for batch in args.batch:
+    subjects = _subjects(batch, args.reference)
     # Rounds alternate the steps so that a slow spell of this shared machine hits all of them.
     walls = collections.defaultdict(list)
-    for _ in range(_ROUNDS.value):
+    for _ in range(args.rounds):
       for implementation, label, subject in subjects:
         seconds = []
-        for _ in range(_STEPS.value):
+        for _ in range(args.steps):
           started = time.perf_counter()
           subject.step()
           seconds.append(time.perf_counter() - started)
         walls[implementation, label].append(statistics.median(seconds))
     for implementation, label, subject in subjects:
       wall = statistics.median(walls[implementation, label])
-      rows.append(Row(implementation, label, batch, wall, subject.profile(_PROFILED.value)))
+      rows.append(Row(implementation, label, batch, wall, subject.profile(args.profiled_steps)))
       print(f"{implementation} {label} {batch}: {1e3 * wall:.1f} ms", flush=True)
   table = format_table(rows)
   print(table)
-  if _OUTPUT.value:
-    output = pathlib.Path(_OUTPUT.value)
+  if args.output:
+    output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "step_profile.json").write_text(
       json.dumps([dataclasses.asdict(r) for r in rows], indent=1)
@@ -653,4 +657,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
