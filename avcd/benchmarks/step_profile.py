@@ -342,24 +342,28 @@ def _profile_compiled(run, hlo_text: str, steps: int) -> dict[str, float]:
     jax.profiler.stop_trace()
     (path,) = pathlib.Path(trace_dir).rglob("*.xplane.pb")
     profile = jax.profiler.ProfileData.from_file(str(path))
+  family_of = {}  # thunk name -> family, worked out once per program
   families, traced, programs = collections.Counter(), [], []
   for plane in profile.planes:
     for line in plane.lines:
       events = [(e.start_ns, e.duration_ns, e.name) for e in line.events]
       for name, ns in _self_times(events).items():
         if name in instructions:  # thunks; the executor's and Python's own events are not
-          families[thunk_family(name, instructions, computations)] += ns
+          if name not in family_of:
+            family_of[name] = thunk_family(name, instructions, computations)
+          families[family_of[name]] += ns
       traced += [(t, t + d) for t, d, name in events if name in instructions]
       programs += [(t, t + d) for t, d, name in events if name.startswith("ThunkExecutor::Execute")]
   if families:
     # Traced thunks run on several threads at once: their summed times are CPU time, which the
-    # table scales to the step's wall time; the untraced time is wall time already.
-    untraced = max(0, _union_ns(programs) - _union_ns(traced))
-    traced_wall = _union_ns(programs) - untraced
-    scale = traced_wall / sum(families.values())
+    # table scales to the wall time during which some traced thunk ran; the rest of the
+    # program's wall time is untraced.
+    program_ns = _union_ns(programs)
+    traced_ns = min(_union_ns(traced), program_ns)
+    scale = traced_ns / sum(families.values())
     families = {family: ns * scale for family, ns in families.items()}
-    if untraced:
-      families[UNTRACED] = untraced
+    if program_ns > traced_ns:
+      families[UNTRACED] = program_ns - traced_ns
   return dict(families)
 
 
@@ -389,17 +393,15 @@ class _Avcd:
     self._compiled = lowered.compile()
     self.step()  # warm up
 
-  def _call(self, compiled):
-    out = compiled(*self._arguments())
+  def step(self):
+    """Runs the step once and waits for its output."""
+    out = self._compiled(*self._arguments())
     if self._kind == "train":
       self._state, out = out
     return jax.block_until_ready(out)
 
-  def step(self):
-    self._call(self._compiled)
-
   def profile(self, steps: int) -> dict[str, float]:
-    return _profile_compiled(lambda: self._call(self._compiled), self._compiled.as_text(), steps)
+    return _profile_compiled(self.step, self._compiled.as_text(), steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +418,8 @@ def _reference_modules(reference: pathlib.Path):
     ) from error
   if not (reference / "model" / "talkNetModel.py").is_file():
     raise app.UsageError(f"--reference={reference}: no model/talkNetModel.py (a CMDFD checkout?)")
-  sys.path.insert(0, str(reference))
+  if str(reference) not in sys.path:  # once, though every --batch builds the reference again
+    sys.path.insert(0, str(reference))
   return (
     torch,
     importlib.import_module("model.talkNetModel"),
