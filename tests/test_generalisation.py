@@ -2,6 +2,9 @@
 long for a test; their results files are what the report reads)."""
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -177,3 +180,31 @@ def test_an_interrupted_run_keeps_the_time_of_every_attempt(tmp_path):
   segments = json.loads((run_dir / runs.SEGMENTS_FILE).read_text())
   assert [s["finished"] for s in segments] == [False, True]
   assert all(s["seconds"] >= 0 and s["cpu_seconds"] >= 0 and s["date"] for s in segments)
+
+
+def test_a_killed_run_keeps_the_time_of_its_attempt_to_the_last_heartbeat(tmp_path):
+  # SIGKILL runs no finally: the open attempt must already be on disk.
+  run_dir = tmp_path / "run"
+  script = (
+    "import pathlib, time\n"
+    "from avcd.studies.generalisation import runs\n"
+    "runs.SEGMENT_HEARTBEAT_S = 0.05\n"
+    f"with runs._segment(pathlib.Path({str(run_dir)!r})):\n"
+    "  deadline = time.process_time() + 0.5\n"
+    "  while time.process_time() < deadline: pass  # some CPU time to account for\n"
+    "  time.sleep(600)\n"
+  )
+  job = subprocess.Popen([sys.executable, "-c", script])
+  path = run_dir / runs.SEGMENTS_FILE
+  give_up = time.monotonic() + 120  # a bound for a hang, not a wait: the loop ends on the file
+  try:
+    while job.poll() is None and time.monotonic() < give_up:
+      if path.exists() and json.loads(path.read_text())[0]["cpu_seconds"] >= 0.5:
+        break
+      time.sleep(0.05)
+  finally:
+    job.kill()
+    job.wait()
+  [segment] = json.loads(path.read_text())
+  assert segment["finished"] is False
+  assert segment["cpu_seconds"] >= 0.5 and segment["seconds"] >= 0.5

@@ -8,6 +8,7 @@ import json
 import pathlib
 import shutil
 import subprocess
+import threading
 import time
 
 import jax
@@ -65,7 +66,7 @@ def commit() -> str:
   return head + ("+dirty" if dirty else "")
 
 
-def _write_json(path: pathlib.Path, content: dict) -> None:
+def _write_json(path: pathlib.Path, content: dict | list) -> None:
   """Written whole or not at all: a killed job leaves no half file behind."""
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.with_name(path.name + ".partial")
@@ -125,26 +126,44 @@ def ensure_test_clips(config, corpus: int, run_dir: pathlib.Path, results: pathl
 
 
 SEGMENTS_FILE = "study_segments.json"
+SEGMENT_HEARTBEAT_S = 60.0
 
 
 @contextlib.contextmanager
 def _segment(run_dir: pathlib.Path):
   """Times one attempt at a run (wall and this process's CPU seconds) and appends it to the run
-  directory's segments file, whether the attempt finishes, is preempted or fails."""
+  directory's segments file, whether the attempt finishes, is preempted or fails.
+
+  The open attempt is rewritten every SEGMENT_HEARTBEAT_S seconds, so a SIGKILL or a machine that
+  goes away (nothing runs on exit then) costs the accounting at most that much time."""
   path = run_dir / SEGMENTS_FILE
   segments = json.loads(path.read_text()) if path.exists() else []
   record = dict(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
   start, cpu_start = time.perf_counter(), time.process_time()
+  lock, closed = threading.Lock(), threading.Event()
+
+  def write():
+    with lock:
+      record.update(
+        seconds=round(time.perf_counter() - start, 1),
+        cpu_seconds=round(time.process_time() - cpu_start, 1),
+      )
+      record.setdefault("finished", False)
+      run_dir.mkdir(parents=True, exist_ok=True)
+      _write_json(path, [*segments, record])
+
+  def heartbeat():
+    while not closed.wait(SEGMENT_HEARTBEAT_S):
+      write()
+
+  beating = threading.Thread(target=heartbeat, name="study-segment", daemon=True)
+  beating.start()
   try:
     yield record
   finally:
-    record.update(
-      seconds=round(time.perf_counter() - start, 1),
-      cpu_seconds=round(time.process_time() - cpu_start, 1),
-    )
-    record.setdefault("finished", False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, [*segments, record])
+    closed.set()
+    beating.join()
+    write()
 
 
 def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> None:
