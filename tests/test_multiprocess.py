@@ -219,3 +219,42 @@ def test_initialize_distributed_starts_jax_only_for_several_processes(monkeypatc
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
   sharding.initialize_distributed()
   assert calls == ([] if expected is None else [expected])
+
+
+# Process 1 compiles (and so first runs) a program with a collective this long after process 0:
+# past gloo's fixed 30 s for the processes to meet at a program's first collective.
+LATE_COMPILE_S = 35
+_LATE_HOST = f"""
+import time
+import jax, jax.numpy as jnp, numpy as np
+from avcd.core import compiled, sharding
+sharding.initialize_distributed()
+mesh = jax.make_mesh((jax.device_count(),), ("data",))
+rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+faces = jax.make_array_from_process_local_data(rows, np.ones((jax.local_device_count(), 3)))
+step = compiled.ShapeCompiled(jax.jit(lambda b: jnp.sum(b["faces"])), "sum over hosts")
+if jax.process_index() == 1:
+  time.sleep({LATE_COMPILE_S})
+print("sum", float(step(dict(faces=faces, num_frames=faces))), flush=True)
+"""
+
+
+def test_a_host_that_compiles_late_is_waited_for():
+  result = subprocess.run(
+    [
+      sys.executable,
+      "launch/local.py",
+      "--num_processes=2",
+      "--cpu_devices_per_process=2",
+      "--",
+      sys.executable,
+      "-c",
+      _LATE_HOST,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=RUNS_DEADLINE_S,
+  )
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "[0] sum 12.0" in result.stdout and "[1] sum 12.0" in result.stdout
