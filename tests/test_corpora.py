@@ -11,8 +11,7 @@ import pathlib
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import manifests, prepare
-from data_pipelines.corpora import sources
+from data_pipelines.building import manifests, prepare, sources
 from tests import media_utils
 
 MANIFEST_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "manifests"

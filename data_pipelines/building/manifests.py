@@ -19,7 +19,7 @@ The category is RealVideo-RealAudio, RealVideo-FakeAudio, FakeVideo-RealAudio or
 FakeVideo-FakeAudio from the audio and video labels (every CMDFD fake is FakeVideo-RealAudio).
 
 ManifestRow is also the clip record of corpora that list their clips in their own metadata
-(data_pipelines/corpora/metadata_json.py: LAV-DF, AV-Deepfake1M). Those are partially forged:
+(data_pipelines/building/metadata_json.py: LAV-DF, AV-Deepfake1M). Those are partially forged:
 their rows carry FakeSegments, from which clips.extract_clip derives the frame labels. CSV rows
 have none, so their frames get their clip's labels (data_pipelines.schema).
 """

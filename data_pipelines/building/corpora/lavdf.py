@@ -20,7 +20,7 @@ the authors' BA-TFD labels each stream. metadata_json describes the labels.
 
 import pathlib
 
-from data_pipelines.corpora import metadata_json, sources
+from data_pipelines.building import metadata_json, sources
 
 # The metadata files the download may hold, in order of preference.
 METADATA_FILES = ("metadata.json", "metadata.min.json")

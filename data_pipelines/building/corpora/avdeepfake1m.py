@@ -25,7 +25,7 @@ clips can neither train nor be scored. A stream's frame labels come from its own
 
 import pathlib
 
-from data_pipelines.corpora import metadata_json, sources
+from data_pipelines.building import metadata_json, sources
 
 # Split here -> the subset's name: <subset>_metadata.json lists the clips under <subset>/.
 SUBSETS = {"train": "train", "validation": "val"}

@@ -8,7 +8,7 @@ concatenation such as 'wav2lip+audio2head' holds each real clip once per list). 
 from the manifest directory are left out.
 """
 
-from data_pipelines.corpora import manifest_builder, sources
+from data_pipelines.building import manifest_builder, sources
 
 
 class CMDFD(manifest_builder.ManifestBuilder):

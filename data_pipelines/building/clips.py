@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipelines import manifests, schema
+from data_pipelines import schema
+from data_pipelines.building import manifests
 from data_pipelines.features import audio, lips, video
 
 # Longest accepted difference between the audio's and the video's duration. The authors'
@@ -73,7 +74,7 @@ def extract_clip(
     max_av_mismatch_s: reject when audio and video durations differ by more; math.inf keeps every
       clip, as the reference.
     media_hook: sees the faces (at 25 fps, the clip's frames only) and the 16 kHz samples before
-      features are computed (data_pipelines.perturbations degrades them there).
+      features are computed (data_pipelines.reading.perturbations degrades them there).
 
   Returns:
     The example, as returned by schema.validate_example.

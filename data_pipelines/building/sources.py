@@ -1,9 +1,10 @@
 """Which manifest rows make up each split: finding a corpus's CSVs, reading and merging them.
 
-A split is built from one or more manifest CSVs (data_pipelines.manifests format). Rows are merged
-by ID in file order: an ID already seen in the split is dropped when its row is identical after
-path rewriting (FakeAVCeleb's FAV_test.csv repeats the FAV_test_*.csv rows under another path
-prefix), and is an error when it differs, since the two files would then disagree about the clip.
+A split is built from one or more manifest CSVs (data_pipelines.building.manifests format). Rows
+are merged by ID in file order: an ID already seen in the split is dropped when its row is
+identical after path rewriting (FakeAVCeleb's FAV_test.csv repeats the FAV_test_*.csv rows under
+another path prefix), and is an error when it differs, since the two files would then disagree
+about the clip.
 """
 
 import csv
@@ -12,7 +13,7 @@ import pathlib
 import re
 from typing import Mapping, Sequence
 
-from data_pipelines import manifests
+from data_pipelines.building import manifests
 
 # Split names become part of shard file names ('<dataset>-<split>.array_record-...').
 _SPLIT_NAME = re.compile(r"^[a-z0-9_]+$")

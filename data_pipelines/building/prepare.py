@@ -26,17 +26,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from data_pipelines.corpora import (
-  av_manifest,
-  avdeepfake1m,
-  cmdfd,
-  extraction,
-  fakeavceleb,
-  lavdf,
-  manifest_builder,
-  metadata_json,
-  sources,
-)
+from data_pipelines.building import extraction, manifest_builder, metadata_json, sources
+from data_pipelines.building.corpora import av_manifest, avdeepfake1m, cmdfd, fakeavceleb, lavdf
 
 CORPORA = {
   builder.name: builder

@@ -6,7 +6,7 @@ combined FAV_test.csv, or both, merged by ID). The authors' lists use two path p
 in FAV_test.csv); give a path_prefix rewrite for each one present.
 """
 
-from data_pipelines.corpora import manifest_builder, sources
+from data_pipelines.building import manifest_builder, sources
 
 
 class FakeAVCeleb(manifest_builder.ManifestBuilder):

@@ -2,5 +2,6 @@
 manifest CSVs), lavdf and avdeepfake1m (from their own metadata JSON).
 
 Importing a builder's module registers its name with TFDS. Prepare them with
-`data_pipelines.prepare` (`avcd prepare`); docs/data.md has the commands and the on-disk layout.
+`data_pipelines.building.prepare` (`avcd prepare`); docs/data.md has the commands and the on-disk
+layout.
 """
