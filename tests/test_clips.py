@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import schema
-from data_pipelines.building import clips, manifests
+from data_pipelines.building import clips, corpora, manifests  # noqa: F401  (corpora: the row rules)
 from data_pipelines.features import audio
 from tests import media_utils
 
