@@ -15,7 +15,7 @@ import ml_collections
 
 from avcd.core import sharding
 from avcd.training import flops, steps
-from data_pipelines import loader
+from data_pipelines.reading import loader
 
 
 def bucket_shapes(config: ml_collections.ConfigDict, mesh) -> list[tuple[int, int]]:

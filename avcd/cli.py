@@ -180,10 +180,10 @@ def _known_failure(error: Exception) -> int | None:
     ("avcd.porting.weights", ("WeightMappingError",)),
     ("avcd.serving.saved_model_check", ("UntrustedSavedModelError",)),
     ("avcd.serving.export", ("ExportError",)),
-    ("data_pipelines.manifests", ("ManifestError",)),
-    ("data_pipelines.prepare", ("PrepareError",)),
+    ("data_pipelines.building.manifests", ("ManifestError",)),
+    ("data_pipelines.building.prepare", ("PrepareError",)),
     ("data_pipelines.schema", ("SchemaError",)),
-    ("data_pipelines.split_index", ("DamagedShardError",)),
+    ("data_pipelines.reading.split_index", ("DamagedShardError",)),
   ):
     if module in sys.modules:
       known += [

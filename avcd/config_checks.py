@@ -16,7 +16,7 @@ from avcd.core import sharding
 from avcd.evaluation import calibration, evaluate, localisation_report, metrics
 from avcd.teachers import frozen
 from avcd.training import losses, steps
-from data_pipelines import split_index
+from data_pipelines.reading import split_index
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 

@@ -110,9 +110,9 @@ def teachers() -> ConfigDict:
       # The reference leaves the frozen teachers in train mode (dropout on, stochastic targets).
       dropout_in_train=False,
       # Run the teachers once over data.train_split before training and store their posteriors
-      # (data_pipelines/posterior_store.py) instead of running them in every step; the losses are
-      # the same. Needs dropout_in_train=False (deterministic targets) and whole-clip windows
-      # (data.train_window >= data.max_frames): the teachers attend over their whole input.
+      # (data_pipelines/reading/posterior_store.py) instead of running them in every step; the
+      # losses are the same. Needs dropout_in_train=False (deterministic targets) and whole-clip
+      # windows (data.train_window >= data.max_frames): the teachers attend over their whole input.
       cache=False,
       # Where caches go ('' = teacher_cache/ next to the split's shards); every process must see
       # it. A cache is reused while the teachers, their config and the split stay the same.

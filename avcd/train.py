@@ -31,7 +31,9 @@ from avcd.core import compiled, sharding
 from avcd.evaluation import evaluate, metrics
 from avcd.teachers import setup as teachers_setup
 from avcd.training import flops, losses, preemption, state as ts, steps, writers
-from data_pipelines import corpus_setup, loader, progress, split_index
+from data_pipelines import progress
+from data_pipelines.building import corpus_setup
+from data_pipelines.reading import loader, split_index
 
 # Steps before a profile (train.profile_steps) starts: the first compiles and warms the pipeline.
 PROFILE_AFTER_STEPS = 3

@@ -18,7 +18,7 @@ next to the trained methods' in metrics.md.
 
 from avcd import config_lib
 
-# Fake methods of each corpus (data_pipelines/manifests.py derives them).
+# Fake methods of each corpus (data_pipelines/building/manifests.py derives them).
 METHODS = {
   "fakeavceleb": ("faceswap", "fsgan", "wav2lip", "rtvc", "faceswap_wav2lip", "fsgan_wav2lip"),
 }

@@ -32,7 +32,7 @@ training: docs/localisation.md).
 import ml_collections
 
 from avcd import config_lib
-from data_pipelines.synthetic import generator, phonemes
+from data_pipelines.building.synthetic import generator, phonemes
 
 VARIANTS = ("demo", "generalisation", "partial")
 HELD_OUT_V2 = ("ls_a_clean", "ls_b", "ls_c")

@@ -40,7 +40,8 @@ LABEL_FIELDS = ("label", "audio_label", "video_label", "identity_label", "sync_l
 TEXT_FIELDS = ("id", "dataset", "method", "category")
 
 # A clip's decoded media on their way to features: (faces (T, H, W) uint8 at FPS, samples float32
-# at SAMPLE_RATE on the 16-bit scale) -> the same shapes (data_pipelines.perturbations uses it).
+# at SAMPLE_RATE on the 16-bit scale) -> the same shapes (data_pipelines.reading.perturbations
+# uses it).
 MediaHook = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import clip_builder, schema
+from data_pipelines import schema
+from data_pipelines.building import clip_builder
 
 # (method, category, label, audio_label, video_label): real clips and three kinds of fakes.
 METHODS = (

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import augment
+from data_pipelines.reading import augment
 
 SIZE = 112
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from avcd import config_lib
-from data_pipelines import manifests, split_index
-from data_pipelines.synthetic import builder as synthetic_builder, generator
+from data_pipelines.building import manifests
+from data_pipelines.building.synthetic import builder as synthetic_builder, generator
+from data_pipelines.reading import split_index
 from tests.conftest import REPO
 
 

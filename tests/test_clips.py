@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from data_pipelines import clips, manifests, schema
+from data_pipelines import schema
+from data_pipelines.building import clips, corpora, manifests  # noqa: F401  (corpora: the row rules)
 from data_pipelines.features import audio
 from tests import media_utils
 

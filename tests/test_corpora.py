@@ -11,8 +11,8 @@ import pathlib
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import manifests, prepare
-from data_pipelines.corpora import sources
+from data_pipelines.building import manifests, prepare, sources
+from data_pipelines.building.corpora import cmdfd, fakeavceleb
 from tests import media_utils
 
 MANIFEST_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "manifests"
@@ -77,7 +77,7 @@ def _stored(summary: prepare.Summary, split: str) -> list[dict]:
 
 
 def test_fakeavceleb_splits_are_the_authors_train_and_test_lists(authors_lists):
-  split_manifests = sources.fakeavceleb_manifests(authors_lists)
+  split_manifests = fakeavceleb.find_manifests(authors_lists)
   assert [pathlib.Path(p).name for p in split_manifests["train"]] == sorted(
     f"FAV_train_{name}.csv" for name in FAV_TRAIN_LISTS
   )
@@ -94,7 +94,7 @@ def test_fakeavceleb_splits_are_the_authors_train_and_test_lists(authors_lists):
 
 
 def test_cmdfd_has_one_split_per_list_of_the_authors(authors_lists):
-  assert list(sources.cmdfd_manifests(authors_lists)) == [
+  assert list(cmdfd.find_manifests(authors_lists)) == [
     "audio2head",
     "audio2head_self",
     "makeittalk",

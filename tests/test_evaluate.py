@@ -12,7 +12,8 @@ from avcd import config_checks, config_lib
 from avcd.core import sharding
 from avcd.evaluation import calibration, evaluate
 from avcd.training import steps
-from data_pipelines import corpus_setup, split_index
+from data_pipelines.building import corpus_setup
+from data_pipelines.reading import split_index
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import clips, schema
+from data_pipelines import schema
+from data_pipelines.building import clips
+from data_pipelines.building.synthetic import generator
 from data_pipelines.features import face_crop, face_detectors, video
-from data_pipelines.synthetic import generator
 from tests import media_utils
 
 NUM_FRAMES = 60

@@ -24,8 +24,9 @@ LAYERS = (
     "avcd.workdir_lock",
     "avcd.compilation_cache",
   ),
-  # 1: building and reading corpora; the networks (neither knows the other)
-  ("data_pipelines", "avcd.models"),
+  # 1: building corpora, reading them and what both use (features, progress lines, worker
+  # processes); the networks (neither knows data_pipelines, nor data_pipelines them)
+  ("data_pipelines", "data_pipelines.building", "data_pipelines.reading", "avcd.models"),
   # 2: the core: the mesh, the predict function and its inputs
   ("avcd.core",),
   # 3: checkpoints: integrity, the training checkpointer, loading a model
@@ -41,6 +42,12 @@ LAYERS = (
 )
 # Peers of one layer that a room may import, and why.
 PEERS = {
+  # Building and reading corpora share the features, progress lines and worker processes.
+  ("data_pipelines.building", "data_pipelines"),
+  ("data_pipelines.reading", "data_pipelines"),
+  # A rebuilt split makes its clips again from their media as building made them; building
+  # knows nothing of reading.
+  ("data_pipelines.reading", "data_pipelines.building"),
   ("avcd.teachers", "avcd.training"),  # teacher training: the train state, optimizer, losses
   ("avcd.serving", "avcd.evaluation"),  # predict applies calibration, finds forged segments
   ("avcd.cli", "avcd.commands"),  # the CLI loads the command asked for
@@ -137,12 +144,14 @@ def test_every_module_imports_only_lower_layers_and_no_cycle():
 
 def test_the_layers_say_what_they_are_for():
   # A sideways import within a layer needs a reason in PEERS; an upward one is never allowed.
-  assert violation("avcd.models.student", "data_pipelines.loader")  # networks know no files
+  assert violation("avcd.models.student", "data_pipelines.reading.loader")  # networks know no files
   assert violation("avcd.core.sharding", "avcd.training.steps")
   assert violation("avcd.serving.predict", "avcd.training.state")
   assert violation("avcd.commands.predict", "avcd.cli")  # the loop cli <-> commands
-  assert violation("data_pipelines.loader", "avcd.models.teachers")
+  assert violation("data_pipelines.reading.loader", "avcd.models.teachers")
   assert violation("avcd.training.steps", "avcd.checkpoints") is None
+  assert violation("data_pipelines.building.prepare", "data_pipelines.reading.loader")
+  assert violation("data_pipelines.reading.rebuilt_split", "data_pipelines.building.clips") is None
 
 
 # Imports every module in one process, recording who imports what. Command modules define absl

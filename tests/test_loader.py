@@ -10,7 +10,8 @@ import pytest
 from absl import flags
 
 from avcd import config_lib
-from data_pipelines import loader, schema, split_index
+from data_pipelines import schema
+from data_pipelines.reading import loader, split_index
 from tests import random_corpus
 
 # Bucket 130 at budget 256 rounds one row up to the multiple (2), exercising that case.

@@ -11,8 +11,9 @@ from avcd import config_lib
 from avcd.core import sharding
 from avcd.evaluation import evaluate, localisation_report
 from avcd.training import steps
-from data_pipelines import corpus_setup, schema
-from data_pipelines.synthetic import generator
+from data_pipelines import schema
+from data_pipelines.building import corpus_setup
+from data_pipelines.building.synthetic import generator
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from data_pipelines import manifests
+from data_pipelines.building import corpora, manifests  # noqa: F401  (corpora: the row rules)
 from tests import media_utils
 
 MANIFEST_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "manifests"

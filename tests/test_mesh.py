@@ -133,7 +133,7 @@ def _train_on_meshes(out: pathlib.Path, names: list[str]) -> None:
 
   from avcd import config_lib  # pylint: disable=g-import-not-at-top
   from avcd.training import steps  # pylint: disable=g-import-not-at-top
-  from data_pipelines import augment  # pylint: disable=g-import-not-at-top
+  from data_pipelines.reading import augment  # pylint: disable=g-import-not-at-top
 
   # The tiny model's tensors are all below the production threshold; lowered, the fsdp meshes
   # split its larger parameters, their Adam moments and the teachers' like a full-size model's.

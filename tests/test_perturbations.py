@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from data_pipelines import perturbations, schema
-from data_pipelines.synthetic import generator
+from data_pipelines import schema
+from data_pipelines.building.synthetic import generator
+from data_pipelines.reading import perturbations
 
 NUM_FRAMES = 30
 ALL_LEVELS = [

@@ -1,9 +1,9 @@
 """Media files to Grain batches: manifest CSV -> avcd prepare -> loader, rows equal to extract_clip.
 
 The media are written here (mp4 with an AAC track, wav, lip .npy), listed in manifests in the
-reference's CSV format, prepared with `data_pipelines.prepare` (what `avcd prepare` runs) and read
-back through `loader.eval_dataset` and `loader.train_dataset`. Every batch row must hold exactly
-what `clips.extract_clip` gives for its manifest row, cut and padded as the loader's batch
+reference's CSV format, prepared with `data_pipelines.building.prepare` (what `avcd prepare` runs)
+and read back through `loader.eval_dataset` and `loader.train_dataset`. Every batch row must hold
+exactly what `clips.extract_clip` gives for its manifest row, cut and padded as the loader's batch
 contract says.
 """
 
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from avcd import config_lib
-from data_pipelines import augment, clips, loader, manifests, prepare, schema, split_index
+from data_pipelines import schema
+from data_pipelines.building import clips, manifests, prepare
+from data_pipelines.reading import augment, loader, split_index
 from tests import media_utils
 
 ROOT = "/corpus"  # the manifests' media root, rewritten to the test's directory

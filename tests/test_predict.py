@@ -14,8 +14,8 @@ from avcd import checkpoints, config_lib
 from avcd.evaluation import calibration
 from avcd.models import build
 from avcd.serving import export, options, predict
+from data_pipelines.building.synthetic import generator
 from data_pipelines.features import face_crop, face_detectors, video
-from data_pipelines.synthetic import generator
 from tests import media_utils
 from tests.conftest import REPO
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import clips, manifests, prepare, schema
-from data_pipelines.corpora import clip_store, extraction, process_pool
+from data_pipelines import schema
+from data_pipelines.building import clip_store, clips, extraction, manifests, prepare, process_pool
 from tests import media_utils
 from tests.conftest import REPO
 

@@ -14,7 +14,8 @@ from avcd import config_lib
 from avcd.core import sharding
 from avcd.evaluation import evaluate, robustness
 from avcd.training import steps
-from data_pipelines import corpus_setup, perturbations, prepare, rebuilt_split, split_index
+from data_pipelines.building import corpus_setup, prepare
+from data_pipelines.reading import perturbations, rebuilt_split, split_index
 from tests import media_utils
 from tests.conftest import REPO
 

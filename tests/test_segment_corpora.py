@@ -1,10 +1,10 @@
 """LAV-DF and AV-Deepfake1M built from tiny copies of their downloads.
 
 Each copy has the corpus's own layout and a metadata JSON with the fields its authors' files have
-(data_pipelines/corpora/lavdf.py and avdeepfake1m.py name the sources), over a few generated
-two-second mp4s: a real clip and visual-only, audio-only and both-modified fakes, one with two
-forged spans. The frame labels expected are written out by hand, frame by frame (a frame is fake
-when its centre, (i + 0.5) / 25 s, lies in a span).
+(data_pipelines/building/corpora/lavdf.py and avdeepfake1m.py name the sources), over a few
+generated two-second mp4s: a real clip and visual-only, audio-only and both-modified fakes, one
+with two forged spans. The frame labels expected are written out by hand, frame by frame (a frame
+is fake when its centre, (i + 0.5) / 25 s, lies in a span).
 """
 
 import functools
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import manifests, perturbations, prepare, rebuilt_split
-from data_pipelines.corpora import lavdf, metadata_json
+from data_pipelines.building import manifests, metadata_json, prepare
+from data_pipelines.building.corpora import lavdf
+from data_pipelines.reading import perturbations, rebuilt_split
 from tests import media_utils
 from tests.conftest import REPO
 

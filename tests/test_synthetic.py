@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import schema
-from data_pipelines.synthetic import builder, generator, mouth, phonemes, speakers, voice
+from data_pipelines.building.synthetic import builder, generator, mouth, phonemes, speakers, voice
 from tests.conftest import REPO
 
 TINY = generator.SyntheticSpec(
@@ -336,7 +336,7 @@ def test_tfds_build_reads_back_the_generator_output(tmp_path):
 def test_build_and_read_do_not_import_tensorflow(tmp_path):
   script = f"""
 import sys
-from data_pipelines.synthetic import builder, generator
+from data_pipelines.building.synthetic import builder, generator
 spec = generator.SyntheticSpec(train_clips=2, validation_clips=0, test_clips=1, min_frames=8,
                                max_frames=8)
 source = builder.build(spec, {os.fspath(tmp_path)!r}).as_data_source()["train"]

@@ -1,17 +1,17 @@
 """Version 2 of the synthetic corpus: its lip-sync fakes differ from real clips in content only.
 
 The claim study (docs/generalisation.md) rests on these bounds, measured with one-number cues
-(data_pipelines/synthetic/cues.py) on a few hundred generated clips: the audio's energy against the
-mouth's size tells no lip-sync fake apart (45-55% AUC), a content cue tells every one (>= 90%),
-each generator's trace tells its own generator (>= 90%) and no other method (<= 60%), and the
-trained methods' own giveaways do not flag the held-out generators.
+(data_pipelines/building/synthetic/cues.py) on a few hundred generated clips: the audio's energy
+against the mouth's size tells no lip-sync fake apart (45-55% AUC), a content cue tells every one
+(>= 90%), each generator's trace tells its own generator (>= 90%) and no other method (<= 60%), and
+the trained methods' own giveaways do not flag the held-out generators.
 """
 
 import numpy as np
 import pytest
 
+from data_pipelines.building.synthetic import cues, generator, phonemes, speakers, voice
 from data_pipelines.features import audio
-from data_pipelines.synthetic import cues, generator, phonemes, speakers, voice
 
 CLIPS = 200
 SPEC = generator.SyntheticSpec(

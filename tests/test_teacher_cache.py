@@ -17,7 +17,8 @@ from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.teachers import cache as teacher_cache, frozen
 from avcd.training import steps
-from data_pipelines import corpus_setup, loader, posterior_store as cache_store
+from data_pipelines.building import corpus_setup
+from data_pipelines.reading import loader, posterior_store as cache_store
 from tests.conftest import REPO
 
 # Whole-clip windows (train_window = max_frames = 40) in one bucket of two rows.

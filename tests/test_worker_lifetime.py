@@ -14,7 +14,7 @@ from tests.conftest import REPO
 _PARENT = """
 import multiprocessing, sys, time
 from data_pipelines import worker_lifetime
-from data_pipelines.corpora import process_pool
+from data_pipelines.building import process_pool
 
 def child(platform, die_with_parent, reports):
   sys.platform = platform  # 'other': only the watching thread, as on systems without prctl
@@ -90,7 +90,7 @@ import gc, sys, time
 from absl import app
 from grain._src.python.dataset.transformations import process_prefetch
 from avcd import config_lib
-from data_pipelines import loader
+from data_pipelines.reading import loader
 
 # Grain closes a worker-process iterator from a multiprocessing exit finalizer that races with
 # its queues' feeder threads, which close the queues' pipes on their way out. A busy machine

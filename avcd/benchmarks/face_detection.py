@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 from absl import app, flags
 
+from data_pipelines.building.synthetic import generator
 from data_pipelines.features import face_crop, face_detectors
-from data_pipelines.synthetic import generator
 
 _VIDEOS = flags.DEFINE_list("videos", [], "Real videos to add to the generated scenes.")
 _REPEATS = flags.DEFINE_integer(

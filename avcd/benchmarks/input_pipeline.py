@@ -43,7 +43,9 @@ import scipy.io.wavfile
 from absl import app, flags
 
 from avcd import config_lib
-from data_pipelines import augment, clips, loader, manifests, prepare, schema, split_index
+from data_pipelines import schema
+from data_pipelines.building import clips, manifests, prepare
+from data_pipelines.reading import augment, loader, split_index
 
 _CLIPS = flags.DEFINE_integer("clips", 40, "Clips to generate.")
 _MIN_SECONDS = flags.DEFINE_float("min_seconds", 3.0, "Shortest clip.")

@@ -60,7 +60,7 @@ from avcd import compilation_cache, config_lib
 from avcd.core import inference, sharding
 from avcd.models import audio, layers, student, teachers, visual
 from avcd.training import losses, state as train_state, steps as train_steps
-from data_pipelines import augment
+from data_pipelines.reading import augment
 
 UNTRACED = "convolutions on Eigen (not traced)"
 FAMILIES = (

@@ -22,7 +22,8 @@ _PERTURBATIONS = flags.DEFINE_string(
   None,
   "Also score every split with its media degraded: NAME[:LEVEL...] joined by commas, or 'all' "
   "(names: h264_crf, h264_bitrate, downscale, blur, noise, fps, snr, aac, mp3, resample, "
-  "edge_silence; data_pipelines/perturbations.py). Writes robustness.{json,md,png} per split.",
+  "edge_silence; data_pipelines/reading/perturbations.py). Writes robustness.{json,md,png} per "
+  "split.",
 )
 _PERTURBATION_SEED = flags.DEFINE_integer(
   "perturbation_seed", 0, "Seed of the random degradations (noise)."
@@ -43,7 +44,7 @@ def evaluate_checkpoint(
   `checkpoint`: a step of WORKDIR/checkpoints (default: the newest intact one), or the path of any
   avcd checkpoint (a training run's, or a model checkpoint from `avcd convert`); read-only either
   way. The checkpoint is found and verified before the corpus is prepared. `perturbations`
-  (data_pipelines.perturbations.Setting list): also score every split under each, seeded by
+  (data_pipelines.reading.perturbations.Setting list): also score every split under each, seeded by
   `perturbation_seed` (avcd.evaluation.robustness).
   """
   # Imported here: `avcd eval --help` stays instant.
@@ -56,7 +57,7 @@ def evaluate_checkpoint(
     evaluate,
     robustness,
   )
-  from data_pipelines import corpus_setup  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building import corpus_setup  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir).absolute()
   if checkpoint is None or str(checkpoint).isdigit():
@@ -100,7 +101,7 @@ def main(argv):
     raise app.UsageError(f"--checkpoint={checkpoint}: neither a step number nor an existing path")
   settings = None
   if _PERTURBATIONS.value is not None:
-    from data_pipelines import perturbations  # pylint: disable=g-import-not-at-top
+    from data_pipelines.reading import perturbations  # pylint: disable=g-import-not-at-top
 
     try:
       settings = perturbations.parse(_PERTURBATIONS.value)

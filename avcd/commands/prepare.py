@@ -20,8 +20,7 @@ from absl import app, flags
 
 from avcd import paths
 from avcd.commands import arguments
-from data_pipelines import clips, manifests, prepare
-from data_pipelines.corpora import extraction
+from data_pipelines.building import clips, extraction, manifests, prepare
 
 _CORPUS = flags.DEFINE_enum(
   "corpus",

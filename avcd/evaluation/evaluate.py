@@ -16,7 +16,8 @@ from jax.experimental import multihost_utils
 
 from avcd.core import inference, sharding
 from avcd.evaluation import calibration as calibration_lib, localisation_report, metrics, reports
-from data_pipelines import loader, schema, split_index
+from data_pipelines import schema
+from data_pipelines.reading import loader, split_index
 
 
 def split_source(cfg: ml_collections.ConfigDict, spec: str) -> tuple[str, str]:
@@ -51,7 +52,7 @@ def score_split(
 
   With trim_leading_silence, each clip is scored from its first non-silent frame on. With
   media_hook_factory (clip id -> schema.MediaHook), each clip is made again from its media through
-  its hook (data_pipelines.rebuilt_split) instead of read from the prepared shards.
+  its hook (data_pipelines.reading.rebuilt_split) instead of read from the prepared shards.
   """
   data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
   data_cfg.trim_leading_silence = trim_leading_silence

@@ -1,9 +1,9 @@
 """A checkpoint's scores under everyday degradations of the media: `avcd eval --perturbations`.
 
 Each evaluation split is scored once clean and once per perturbation setting
-(data_pipelines.perturbations): every clip is made again from its media with the degradation
-applied before features are computed (data_pipelines.rebuilt_split), so re-encoding, noise or
-blur reach the MFCC and the model as they would in use. The clean row goes through the same path
+(data_pipelines.reading.perturbations): every clip is made again from its media with the degradation
+applied before features are computed (data_pipelines.reading.rebuilt_split), so re-encoding, noise
+or blur reach the MFCC and the model as they would in use. The clean row goes through the same path
 with no degradation, and equals the split's ordinary evaluation.
 
 Per setting: ROC-AUC overall and per method, accuracy at P(fake) = 0.5, and ECE (the calibration
@@ -24,7 +24,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from avcd.evaluation import calibration as calibration_lib, evaluate, metrics, reports
-from data_pipelines import perturbations
+from data_pipelines.reading import perturbations
 
 FILES = ("robustness.json", "robustness.md", "robustness.png")
 
@@ -110,7 +110,8 @@ def markdown(result: dict) -> str:
     f"# Robustness of split `{result['split']}`",
     "",
     "ROC-AUC (%) of every method's fakes against all real clips, with each degradation applied "
-    "to the decoded media before features are computed (`data_pipelines/perturbations.py`); "
+    "to the decoded media before features are computed "
+    "(`data_pipelines/reading/perturbations.py`); "
     f"Δ All is the change from clean. Seed {result['seed']}; P(fake) "
     + (f"calibrated ({result['calibration']})." if result["calibration"] else "uncalibrated."),
     "",

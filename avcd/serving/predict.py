@@ -8,9 +8,9 @@ Per video:
      whose mouth moves with the audio (or the largest) is aligned and cropped to grey 112x112
      (data_pipelines.features.face_crop); with detector 'none' the whole frame is the face, as
      for already face-cropped corpora (FakeAVCeleb, CMDFD). As in the corpus pipeline
-     (data_pipelines.clips), a video at another frame rate is brought to 25 fps by taking the frame
-     on screen at each 25 fps instant (by the frames' own times: variable frame rates keep their
-     timing).
+     (data_pipelines.building.clips), a video at another frame rate is brought to 25 fps by taking
+     the frame on screen at each 25 fps instant (by the frames' own times: variable frame rates
+     keep their timing).
   3. Audio: the track at 16 kHz mono, 13 MFCC per 10 ms, cut or wrap-padded to 4 rows per frame
      (data_pipelines.features.audio), as the corpora's examples.
   4. The model scores the whole clip, then windows of `window` frames every `stride` frames (the
@@ -53,7 +53,8 @@ from avcd.core import inference, sharding
 from avcd.evaluation import calibration, localisation
 from avcd.serving import export, saved_model_check
 from avcd.serving.options import PredictOptions
-from data_pipelines import clips, schema
+from data_pipelines import schema
+from data_pipelines.building import clips
 from data_pipelines.features import audio, face_crop, video
 
 JSON_FILE = "predictions.json"

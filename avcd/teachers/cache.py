@@ -1,10 +1,10 @@
 """A run's teacher cache (`teachers.cache`): found, or computed on the run's mesh before training.
 
-`data_pipelines.posterior_store` stores the posteriors; this module says which teachers they belong
-to and computes them. The teachers are identified by their config (what shapes their outputs) and
-their weights: the content of the checkpoint they were restored from (its checksums manifest,
-which restoring verified), or the seed for `teachers.source='random'`. A different checkpoint at
-the same path is a different cache.
+`data_pipelines.reading.posterior_store` stores the posteriors; this module says which teachers
+they belong to and computes them. The teachers are identified by their config (what shapes their
+outputs) and their weights: the content of the checkpoint they were restored from (its checksums
+manifest, which restoring verified), or the seed for `teachers.source='random'`. A different
+checkpoint at the same path is a different cache.
 
 Computing: every process runs the teachers (eval mode, `models.teachers.posteriors`, the forward
 the train step runs) over its rows of whole-clip batches of `data.train_split`
@@ -31,7 +31,7 @@ from avcd.core import sharding
 from avcd.models import teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.teachers import frozen
-from data_pipelines import loader, posterior_store as cache_store, split_index
+from data_pipelines.reading import loader, posterior_store as cache_store, split_index
 
 # teachers config fields that do not change the posteriors (where weights come from, how the
 # teachers are trained, how the student run uses them).

@@ -11,7 +11,7 @@ from absl import logging
 from flax import nnx
 
 from avcd.teachers import cache, frozen, training
-from data_pipelines import posterior_store
+from data_pipelines.reading import posterior_store
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,9 @@ from avcd.core import compiled, sharding
 from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.training import losses, state as ts
-from data_pipelines import corpus_setup, loader, progress, split_index
+from data_pipelines import progress
+from data_pipelines.building import corpus_setup
+from data_pipelines.reading import loader, split_index
 
 TEACHER_INPUTS = ("stft", "faces", "lips", "num_frames", "phonemes")
 

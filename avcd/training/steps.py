@@ -23,7 +23,8 @@ from avcd.models import build, teachers as teachers_model
 from avcd.models.student import frame_mask
 from avcd.training import losses, state as ts
 from avcd.training.state import TrainState
-from data_pipelines import augment, schema
+from data_pipelines import schema
+from data_pipelines.reading import augment
 
 NONFINITE_POLICIES = ("raise", "skip")
 # What the train step reads of a loader batch; the rest (ids, phonemes, ...) stays on the host.

@@ -41,7 +41,7 @@ import contextlib
 import dataclasses
 import math
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import av
 import av.filter
@@ -356,20 +356,55 @@ def read_video_faces(
   if not path.is_file():
     raise FileNotFoundError(f"{path}: video file not found")
   conversion = _LUMA_CONVERSIONS[luma]
-  size = (schema.FACE_SIZE, schema.FACE_SIZE)
-
   if detector is None:
-    with _decoded(path, max_seconds) as (fps, frames):
-      decoded = [
-        (time, cv2.resize(cv2.cvtColor(rgb, conversion), size, interpolation=cv2.INTER_LINEAR))
-        for time, rgb in frames
-      ]
-    if not decoded:
-      raise video.VideoError(f"{path}: no decodable video frames")
-    times, faces = zip(*decoded)
-    return VideoFaces(np.stack(faces), np.array(times), fps, None)
+    return _whole_frames(path, max_seconds, conversion)
 
-  find = face_detectors.detector(detector)
+  fps, times, detections, patches = _detect_faces(
+    path, max_seconds, conversion, face_detectors.detector(detector), detect_every, audio
+  )
+  smooth, face_track = _follow_speaker(
+    path, times, detections, patches, audio, detect_every, min_detected_fraction, detector
+  )
+  with _decoded(path, max_seconds) as (_, frames):
+    faces = [
+      crop_aligned(
+        cv2.cvtColor(rgb, conversion),
+        *(smooth[index, :2], smooth[index, 2:4]),
+        smooth[index, 4],
+        crop_scale,
+      )
+      for index, (_, rgb) in enumerate(frames)
+    ]
+  if len(faces) != len(times):
+    raise video.VideoError(f"{path}: decoded {len(times)} frames, then {len(faces)}")
+  return VideoFaces(np.stack(faces), times, fps, face_track)
+
+
+def _whole_frames(path: pathlib.Path, max_seconds: float | None, conversion: int) -> VideoFaces:
+  """Every frame, whole, as a grey FACE_SIZE square (for corpora already cropped to the face)."""
+  size = (schema.FACE_SIZE, schema.FACE_SIZE)
+  with _decoded(path, max_seconds) as (fps, frames):
+    decoded = [
+      (time, cv2.resize(cv2.cvtColor(rgb, conversion), size, interpolation=cv2.INTER_LINEAR))
+      for time, rgb in frames
+    ]
+  if not decoded:
+    raise video.VideoError(f"{path}: no decodable video frames")
+  times, faces = zip(*decoded)
+  return VideoFaces(np.stack(faces), np.array(times), fps, None)
+
+
+def _detect_faces(
+  path: pathlib.Path,
+  max_seconds: float | None,
+  conversion: int,
+  find: Callable[[np.ndarray], list],
+  detect_every: int,
+  audio: tuple[np.ndarray, int] | None,
+) -> tuple[float, np.ndarray, dict, dict]:
+  """One pass over the video: (fps, every frame's time, the faces found on every
+  `detect_every`-th frame by frame index, the mouth patch of each face by id when `audio`
+  is given)."""
   detections, patches, times = {}, {}, []
   with _decoded(path, max_seconds) as (fps, frames):
     for index, (time, rgb) in enumerate(frames):
@@ -383,7 +418,14 @@ def read_video_faces(
             patches.update({id(d): mouth_patch(grey, d) for d in found})
   if not times:
     raise video.VideoError(f"{path}: no decodable video frames")
-  times = np.array(times)
+  return fps, np.array(times), detections, patches
+
+
+def _follow_speaker(
+  path, times, detections, patches, audio, detect_every, min_detected_fraction, detector
+) -> tuple[np.ndarray, FaceTrack]:
+  """The speaker's face among the tracks found often enough: (T, 5) smoothed eyes, mouth and
+  eye distance of every frame, and the track's account (FaceTrack)."""
   sampled = math.ceil(len(times) / detect_every)
   needed = max(1, math.ceil(min_detected_fraction * sampled))
   all_tracks = link_tracks(detections)
@@ -410,17 +452,4 @@ def read_video_faces(
     box=tuple(float(v) for v in np.median(boxes, axis=0)),
     detector=detector,
   )
-
-  with _decoded(path, max_seconds) as (_, frames):
-    faces = [
-      crop_aligned(
-        cv2.cvtColor(rgb, conversion),
-        *(smooth[index, :2], smooth[index, 2:4]),
-        smooth[index, 4],
-        crop_scale,
-      )
-      for index, (_, rgb) in enumerate(frames)
-    ]
-  if len(faces) != len(times):
-    raise video.VideoError(f"{path}: decoded {len(times)} frames, then {len(faces)}")
-  return VideoFaces(np.stack(faces), times, fps, face_track)
+  return smooth, face_track

@@ -22,7 +22,7 @@ import requests
 from absl import app, flags
 
 from avcd import config_lib
-from data_pipelines.synthetic import generator
+from data_pipelines.building.synthetic import generator
 from tests import media_utils
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The demo's training run.")

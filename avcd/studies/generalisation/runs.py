@@ -75,7 +75,7 @@ def _write_json(path: pathlib.Path, content: dict | list) -> None:
 
 
 def _speakers(config: ml_collections.ConfigDict, split: str, ids: list[str]) -> list[int]:
-  from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building.synthetic import generator  # pylint: disable=g-import-not-at-top
 
   spec = generator.SyntheticSpec(**config.data.synthetic.to_dict())
   return [generator.speaker_of(spec, split, int(clip.rsplit("-", 1)[1])) for clip in ids]
@@ -211,7 +211,8 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
 
 def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results) -> None:
   from avcd import train  # pylint: disable=g-import-not-at-top
-  from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building import corpus_setup  # pylint: disable=g-import-not-at-top
+  from data_pipelines.reading import loader  # pylint: disable=g-import-not-at-top
 
   config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir)
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
@@ -269,7 +270,8 @@ def teachers_only(
   from avcd.models.student import frame_mask  # pylint: disable=g-import-not-at-top
   from avcd.teachers import frozen  # pylint: disable=g-import-not-at-top
   from avcd.training import losses  # pylint: disable=g-import-not-at-top
-  from data_pipelines import corpus_setup, loader  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building import corpus_setup  # pylint: disable=g-import-not-at-top
+  from data_pipelines.reading import loader  # pylint: disable=g-import-not-at-top
 
   path = results / "runs" / f"corpus{corpus}-{teacher}-teachers_only.json"
   clips_path = results / f"clips-corpus{corpus}.json"

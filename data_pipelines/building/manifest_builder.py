@@ -13,8 +13,9 @@ Two ways to generate, with the same examples:
 - Beam (`use_beam=True`): `_generate_examples` returns beam_extraction's PTransform; run it with
   `download_and_prepare(download_config=tfds.download.DownloadConfig(beam_options=...))`.
 
-Build through `data_pipelines.prepare`, which also locks the work directory, writes rejects.jsonl
-and reports counts; read with `tfds.builder_from_directory`, `as_data_source()` or the loader.
+Build through `data_pipelines.building.prepare`, which also locks the work directory, writes
+rejects.jsonl and reports counts; read with `tfds.builder_from_directory`, `as_data_source()` or
+the loader.
 """
 
 import abc
@@ -26,8 +27,8 @@ from typing import Sequence
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines import clip_builder, progress, schema
-from data_pipelines.corpora import beam_extraction, clip_store, extraction, sources
+from data_pipelines import progress, schema
+from data_pipelines.building import beam_extraction, clip_builder, clip_store, extraction, sources
 
 
 class NoUsableClips(RuntimeError):

@@ -20,7 +20,8 @@ the authors' BA-TFD labels each stream. metadata_json describes the labels.
 
 import pathlib
 
-from data_pipelines.corpora import metadata_json, sources
+from data_pipelines.building import metadata_json, sources
+from data_pipelines.building.corpora import registry
 
 # The metadata files the download may hold, in order of preference.
 METADATA_FILES = ("metadata.json", "metadata.min.json")
@@ -29,6 +30,7 @@ SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 DOWNLOAD = "https://github.com/ControlNet/LAV-DF#download"
 
 
+@registry.builder
 class LAVDF(metadata_json.MetadataBuilder):
   """LAV-DF: VoxCeleb2 clips with words replaced in the audio, the video or both; splits train,
   validation (LAV-DF's dev) and test."""

@@ -54,8 +54,8 @@ from typing import Iterator
 import numpy as np
 
 from data_pipelines import schema
+from data_pipelines.building.synthetic import face, mouth, phonemes, speakers, voice
 from data_pipelines.features import audio
-from data_pipelines.synthetic import face, mouth, phonemes, speakers, voice
 
 REAL = "real"
 METHODS = ("lipsync", "desync", "talking_head", "voice_swap")
@@ -212,7 +212,7 @@ def synthesize_clip(
   """Clip `index` of `split`; the same for the same (spec, split, index) whatever else is made.
 
   `media_hook(faces, samples) -> (faces, samples)` sees the rendered media before features are
-  computed (data_pipelines.perturbations degrades them there); it must keep their shapes.
+  computed (data_pipelines.reading.perturbations degrades them there); it must keep their shapes.
   """
   method = method_of(spec, split, index)
   rng, num_frames, cast, speaker_id = _first_draws(spec, split, index)

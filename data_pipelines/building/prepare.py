@@ -26,29 +26,19 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from data_pipelines.corpora import (
-  av_manifest,
-  avdeepfake1m,
-  cmdfd,
-  extraction,
-  fakeavceleb,
-  lavdf,
-  manifest_builder,
-  metadata_json,
-  sources,
-)
+from data_pipelines.building import corpora, extraction, manifest_builder, metadata_json, sources
+from data_pipelines.building.corpora import av_manifest
 
-CORPORA = {
-  builder.name: builder
-  for builder in (fakeavceleb.FakeAVCeleb, cmdfd.CMDFD, lavdf.LAVDF, avdeepfake1m.AVDeepfake1M)
-}
+GENERIC = av_manifest.AVManifest.name
+# Every builder `avcd prepare` builds, by name (rebuilt_split reads their recorded inputs again):
+# each corpus's module registers its own, and importing `corpora` imports every one.
+BUILDERS = dict(corpora.BUILDERS)
+# The named corpora: all but the generic builder of given manifest CSVs.
+CORPORA = {name: builder for name, builder in BUILDERS.items() if name != GENERIC}
 # The named corpora read from their own metadata under a data root, not from manifest lists.
 DATA_ROOT_CORPORA = sorted(
   name for name, builder in CORPORA.items() if issubclass(builder, metadata_json.MetadataBuilder)
 )
-GENERIC = av_manifest.AVManifest.name
-# Every builder `avcd prepare` builds, by name (rebuilt_split reads their recorded inputs again).
-BUILDERS = {**CORPORA, GENERIC: av_manifest.AVManifest}
 REJECTS_FILE = "rejects.jsonl"
 
 

@@ -2,11 +2,13 @@
 
 from typing import Mapping, Sequence
 
-from data_pipelines.corpora import manifest_builder
+from data_pipelines.building import manifest_builder
+from data_pipelines.building.corpora import registry
 
 
+@registry.builder
 class AVManifest(manifest_builder.ManifestBuilder):
-  """Clips listed in manifest CSVs (data_pipelines.manifests format)."""
+  """Clips listed in manifest CSVs (data_pipelines.building.manifests format)."""
 
   name = "av_manifest"
 

@@ -14,8 +14,9 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import clip_builder, progress, schema
-from data_pipelines.synthetic import generator
+from data_pipelines import progress, schema
+from data_pipelines.building import clip_builder
+from data_pipelines.building.synthetic import generator
 
 # Fields added after corpora were first built: named only when they differ from their default,
 # so that the specs of earlier corpora keep their names (and their builds stay reusable).
@@ -46,7 +47,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 
 class SyntheticAV(clip_builder.ClipBuilder):
-  """Procedural talking clips, real and fake (data_pipelines/synthetic/generator.py)."""
+  """Procedural talking clips, real and fake (data_pipelines/building/synthetic/generator.py)."""
 
   name = "synthetic_av"
 

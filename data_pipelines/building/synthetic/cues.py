@@ -6,7 +6,7 @@ the clip as the student does (MFCC, STFT, face frames), except for the mouth's s
 which they take from the generator's viseme track: the cleanest version of what the frames show,
 so an AUC near 0.5 is a strong statement, and a high AUC an upper bound of what the pixels give.
 
-    python -m data_pipelines.synthetic.cues --version=2 --clips=200
+    python -m data_pipelines.building.synthetic.cues --version=2 --clips=200
 
 prints the table of every cue against every method (docs/generalisation.md shows it); the
 separability bounds the study relies on are tests (tests/test_synthetic_cues.py).
@@ -36,7 +36,7 @@ import scipy.ndimage
 import scipy.stats
 
 from data_pipelines import schema
-from data_pipelines.synthetic import generator, mouth, phonemes, speakers
+from data_pipelines.building.synthetic import generator, mouth, phonemes, speakers
 
 _BIN_HZ = schema.SAMPLE_RATE / 2 / (schema.NUM_STFT_BINS - 1)
 _F2_BAND_HZ = (1400.0, 2800.0)  # second formants of front vowels and n; back vowels lie below

@@ -43,7 +43,7 @@ import grain
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from data_pipelines import split_index
+from data_pipelines.reading import split_index
 
 # Bump when the stored layout or what a fingerprint covers changes, so older caches are not found.
 FORMAT = 1

@@ -14,8 +14,7 @@ import json
 from etils import epath
 from tensorflow_datasets.core.utils.lazy_imports_utils import apache_beam as beam
 
-from data_pipelines import clips
-from data_pipelines.corpora import extraction, sources
+from data_pipelines.building import clips, extraction, sources
 
 _REJECTED = "rejected"
 

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.ndimage
 
 from data_pipelines import schema
-from data_pipelines.synthetic import phonemes, speakers
+from data_pipelines.building.synthetic import phonemes, speakers
 
 SAMPLES_PER_FRAME = int(schema.SAMPLE_RATE / schema.FPS)
 _HIGHEST_HARMONIC_HZ = 7600.0

@@ -1,9 +1,10 @@
-"""Which manifest rows make up each split: finding a corpus's CSVs, reading and merging them.
+"""Which manifest rows make up each split: reading a split's CSVs and merging them.
 
-A split is built from one or more manifest CSVs (data_pipelines.manifests format). Rows are merged
-by ID in file order: an ID already seen in the split is dropped when its row is identical after
-path rewriting (FakeAVCeleb's FAV_test.csv repeats the FAV_test_*.csv rows under another path
-prefix), and is an error when it differs, since the two files would then disagree about the clip.
+A split is built from one or more manifest CSVs (data_pipelines.building.manifests format). Rows
+are merged by ID in file order: an ID already seen in the split is dropped when its row is
+identical after path rewriting (FakeAVCeleb's FAV_test.csv repeats the FAV_test_*.csv rows under
+another path prefix), and is an error when it differs, since the two files would then disagree
+about the clip.
 """
 
 import csv
@@ -12,22 +13,10 @@ import pathlib
 import re
 from typing import Mapping, Sequence
 
-from data_pipelines import manifests
+from data_pipelines.building import manifests
 
 # Split names become part of shard file names ('<dataset>-<split>.array_record-...').
 _SPLIT_NAME = re.compile(r"^[a-z0-9_]+$")
-
-# The authors' CMDFD lists (file stem, lower case) and the split each becomes.
-CMDFD_SPLITS = {
-  f"{stem}{suffix}": f"{method}{suffix}"
-  for stem, method in (
-    ("w2l", "wav2lip"),
-    ("makeittalk", "makeittalk"),
-    ("audio2head", "audio2head"),
-    ("videoretalk", "videoretalk"),
-  )
-  for suffix in ("", "_self")
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,45 +69,6 @@ def parse_manifest_specs(specs: Sequence[str]) -> dict[str, list[str]]:
   return splits
 
 
-def fakeavceleb_manifests(manifest_dir) -> dict[str, list[str]]:
-  """FakeAVCeleb's splits: train from FAV_train*.csv, test from FAV_test*.csv (sorted by name).
-
-  Raises:
-    FileNotFoundError: the directory holds neither.
-  """
-  directory = _existing_dir(manifest_dir)
-  splits = {
-    split: sorted(str(p) for p in directory.glob(f"FAV_{split}*.csv"))
-    for split in ("train", "test")
-  }
-  splits = {split: paths for split, paths in splits.items() if paths}
-  if not splits:
-    raise FileNotFoundError(f"{directory}: no FAV_train*.csv or FAV_test*.csv manifest")
-  return splits
-
-
-def cmdfd_manifests(manifest_dir) -> dict[str, list[str]]:
-  """CMDFD's splits, one per method list present: W2L.csv -> wav2lip, W2L_Self.csv -> wav2lip_self.
-
-  Each list holds the real clips (origin) and one method's fakes, as the authors evaluate them.
-
-  Raises:
-    FileNotFoundError: the directory holds none of the lists (CMDFD_SPLITS).
-  """
-  directory = _existing_dir(manifest_dir)
-  splits = {
-    CMDFD_SPLITS[p.stem.lower()]: [str(p)]
-    for p in sorted(directory.glob("*.csv"))
-    if p.stem.lower() in CMDFD_SPLITS
-  }
-  if not splits:
-    raise FileNotFoundError(
-      f"{directory}: none of the CMDFD lists W2L.csv, W2L_Self.csv, "
-      "MakeItTalk.csv, Audio2Head.csv, VideoReTalk.csv (or _Self)"
-    )
-  return {split: splits[split] for split in sorted(splits)}
-
-
 def read_splits(
   split_manifests: Mapping[str, Sequence[str]], *, path_prefix: Sequence[str] = ()
 ) -> dict[str, list[ClipSource]]:
@@ -155,7 +105,12 @@ def read_splits(
   return splits
 
 
-def _existing_dir(path) -> pathlib.Path:
+def manifest_directory(path) -> pathlib.Path:
+  """`path` as a directory of manifest lists (a corpus module looks for its lists there).
+
+  Raises:
+    FileNotFoundError: there is no such directory.
+  """
   directory = pathlib.Path(path)
   if not directory.is_dir():
     raise FileNotFoundError(f"{directory}: manifest directory not found")

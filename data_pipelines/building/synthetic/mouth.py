@@ -8,7 +8,7 @@ fills it from below.
 import numpy as np
 import scipy.ndimage
 
-from data_pipelines.synthetic import phonemes, shapes, speakers
+from data_pipelines.building.synthetic import phonemes, shapes, speakers
 
 _COARTICULATION = np.array([0.2, 0.6, 0.2], np.float32)  # the lips cannot jump between frames
 _SEGMENT_JITTER = 0.04  # per-segment variation of width and roundness (std, relative)

@@ -27,7 +27,7 @@ def resolve_corpus(
   if not data.data_dir:
     data.data_dir = str(pathlib.Path(workdir) / "data")
   if data.builder.split("/")[0] == SYNTHETIC:
-    from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
+    from data_pipelines.building.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
 
     if data.synthetic is None:
       raise ValueError(
@@ -50,7 +50,7 @@ def prepare_corpus(
   resolved = resolve_corpus(config, workdir)
   data = resolved.data
   if data.builder.split("/")[0] == SYNTHETIC:
-    from data_pipelines.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
+    from data_pipelines.building.synthetic import builder, generator  # pylint: disable=g-import-not-at-top
 
     spec = generator.SyntheticSpec(**data.synthetic.to_dict())
     if jax.process_index() == 0:

@@ -25,7 +25,8 @@ clips can neither train nor be scored. A stream's frame labels come from its own
 
 import pathlib
 
-from data_pipelines.corpora import metadata_json, sources
+from data_pipelines.building import metadata_json, sources
+from data_pipelines.building.corpora import registry
 
 # Split here -> the subset's name: <subset>_metadata.json lists the clips under <subset>/.
 SUBSETS = {"train": "train", "validation": "val"}
@@ -41,6 +42,7 @@ MODIFY_TYPES = {
 DOWNLOAD = "https://deepfakes1m.github.io (see https://github.com/ControlNet/AV-Deepfake1M)"
 
 
+@registry.builder
 class AVDeepfake1M(metadata_json.MetadataBuilder):
   """AV-Deepfake1M: VoxCeleb2 clips with LLM-chosen words replaced in the audio, the video or
   both; splits train and validation (its 'val'; the test labels are withheld)."""

@@ -3,7 +3,7 @@
 Subclasses implement `_split_generators` / `_generate_examples` yielding `(key, example)` pairs
 whose examples pass `schema.validate_example`. Build with
 `Builder(data_dir=DIR, file_format='array_record').download_and_prepare(...)` and read with
-`data_pipelines.loader` (Grain) or `builder.as_data_source()[split]`.
+`data_pipelines.reading.loader` (Grain) or `builder.as_data_source()[split]`.
 """
 
 import tensorflow_datasets as tfds

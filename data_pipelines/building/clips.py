@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipelines import manifests, schema
+from data_pipelines import schema
+from data_pipelines.building import manifests
 from data_pipelines.features import audio, lips, video
 
 # Longest accepted difference between the audio's and the video's duration. The authors'
@@ -73,7 +74,7 @@ def extract_clip(
     max_av_mismatch_s: reject when audio and video durations differ by more; math.inf keeps every
       clip, as the reference.
     media_hook: sees the faces (at 25 fps, the clip's frames only) and the 16 kHz samples before
-      features are computed (data_pipelines.perturbations degrades them there).
+      features are computed (data_pipelines.reading.perturbations degrades them there).
 
   Returns:
     The example, as returned by schema.validate_example.
@@ -87,16 +88,7 @@ def extract_clip(
   """
   if max_frames is not None and max_frames < 1:
     raise ValueError(f"max_frames must be at least 1, got {max_frames}")
-  for field in schema.LABEL_FIELDS:
-    if getattr(row, field) not in (schema.REAL, schema.FAKE):
-      raise ClipRejected(f"{row.video_path}: {field}={getattr(row, field)!r} is not 0 or 1")
-  segments = row.fake_segments.by_clip_label() if row.fake_segments else {}
-  for field, spans in segments.items():
-    if bool(spans) != bool(getattr(row, field)):
-      raise ClipRejected(
-        f"{row.video_path}: {field}={getattr(row, field)} but the metadata gives "
-        f"{len(spans)} fake segments for it"
-      )
+  segments = _checked_segments(row)
 
   try:
     faces = video.read_faces(row.video_path, row.num_frames, luma=luma)
@@ -111,31 +103,7 @@ def extract_clip(
     face_frames, samples = media_hook(face_frames, samples)
   mfcc = audio.fit_to_frames(audio.mfcc(samples, schema.SAMPLE_RATE), num_frames)
   stft = audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames)
-
-  lip_file = lips_path(row)
-  lip_features = np.zeros((0, schema.LIP_DIM), np.float32)
-  try:
-    if lip_file.is_file():
-      lip_features = lips.load_lips(lip_file, row.num_frames)[frames]
-    elif compute_lips is not None:
-      lip_features = lips.check_lips(
-        compute_lips(face_frames), num_frames, f"lips computed for {row.video_path}"
-      )
-  except lips.LipsError as e:
-    raise ClipRejected(str(e)) from e
-
-  # Segments are seconds on the media's clock, which is the 25 fps frames' clock too. The clip's
-  # segments are also kept as they are (cut to the frames kept): localisation is scored on them.
-  frame_labels = {}
-  if segments:
-    frame_labels = {
-      frame_field: schema.segment_frame_labels(segments[clip_field], num_frames)
-      for frame_field, clip_field in schema.FRAME_LABEL_FIELDS.items()
-    }
-    kept = np.clip(
-      np.array(segments["label"], np.float64).reshape(-1, 2), 0, num_frames / schema.FPS
-    )
-    frame_labels[schema.SEGMENTS_FIELD] = kept[kept[:, 1] > kept[:, 0]]
+  lip_features = _lip_features(row, frames, face_frames, lips_path(row), compute_lips)
   return schema.validate_example(
     {
       "id": row.id,
@@ -150,9 +118,66 @@ def extract_clip(
       "faces": face_frames,
       "lips": lip_features,
       "phonemes": np.full(num_frames, schema.UNKNOWN_PHONEME, np.int32),
-      **frame_labels,
+      **_frame_labels(segments, num_frames),
     }
   )
+
+
+def _checked_segments(
+  row: manifests.ManifestRow,
+) -> dict[str, tuple[tuple[float, float], ...]]:
+  """The row's fake segments by clip label field ({} for a row without); rejects labels outside
+  {0, 1} and a label that says otherwise than its segments."""
+  for field in schema.LABEL_FIELDS:
+    if getattr(row, field) not in (schema.REAL, schema.FAKE):
+      raise ClipRejected(f"{row.video_path}: {field}={getattr(row, field)!r} is not 0 or 1")
+  segments = row.fake_segments.by_clip_label() if row.fake_segments else {}
+  for field, spans in segments.items():
+    if bool(spans) != bool(getattr(row, field)):
+      raise ClipRejected(
+        f"{row.video_path}: {field}={getattr(row, field)} but the metadata gives "
+        f"{len(spans)} fake segments for it"
+      )
+  return segments
+
+
+def _lip_features(
+  row: manifests.ManifestRow,
+  frames: np.ndarray,
+  face_frames: np.ndarray,
+  lip_file: pathlib.Path,
+  compute_lips: Callable[[np.ndarray], np.ndarray] | None,
+) -> np.ndarray:
+  """(len(frames), LIP_DIM): the kept frames' rows of `lip_file` when it exists, else computed
+  from the faces, else none (zero rows)."""
+  try:
+    if lip_file.is_file():
+      return lips.load_lips(lip_file, row.num_frames)[frames]
+    if compute_lips is not None:
+      return lips.check_lips(
+        compute_lips(face_frames), len(frames), f"lips computed for {row.video_path}"
+      )
+  except lips.LipsError as e:
+    raise ClipRejected(str(e)) from e
+  return np.zeros((0, schema.LIP_DIM), np.float32)
+
+
+def _frame_labels(
+  segments: dict[str, tuple[tuple[float, float], ...]], num_frames: int
+) -> dict[str, np.ndarray]:
+  """The frame label fields and the clip's kept segments of a partially forged clip; {} for a
+  clip without segments (schema.validate_example then gives every frame its clip's labels)."""
+  if not segments:
+    return {}
+  # Segments are seconds on the media's clock, which is the 25 fps frames' clock too. The clip's
+  # segments are also kept as they are (cut to the frames kept): localisation is scored on them.
+  frame_labels = {
+    frame_field: schema.segment_frame_labels(segments[clip_field], num_frames)
+    for frame_field, clip_field in schema.FRAME_LABEL_FIELDS.items()
+  }
+  kept = np.clip(np.array(segments["label"], np.float64).reshape(-1, 2), 0, num_frames / schema.FPS)
+  frame_labels[schema.SEGMENTS_FIELD] = kept[kept[:, 1] > kept[:, 0]]
+  return frame_labels
 
 
 def _frames_at_schema_rate(num_source_frames: int, source_fps: float) -> np.ndarray:

@@ -39,8 +39,8 @@ import pathlib
 import re
 from typing import Sequence
 
-from data_pipelines import manifests, schema
-from data_pipelines.corpora import manifest_builder, sources
+from data_pipelines import schema
+from data_pipelines.building import manifest_builder, manifests, sources
 
 Span = tuple[float, float]
 

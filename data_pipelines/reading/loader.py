@@ -48,14 +48,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipelines import (
-  augment,
-  posterior_store,
-  rebuilt_split,
-  schema,
-  split_index,
-  worker_lifetime,
-)
+from data_pipelines import schema, worker_lifetime
+from data_pipelines.reading import augment, posterior_store, rebuilt_split, split_index
 
 _ROW_LABELS = ("label", "audio_label", "video_label")
 
@@ -491,7 +485,7 @@ def whole_clips_dataset(
   with `frame_budget`; every process yields the same number of batches. Look up a row's clip
   with `split_index.load_index(split_index.open_split(...)).clips(record)`. With
   `media_hook_factory` (clip id -> schema.MediaHook), examples are made again from the clips'
-  media through their hooks instead of read from the shards (data_pipelines.rebuilt_split).
+  media through their hooks instead of read from the shards (data_pipelines.reading.rebuilt_split).
   """
   opened, index = _open(data_cfg, split)
   if media_hook_factory is not None:

@@ -5,21 +5,14 @@ ID_Name, Audio_Path, Video_Path, ENtire_Label, Audio_Label, Video_Label, Identi_
 Frame_Len, Audio_Len, FPS, AudioSamRate.
 
 Besides the columns, each row gets the corpus it comes from, its generation method and its
-FakeAVCeleb-style category, derived from the ID and the paths and cross-checked with the labels:
-
-- FakeAVCeleb: IDs '<identity>+<clip>+<A?V?>' and category directories such as REAL_A or
-  FAKE_FSGAN_D_W2L. method is the manipulation: real, rtvc, wav2lip, faceswap, fsgan, or for
-  the FakeVideo-FakeAudio face swaps faceswap_wav2lip / fsgan_wav2lip (FakeAVCeleb's
-  'faceswap-wav2lip' and 'fsgan-wav2lip', lip-synced to RTVC audio).
-- CMDFD: IDs '<method folder>+<clip>' with folders origin (real), wav2lip, makeittalk, audio2head,
-  videoretalk, each also with '_Self'; method is the folder in lower case, origin giving 'real'.
-- Anything else: corpus 'other', method 'real' or 'fake' from the label.
-
-The category is RealVideo-RealAudio, RealVideo-FakeAudio, FakeVideo-RealAudio or
-FakeVideo-FakeAudio from the audio and video labels (every CMDFD fake is FakeVideo-RealAudio).
+FakeAVCeleb-style category: RealVideo-RealAudio, RealVideo-FakeAudio, FakeVideo-RealAudio or
+FakeVideo-FakeAudio from the audio and video labels. Which corpus and method, each corpus's module
+says from the ID and the paths, cross-checked with the labels (corpus_rows; the modules of
+data_pipelines.building.corpora, FakeAVCeleb's and CMDFD's, register their rules when imported).
+A row no corpus claims is of corpus 'other', method 'real' or 'fake' from the label.
 
 ManifestRow is also the clip record of corpora that list their clips in their own metadata
-(data_pipelines/corpora/metadata_json.py: LAV-DF, AV-Deepfake1M). Those are partially forged:
+(data_pipelines/building/metadata_json.py: LAV-DF, AV-Deepfake1M). Those are partially forged:
 their rows carry FakeSegments, from which clips.extract_clip derives the frame labels. CSV rows
 have none, so their frames get their clip's labels (data_pipelines.schema).
 """
@@ -29,8 +22,7 @@ import dataclasses
 import io
 import math
 import pathlib
-import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from data_pipelines import schema
 
@@ -49,30 +41,15 @@ COLUMNS = {
   "sample_rate": "AudioSamRate",
 }
 
-FAKEAVCELEB, CMDFD, OTHER = "fakeavceleb", "cmdfd", "other"
+# The corpus of rows that no corpus's rules claim.
+OTHER = "other"
 
-# FakeAVCeleb's arranged category directories: (manipulation, category).
-_FAKEAVCELEB_DIRECTORIES = {
-  "real_a": ("real", "RealVideo-RealAudio"),
-  "fake_rtvc_b": ("rtvc", "RealVideo-FakeAudio"),
-  "fake_w2l_c": ("wav2lip", "FakeVideo-RealAudio"),
-  "fake_faceswap_c": ("faceswap", "FakeVideo-RealAudio"),
-  "fake_fsgan_c": ("fsgan", "FakeVideo-RealAudio"),
-  "org_fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
-  "fake_w2l_d": ("wav2lip", "FakeVideo-FakeAudio"),
-  "fake_faceswap_d_w2l": ("faceswap_wav2lip", "FakeVideo-FakeAudio"),
-  "fake_fsgan_d_w2l": ("fsgan_wav2lip", "FakeVideo-FakeAudio"),
-}
-# The last part of a FakeAVCeleb ID: A(udio) and V(ideo), each R(eal) or F(ake).
-_FAKEAVCELEB_ID = re.compile(r"\+A([RF])V([RF])$")
-# VoxCeleb2 identities inside a FakeAVCeleb clip name; two mean a face swap before lip sync.
-_VOXCELEB_IDENTITY = re.compile(r"(?:^|_)id\d{5}_")
-
-_CMDFD_FOLDERS = {"origin": "real"} | {
-  f"{name}{suffix}": f"{name}{suffix}"
-  for name in ("wav2lip", "makeittalk", "audio2head", "videoretalk")
-  for suffix in ("", "_self")
-}
+# A corpus's rule for manifest rows: (ID, video path, labels by field, category, 'FILE:LINE') ->
+# the row's method when the row is the corpus's, else None; it raises ManifestError where the ID,
+# the path and the labels contradict each other.
+RowRule = Callable[[str, pathlib.PurePath, dict[str, int], str, str], str | None]
+# Corpus name -> its rule, in the order registered: a row is the first claimant's.
+_ROW_RULES: dict[str, RowRule] = {}
 
 
 class ManifestError(ValueError):
@@ -150,6 +127,22 @@ def category_of(audio_label: int, video_label: int) -> str:
   return f"{video}Video-{audio}Audio"
 
 
+def corpus_rows(corpus: str) -> Callable[[RowRule], RowRule]:
+  """Decorator: registers a corpus's rule for telling its manifest rows (see RowRule).
+
+  Importing data_pipelines.building.corpora registers every corpus's rule; read_manifest needs
+  them, as they say which corpus and method each row is.
+  """
+
+  def register(rule: RowRule) -> RowRule:
+    if corpus in _ROW_RULES:
+      raise ValueError(f"corpus {corpus!r} has registered its manifest rows' rule already")
+    _ROW_RULES[corpus] = rule
+    return rule
+
+  return register
+
+
 def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[ManifestRow]:
   """Reads a manifest CSV into typed rows.
 
@@ -165,7 +158,13 @@ def read_manifest(csv_path, *, path_prefix: Sequence[str] = ()) -> list[Manifest
     ManifestError: naming the file and line, for a missing column, no row, a row with the wrong
       number of fields, a value that does not parse, labels outside {0, 1}, a repeated ID, or an
       ID, path and labels that contradict each other.
+    RuntimeError: no corpus has registered its rule (corpus_rows) yet.
   """
+  if not _ROW_RULES:
+    raise RuntimeError(
+      "no corpus has registered its manifest rows' rule: import data_pipelines.building.corpora "
+      "before reading a manifest"
+    )
   csv_path = pathlib.Path(csv_path)
   prefixes = parse_path_prefixes(path_prefix)
   rows, first_line = [], {}
@@ -269,59 +268,8 @@ def _derive_kind(
   """(dataset, method, category) of one row; raises ManifestError on contradictions."""
   category = category_of(labels["audio_label"], labels["video_label"])
   video = pathlib.PurePath(video_path)
-  directories = [d for d in video.parts[:-1] if d.lower() in _FAKEAVCELEB_DIRECTORIES]
-  id_kind = _FAKEAVCELEB_ID.search(clip_id)
-  if directories or id_kind:
-    if id_kind:
-      id_category = category_of(id_kind.group(1) == "F", id_kind.group(2) == "F")
-      if id_category != category:
-        raise ManifestError(
-          f"{where}: ID {clip_id!r} says {id_category}, the audio and video labels say {category}"
-        )
-    clip_name = clip_id.split("+")[1] if clip_id.count("+") == 2 else video.stem
-    method = _fakeavceleb_method_from_name(clip_name, category)
-    if directories:
-      directory_method, directory_category = _FAKEAVCELEB_DIRECTORIES[directories[-1].lower()]
-      if (directory_method, directory_category) != (method, category):
-        raise ManifestError(
-          f"{where}: directory {directories[-1]!r} means {directory_method} "
-          f"({directory_category}), the clip name and labels mean {method} ({category})"
-        )
-    return FAKEAVCELEB, method, category
-
-  folder = clip_id.split("+")[0].lower() if "+" in clip_id else video.parent.name.lower()
-  if folder in _CMDFD_FOLDERS:
-    method = _CMDFD_FOLDERS[folder]
-    video_folder = video.parent.name.lower()
-    if video_folder in _CMDFD_FOLDERS and video_folder != folder:
-      raise ManifestError(
-        f"{where}: ID {clip_id!r} names method folder {folder!r}, the video "
-        f"is in {video.parent.name!r}"
-      )
-    if (method == "real") != (labels["label"] == 0):
-      raise ManifestError(
-        f"{where}: method {method} contradicts {COLUMNS['label']}={labels['label']}"
-      )
-    return CMDFD, method, category
-
+  for corpus, rule in _ROW_RULES.items():
+    method = rule(clip_id, video, labels, category, where)
+    if method is not None:
+      return corpus, method, category
   return OTHER, "fake" if labels["label"] else "real", category
-
-
-def _fakeavceleb_method_from_name(clip_name: str, category: str) -> str:
-  """FakeAVCeleb's manipulation from a clip's file name and category.
-
-  Fakes are named after their sources: '<clip>_<identity>_<youtube>[_faceswap][_<identity>_
-  <youtube>][_wavtolip]', RTVC audio fakes '<clip>_fake'. FSGAN leaves no token, and lip-synced
-  FSGAN swaps carry two identities where plain Wav2Lip carries one.
-  """
-  name = clip_name.lower()
-  faceswap, wav2lip = "faceswap" in name, "wavtolip" in name
-  if category == "RealVideo-RealAudio":
-    return "real"
-  if category == "RealVideo-FakeAudio":
-    return "rtvc"
-  if category == "FakeVideo-RealAudio":
-    return "faceswap" if faceswap else "wav2lip" if wav2lip else "fsgan"
-  if faceswap:
-    return "faceswap_wav2lip"
-  return "fsgan_wav2lip" if len(_VOXCELEB_IDENTITY.findall(name)) >= 2 else "wav2lip"

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.ndimage
 
 from data_pipelines import schema
-from data_pipelines.synthetic import mouth, shapes, speakers
+from data_pipelines.building.synthetic import mouth, shapes, speakers
 
 SIZE = schema.FACE_SIZE
 MAX_ROTATION_DEGREES = 4.0

@@ -8,8 +8,8 @@ from typing import Mapping
 
 from absl import logging
 
-from data_pipelines import clips, manifests, progress, schema
-from data_pipelines.corpora import clip_store, process_pool
+from data_pipelines import progress, schema
+from data_pipelines.building import clip_store, clips, manifests, process_pool
 
 # Bump when clips.extract_clip (or a feature it computes) gives another example for the same row
 # and options: stored clips then no longer match their keys and are extracted again.

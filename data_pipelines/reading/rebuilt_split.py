@@ -23,8 +23,9 @@ from collections.abc import Callable
 import ml_collections
 import tensorflow_datasets as tfds
 
-from data_pipelines import clips, schema, split_index
-from data_pipelines.corpora import extraction
+from data_pipelines import schema
+from data_pipelines.building import clips, extraction
+from data_pipelines.reading import split_index
 
 SYNTHETIC = "synthetic_av"
 
@@ -86,7 +87,7 @@ class RebuiltSplit:
     return example
 
   def _synthesize(self, clip_id: str, hook: schema.MediaHook) -> dict:
-    from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
+    from data_pipelines.building.synthetic import generator  # pylint: disable=g-import-not-at-top
 
     spec = _synthetic_spec(tuple(sorted(self.synthetic.items())))
     index = int(clip_id.rsplit("-", 1)[1])  # generator ids: '<dataset>-<split>-<index>'
@@ -109,7 +110,7 @@ class RebuiltSplit:
 
 @functools.cache
 def _synthetic_spec(fields: tuple):
-  from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building.synthetic import generator  # pylint: disable=g-import-not-at-top
 
   return generator.SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
 
@@ -125,7 +126,7 @@ def _manifest_rows(builder: str, data_dir: str, split: str) -> tuple[dict, dict]
     )
   # Here rather than at the top: every loader imports this module, and prepare registers every
   # corpus builder with TFDS; only a rebuild needs the builder classes.
-  from data_pipelines import prepare  # pylint: disable=g-import-not-at-top
+  from data_pipelines.building import prepare  # pylint: disable=g-import-not-at-top
 
   split_manifests = {split: metadata["manifests"][split]}
   read = prepare.BUILDERS[builder.split("/")[0]].read_sources(
