@@ -157,24 +157,9 @@ def make_update_fn(
         state.params, state.batch_stats, teachers_state, batch, rng
       )
     else:
-
-      def body(carry, inputs):
-        grad_sum, batch_stats = carry
-        micro, index = inputs
-        grads, batch_stats, metrics = micro_step(
-          state.params, batch_stats, teachers_state, micro, jax.random.fold_in(rng, index)
-        )
-        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
-
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (grad_sum, batch_stats), metrics = jax.lax.scan(
-        body,
-        (zeros, state.batch_stats),
-        (_microbatches(batch, accum_steps), jnp.arange(accum_steps)),
+      grads, batch_stats, metrics = _accumulated(
+        micro_step, state, teachers_state, batch, rng, accum_steps
       )
-      grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
-      metrics = jax.tree.map(jnp.mean, metrics)
-
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
@@ -191,6 +176,28 @@ def make_update_fn(
     return new_state, metrics
 
   return update_fn
+
+
+def _accumulated(micro_step, state: TrainState, teachers_state, batch: dict, rng, accum_steps: int):
+  """micro_step over `accum_steps` micro-batches in turn: the mean gradient, the BatchNorm
+  statistics after the last one, and the mean of each metric."""
+
+  def body(carry, inputs):
+    grad_sum, batch_stats = carry
+    micro, index = inputs
+    grads, batch_stats, metrics = micro_step(
+      state.params, batch_stats, teachers_state, micro, jax.random.fold_in(rng, index)
+    )
+    return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grad_sum, batch_stats), metrics = jax.lax.scan(
+    body,
+    (zeros, state.batch_stats),
+    (_microbatches(batch, accum_steps), jnp.arange(accum_steps)),
+  )
+  grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+  return grads, batch_stats, jax.tree.map(jnp.mean, metrics)
 
 
 def train_batch_spec(

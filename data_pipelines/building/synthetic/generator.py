@@ -270,6 +270,32 @@ def synthesize_clip(
 
   if media_hook is not None:
     faces, samples = media_hook(faces, samples)
+  example = _example(
+    split, index, method, num_frames, samples, faces, stream.phonemes[heard], in_segment
+  )
+  return SyntheticClip(
+    schema.validate_example(example),
+    visemes[seen],
+    track,
+    poses,
+    speaker_id,
+    voice_id,
+    lag,
+    schema.frame_runs(in_segment),
+  )
+
+
+def _example(
+  split: str,
+  index: int,
+  method: str,
+  num_frames: int,
+  samples: np.ndarray,
+  faces: np.ndarray,
+  heard_phonemes: np.ndarray,
+  in_segment: np.ndarray,
+) -> dict:
+  """The clip as the schema's example: labels from its method, features from its media."""
   video_label, audio_label, identity_label, sync_label = LABELS[method]
   example = {
     "id": f"{DATASET}-{split}-{index:06d}",
@@ -289,7 +315,7 @@ def synthesize_clip(
     "stft": audio.fit_to_frames(audio.stft_magnitude(samples, schema.SAMPLE_RATE), num_frames),
     "faces": faces,
     "lips": np.zeros((0, schema.LIP_DIM), np.float16),
-    "phonemes": stream.phonemes[heard],
+    "phonemes": heard_phonemes,
   }
   if method in PARTIAL_METHODS:
     forged = in_segment.astype(np.uint8)
@@ -298,16 +324,7 @@ def synthesize_clip(
       audio_frame_labels=forged * audio_label,
       video_frame_labels=forged * video_label,
     )
-  return SyntheticClip(
-    schema.validate_example(example),
-    visemes[seen],
-    track,
-    poses,
-    speaker_id,
-    voice_id,
-    lag,
-    schema.frame_runs(in_segment),
-  )
+  return example
 
 
 def _draw_segments(spec: SyntheticSpec, rng: np.random.Generator, num_frames: int) -> np.ndarray:
