@@ -63,12 +63,13 @@ from avcd.training import losses, state as train_state, steps as train_steps
 from data_pipelines.reading import augment
 
 UNTRACED = "convolutions on Eigen (not traced)"
+VISUAL_INPUT = "visual input, stem ReLU and pooling"
 FAMILIES = (
   "space-time stem (5x7x7)",
   "visual ResNet 2D convs",
   "BatchNorm",
   "max pool",
-  "visual input and pooling",
+  VISUAL_INPUT,
   "temporal convs",
   "MFCC-side convs",
   "SE blocks",
@@ -109,7 +110,7 @@ def avcd_family(op_name: str, opcode: str) -> str:
       return "space-time stem (5x7x7)"
     if opcode in ("reduce-window", "select-and-scatter"):
       return "max pool"
-    return "visual input and pooling"
+    return VISUAL_INPUT
   if scopes & {"TemporalBlock", "VisualEncoder"}:
     return "temporal convs"
   if "AttentionLayer" in scopes:
@@ -141,9 +142,10 @@ def reference_family(path: tuple[str, ...]) -> str:
       return "space-time stem (5x7x7)"
     if "MaxPool3d" in names:
       return "max pool"
-    if "AvgPool2d" in names:
-      return "visual input and pooling"
-    return "visual ResNet 2D convs"
+    if "ResNet" in names and "AvgPool2d" not in names:
+      return "visual ResNet 2D convs"
+    # The stem's ReLU and the reshape to frames run outside the ResNet, as avcd's do.
+    return VISUAL_INPUT
   if names & {"visualTCN", "visualConv1D"}:
     return "temporal convs"
   if "attentionLayer" in names:
