@@ -53,23 +53,19 @@ def _train_command(workdir: pathlib.Path, num_epochs: int) -> list[str]:
   ]
 
 
+def _two_processes(command: list[str], **run_options) -> subprocess.CompletedProcess:
+  """Runs `command` as two processes of 2 CPU devices each through launch/local.py."""
+  launch = [sys.executable, "launch/local.py", "--num_processes=2", "--cpu_devices_per_process=2"]
+  return subprocess.run(
+    [*launch, "--", *command], cwd=REPO, capture_output=True, text=True, **run_options
+  )
+
+
 def _launch_two_processes(
   workdir: pathlib.Path, num_epochs: int, env: dict, deadline: float
 ) -> str:
-  result = subprocess.run(
-    [
-      sys.executable,
-      "launch/local.py",
-      "--num_processes=2",
-      "--cpu_devices_per_process=2",
-      "--",
-      *_train_command(workdir, num_epochs),
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=deadline - time.monotonic(),
+  result = _two_processes(
+    _train_command(workdir, num_epochs), env=env, timeout=deadline - time.monotonic()
   )
   assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
   return result.stdout
@@ -240,21 +236,6 @@ print("sum", float(step(dict(faces=faces, num_frames=faces))), flush=True)
 
 
 def test_a_host_that_compiles_late_is_waited_for():
-  result = subprocess.run(
-    [
-      sys.executable,
-      "launch/local.py",
-      "--num_processes=2",
-      "--cpu_devices_per_process=2",
-      "--",
-      sys.executable,
-      "-c",
-      _LATE_HOST,
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=RUNS_DEADLINE_S,
-  )
+  result = _two_processes([sys.executable, "-c", _LATE_HOST], timeout=RUNS_DEADLINE_S)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "[0] sum 12.0" in result.stdout and "[1] sum 12.0" in result.stdout
