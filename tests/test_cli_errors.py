@@ -106,6 +106,22 @@ def small_file_system(tmp_path):
   subprocess.run(["umount", str(mount_point)], check=False)
 
 
+# A race inside Orbax's failed save (seen once, in a full suite on 2026-12-07): TensorStore
+# reports the write error to an asyncio loop that Orbax has closed already, and Python prints that
+# RuntimeError's traceback, every frame in asyncio's. It is not avcd's output; any other
+# traceback still fails the test.
+_CLOSED_LOOP_REPORT = re.compile(
+  r"Traceback \(most recent call last\):\n"
+  r"(?:  File \"[^\"]*/asyncio/[^\"]*\", line \d+, in \w+\n    .*\n)+"
+  r"RuntimeError: Event loop is closed\n"
+)
+
+
+def _without_tensorstores_closed_loop_report(result: subprocess.CompletedProcess):
+  stderr = _CLOSED_LOOP_REPORT.sub("", result.stderr)
+  return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr)
+
+
 def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_system, tmp_path):
   result = avcd(
     "train",
@@ -114,7 +130,7 @@ def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_sy
     f"--config.data.data_dir={tmp_path / 'data'}",
   )
   assert result.returncode == 1
-  line = error_line(result)
+  line = error_line(_without_tensorstores_closed_loop_report(result))
   failed = re.search(r"saving checkpoint step (\d+) to \S+ failed: No space left on device", line)
   # Which write meets the full disk first depends on timing: a checkpoint save (usually), or the
   # metrics file between two saves. Either way one line names the file and the cause.
