@@ -206,3 +206,25 @@ def _sha256(path) -> str:
     while chunk := f.read(1 << 20):
       digest.update(chunk)
   return digest.hexdigest()
+
+
+class ListsBuilder(ManifestBuilder, skip_registration=True):
+  """Abstract: a named corpus whose authors' manifest lists lie in one directory (manifest_dir);
+  the corpus says which files there make which split (`find_manifests`)."""
+
+  LISTS: str  # the lists, for a message: "FAV_*.csv"
+
+  def __init__(self, *, manifest_dir=None, **kwargs):
+    """`manifest_dir` holds the corpus's lists (needed to prepare); see ManifestBuilder."""
+    super().__init__(**kwargs)
+    self._manifest_dir = manifest_dir
+
+  @staticmethod
+  @abc.abstractmethod
+  def find_manifests(manifest_dir) -> dict[str, list[str]]:
+    """Split name -> the lists in `manifest_dir` that make it."""
+
+  def split_manifests(self) -> dict[str, list[str]]:
+    if self._manifest_dir is None:
+      raise ValueError(f"{self.name}: preparing needs manifest_dir, the directory of {self.LISTS}")
+    return self.find_manifests(self._manifest_dir)

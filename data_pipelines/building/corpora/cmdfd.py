@@ -37,24 +37,6 @@ _FOLDERS = {"origin": "real"} | {
 }
 
 
-@registry.builder
-class CMDFD(manifest_builder.ManifestBuilder):
-  """CMDFD: real VoxCeleb2 clips and talking-head fakes; splits wav2lip, makeittalk, audio2head,
-  videoretalk and their *_self variants (a speaker driven by their own audio)."""
-
-  name = "cmdfd"
-
-  def __init__(self, *, manifest_dir=None, **kwargs):
-    """`manifest_dir` holds the authors' lists (needed to prepare); see ManifestBuilder."""
-    super().__init__(**kwargs)
-    self._manifest_dir = manifest_dir
-
-  def split_manifests(self) -> dict[str, list[str]]:
-    if self._manifest_dir is None:
-      raise ValueError(f"{self.name}: preparing needs manifest_dir, the directory of W2L.csv, ...")
-    return find_manifests(self._manifest_dir)
-
-
 def find_manifests(manifest_dir) -> dict[str, list[str]]:
   """CMDFD's splits, one per method list present: W2L.csv -> wav2lip, W2L_Self.csv -> wav2lip_self.
 
@@ -75,6 +57,16 @@ def find_manifests(manifest_dir) -> dict[str, list[str]]:
       "MakeItTalk.csv, Audio2Head.csv, VideoReTalk.csv (or _Self)"
     )
   return {split: splits[split] for split in sorted(splits)}
+
+
+@registry.builder
+class CMDFD(manifest_builder.ListsBuilder):
+  """CMDFD: real VoxCeleb2 clips and talking-head fakes; splits wav2lip, makeittalk, audio2head,
+  videoretalk and their *_self variants (a speaker driven by their own audio)."""
+
+  name = "cmdfd"
+  LISTS = "W2L.csv, ..."
+  find_manifests = staticmethod(find_manifests)
 
 
 @manifests.corpus_rows(CMDFD.name)

@@ -36,23 +36,6 @@ _ID = re.compile(r"\+A([RF])V([RF])$")
 _VOXCELEB_IDENTITY = re.compile(r"(?:^|_)id\d{5}_")
 
 
-@registry.builder
-class FakeAVCeleb(manifest_builder.ManifestBuilder):
-  """FakeAVCeleb (Khalid et al., 2021) in the train / test split of Yu et al. (ICME 2024)."""
-
-  name = "fakeavceleb"
-
-  def __init__(self, *, manifest_dir=None, **kwargs):
-    """`manifest_dir` holds the FAV_*.csv lists (needed to prepare); see ManifestBuilder."""
-    super().__init__(**kwargs)
-    self._manifest_dir = manifest_dir
-
-  def split_manifests(self) -> dict[str, list[str]]:
-    if self._manifest_dir is None:
-      raise ValueError(f"{self.name}: preparing needs manifest_dir, the directory of FAV_*.csv")
-    return find_manifests(self._manifest_dir)
-
-
 def find_manifests(manifest_dir) -> dict[str, list[str]]:
   """FakeAVCeleb's splits: train from FAV_train*.csv, test from FAV_test*.csv (sorted by name).
 
@@ -68,6 +51,15 @@ def find_manifests(manifest_dir) -> dict[str, list[str]]:
   if not splits:
     raise FileNotFoundError(f"{directory}: no FAV_train*.csv or FAV_test*.csv manifest")
   return splits
+
+
+@registry.builder
+class FakeAVCeleb(manifest_builder.ListsBuilder):
+  """FakeAVCeleb (Khalid et al., 2021) in the train / test split of Yu et al. (ICME 2024)."""
+
+  name = "fakeavceleb"
+  LISTS = "FAV_*.csv"
+  find_manifests = staticmethod(find_manifests)
 
 
 @manifests.corpus_rows(FakeAVCeleb.name)
