@@ -192,3 +192,41 @@ def test_bfloat16_stays_close_to_float32():
 
 
 BF16_TOLERANCE = 0.05
+
+
+def _autodiff_batch_norm(x, mask, scale, bias, epsilon):
+  """The masked BatchNorm written out plainly, differentiated by JAX."""
+  weights = jnp.broadcast_to(mask[..., None], x.shape[:-1] + (1,)).astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  count = jnp.sum(weights)
+  mean = jnp.sum(x * weights, axis=axes) / count
+  var = jnp.sum(jnp.square(x - mean) * weights, axis=axes) / count
+  return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+
+
+@pytest.mark.parametrize(
+  "shape, mask_shape", [((6, 5, 4, 3), (6, 1, 1)), ((2, 7, 3), (2, 7)), ((2, 5, 4, 3), (2, 5, 1))]
+)
+def test_batch_norm_gradient_matches_autodiff(shape, mask_shape):
+  from avcd.models import layers
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, shape), jnp.float32)
+  mask = jnp.asarray(rng.random(mask_shape) < 0.6).at[(0,) * len(mask_shape)].set(True)
+  scale = jnp.asarray(rng.normal(1.0, 0.3, shape[-1]), jnp.float32)
+  bias = jnp.asarray(rng.normal(0.0, 0.3, shape[-1]), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+  def ours(x, scale, bias):
+    bn = layers.MaskedBatchNorm(shape[-1], epsilon=1e-3, momentum=0.1, rngs=nnx.Rngs(0))
+    bn.scale[...], bn.bias[...] = scale, bias
+    return jnp.sum(bn(x, mask, train=True) * cotangent)
+
+  def plain(x, scale, bias):
+    return jnp.sum(_autodiff_batch_norm(x, mask, scale, bias, 1e-3) * cotangent)
+
+  np.testing.assert_allclose(ours(x, scale, bias), plain(x, scale, bias), rtol=1e-5)
+  for a, b in zip(
+    jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(plain, (0, 1, 2))(x, scale, bias)
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
