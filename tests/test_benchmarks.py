@@ -44,3 +44,37 @@ def test_accelerator_suite_plans_every_documented_row_and_writes_them(tmp_path, 
   assert (tmp_path / "train_step.md").read_text() == (
     f"header\n\n{train_step.format_table(measured, None)}\n"
   )
+
+
+def test_conv_kernels_lists_every_convolution_of_the_frontend():
+  from flax import nnx
+
+  from avcd import config_lib
+  from avcd.benchmarks import conv_kernels
+  from avcd.models import visual
+
+  cfg = config_lib.visual_frontend()
+  frontend = nnx.eval_shape(lambda: visual.VisualFrontend(cfg, dtype="float32", rngs=nnx.Rngs(0)))
+  in_model = sorted(
+    (module.kernel.shape[0], module.in_features, module.out_features)
+    for _, module in nnx.iter_graph(frontend)
+    if isinstance(module, nnx.Conv)
+  )
+  listed = sorted(
+    (conv.kernel, conv.in_channels, conv.out_channels)
+    for conv in conv_kernels.frontend_convs(cfg)
+    for _ in range(conv.count)
+  )
+  assert listed == in_model
+
+
+def test_conv_kernels_times_every_pass_and_totals_them():
+  from avcd.benchmarks import conv_kernels
+
+  convs = conv_kernels.frontend_convs(size=16)
+  results = conv_kernels.measure(convs, frames=2, rounds=1, repeats=1)
+  assert set(results["stem 7x7/2"]) == {("jax", "fwd"), ("jax", "dw")}  # the stem's input is data
+  assert all(len(results[c.name]) == 3 for c in convs[1:])
+  table = conv_kernels.format_table(convs, results, frames=2)
+  assert len(table.splitlines()) == 2 + len(convs) + 1
+  assert "| stem 7x7/2 | 2x16x16x5 -> 64 | x1 |" in table
