@@ -217,6 +217,29 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(train.best_metric, metrics.CHECKPOINT_METRICS, "train.best_metric")
   _one_of(train.on_nonfinite, steps.NONFINITE_POLICIES, "train.on_nonfinite")
   _one_of(train.labels, tuple(steps.TRAIN_LABEL_FIELDS), "train.labels")
+  _check_stop_metrics(config)
+
+
+# Evaluation scalars a target-quality stop may name (higher is better, per split or per method).
+STOP_METRICS = ("auc", "ap", "acc", "bacc")
+
+
+def _check_stop_metrics(config: ml_collections.ConfigDict) -> None:
+  names = tuple(config.train.stop_metrics)
+  if not names:
+    return
+  if config.eval.every_steps <= 0:
+    raise ConfigError(
+      f"train.stop_metrics={names} needs evaluations during training: set eval.every_steps"
+    )
+  for name in names:
+    split, _, rest = name.partition("/")
+    if split not in config.eval.splits or rest.partition("/")[0] not in STOP_METRICS:
+      raise ConfigError(
+        f"train.stop_metrics: {name!r} is not an evaluated scalar; name it as SPLIT/METRIC or "
+        f"SPLIT/METRIC/METHOD with SPLIT in eval.splits {tuple(config.eval.splits)} and METRIC "
+        f"one of {STOP_METRICS}"
+      )
 
 
 def _check_phoneme_heads(config: ml_collections.ConfigDict) -> None:

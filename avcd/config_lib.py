@@ -220,6 +220,11 @@ def training(*, num_epochs: int, **overrides) -> ConfigDict:
       # Write a jax.profiler trace of this many steps (after PROFILE_AFTER_STEPS warm-up steps) to
       # WORKDIR/profile, for TensorBoard's profile plugin or Perfetto (docs/scaling.md).
       profile_steps=0,
+      # A target-quality stop: training ends at the first evaluation (eval.every_steps) at which
+      # every one of these evaluation scalars, named as in metrics.jsonl (e.g.
+      # 'validation/auc/ls_a'), is at least `stop_at_least`. Empty: every epoch is trained.
+      stop_metrics=(),
+      stop_at_least=1.0,
     )
   )
   cfg.update(overrides)

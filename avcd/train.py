@@ -186,22 +186,25 @@ def _train_and_evaluate(
   )
 
   # ---- Training loop ---------------------------------------------------------------------------
-  state = _train_loop(run, step, state, teachers.state, cleanup)
+  state, results = _train_loop(run, step, state, teachers.state, cleanup)
   if state is None:  # preempted after a checkpoint
     return {}
 
   # ---- Final evaluation (the final step is saved first: a failing evaluation loses nothing) ---
-  if first_step == total_steps and checkpointer.latest_step() != total_steps:
-    checkpointer.save(
-      total_steps,
-      state,
-      data_iterator=train_iter,
-      config=config,
-      meta=dict(corpus=corpus),
-      force=True,
-    )
-  checkpointer.wait()
-  results = _evaluate(run, run.predict_fn, state, total_steps)
+  if results is None:  # the loop ran to the last step (not stopped at its target)
+    if first_step == total_steps and checkpointer.latest_step() != total_steps:
+      checkpointer.save(
+        total_steps,
+        state,
+        data_iterator=train_iter,
+        config=config,
+        meta=dict(corpus=corpus),
+        force=True,
+      )
+    checkpointer.wait()
+    results = _evaluate(run, run.predict_fn, state, total_steps)
+  else:
+    checkpointer.wait()  # the save of the step that reached the target
   logging.info(
     "done in %s: reports in %s",
     progress.duration(time.perf_counter() - start_time),
@@ -250,8 +253,9 @@ def _its_time(step: int, every: int, *, also: bool = False) -> bool:
 
 
 def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup):
-  """Trains from `state` to the run's last step; returns the final state, or None when
-  preemption stopped the run after checkpointing its current step."""
+  """Trains from `state` to the run's last step, or to the first evaluation that reaches the
+  target of `train.stop_metrics`. Returns (final state, that evaluation's results or None), or
+  (None, None) when preemption stopped the run after checkpointing its current step."""
   config, checkpointer, workdir = run.config, run.checkpointer, run.workdir
   first_step = int(state.step)
   update_fn = compiled.ShapeCompiled(step.update_fn, "train step")
@@ -294,7 +298,9 @@ def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup
       # Evaluated before it is saved, so that the save carries the metrics that rank it among the
       # best checkpoints; a crash here costs at most the steps since the last checkpoint.
       results = _evaluate(run, run.predict_fn, state, step_number)
-    if _its_time(step_number, config.train.checkpoint_every_steps, also=preempted or last):
+    at_target = results is not None and _at_target(config.train, results, step_number)
+    final = preempted or last or at_target
+    if _its_time(step_number, config.train.checkpoint_every_steps, also=final):
       log.check_pending()  # a step is checkpointed only once its loss is known to be finite
       checkpointer.save(
         step_number,
@@ -303,12 +309,36 @@ def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup
         config=config,
         metrics=_checkpoint_metrics(config, results) if results else None,
         meta=dict(corpus=run.corpus),
-        force=preempted or last,
+        force=final,
       )
     if preempted:
       _stop_preempted(checkpointer, watcher, step_number)
-      return None
-  return state
+      return None, None
+    if at_target:
+      return state, results
+  return state, None
+
+
+def _at_target(train_config: ml_collections.ConfigDict, results: dict, step_number: int) -> bool:
+  """Whether every scalar of `train.stop_metrics` reached `train.stop_at_least` (never, when a
+  named scalar was not evaluated: that is logged)."""
+  names = tuple(train_config.stop_metrics)
+  if not names:
+    return False
+  scalars = _scalars(results)
+  missing = [name for name in names if name not in scalars]
+  if missing:
+    logging.warning("train.stop_metrics: %s not in this evaluation's scalars", missing)
+    return False
+  if min(scalars[name] for name in names) < train_config.stop_at_least:
+    return False
+  logging.info(
+    "step %d: %s all at least %g; training stops here (train.stop_metrics)",
+    step_number,
+    {name: round(scalars[name], 4) for name in names},
+    train_config.stop_at_least,
+  )
+  return True
 
 
 def _stop_preempted(checkpointer, watcher, step_number: int) -> None:
@@ -461,6 +491,18 @@ def _evaluate(run: _Run, predict_fn, state, at_step: int) -> dict:
     run.workdir,
     source=dict(checkpoint_dir=str(run.checkpointer.directory), step=at_step),
   )
+  scalars = _scalars(results)
+  run.writer.write_scalars(at_step, scalars)
+  logging.info(
+    "step %d evaluation: %s",
+    at_step,
+    {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1},
+  )
+  return results
+
+
+def _scalars(results: dict) -> dict[str, float]:
+  """An evaluation's logged scalars: SPLIT/METRIC and SPLIT/auc/METHOD."""
   scalars = {
     f"{split}/{k}": v
     for split, m in results.items()
@@ -475,13 +517,7 @@ def _evaluate(run: _Run, predict_fn, state, at_step: int) -> dict:
       if v.get("auc") is not None
     }
   )
-  run.writer.write_scalars(at_step, scalars)
-  logging.info(
-    "step %d evaluation: %s",
-    at_step,
-    {k: round(v, 4) for k, v in scalars.items() if k.count("/") == 1},
-  )
-  return results
+  return scalars
 
 
 def _checkpoint_metrics(config, results: dict) -> dict:
