@@ -37,9 +37,10 @@ def test_stages_plan_paired_runs_and_share_the_rows_without_teachers():
 
 
 def _recipe_run(learning_rate, budget, row, seed, reached_at, seconds):
+  """A recipe run's file as the runner writes it: it stops at its first epoch at the target."""
   epochs = [
     dict(epoch=e, auc={m: 0.99 if e >= reached_at else 0.9 for m in design.TRAINED})
-    for e in range(1, design.RECIPE_EPOCHS + 1)
+    for e in range(1, min(reached_at, design.RECIPE_EPOCHS) + 1)
   ]
   return dict(
     learning_rate=learning_rate,
@@ -60,8 +61,11 @@ def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs(
       recipe_runs.append(_recipe_run(1e-3, 1200, row, seed, 5, 1800))
       recipe_runs.append(_recipe_run(3e-3, 1200, row, seed, 5, 2400))  # as few epochs, slower
   assert report.choose_recipe(recipe_runs) == dict(
-    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=1800 * 5 / design.RECIPE_EPOCHS
+    learning_rate=1e-3, frame_budget=1200, num_epochs=5, seconds=1800
   )
+  # A cell's epoch count is the latest of its runs' first epochs at the target (3e-3/400: 9).
+  slow_seed = [r for r in recipe_runs if (r["learning_rate"], r["frame_budget"]) == (3e-3, 400)]
+  assert report.choose_recipe(slow_seed)["num_epochs"] == 9
   never = [
     _recipe_run(1e-3, 400, row, seed, 99, 1200)
     for row in design.RECIPE_ROWS
@@ -70,17 +74,34 @@ def test_recipe_is_the_cell_where_every_run_reaches_the_target_in_fewest_epochs(
   assert report.choose_recipe(never) is None
 
 
-def test_a_recipe_run_that_stopped_short_of_the_target_and_of_the_epochs_is_run_again(tmp_path):
+def test_a_recipe_run_that_stopped_short_of_the_target_and_of_its_cap_is_run_again(tmp_path):
   path = tmp_path / "run.json"
-  assert not runs._recipe_run_complete(path)
+  cap = design.RECIPE_EPOCHS
+  assert not runs._recipe_run_complete(path, cap)
   run = _recipe_run(1e-3, 1200, "R0", 0, 99, 2400)
   path.write_text(json.dumps(dict(run, epochs=run["epochs"][:12])))  # the first grid's 12 epochs
-  assert not runs._recipe_run_complete(path)
+  assert not runs._recipe_run_complete(path, cap)
+  assert runs._recipe_run_complete(path, 12)  # a cell qualified at 12: it cannot win any more
   path.write_text(json.dumps(run))  # all RECIPE_EPOCHS, never at the target: a final "never"
-  assert runs._recipe_run_complete(path)
-  reached = _recipe_run(1e-3, 1200, "R0", 0, 6, 2400)
-  path.write_text(json.dumps(dict(reached, epochs=reached["epochs"][:12])))
-  assert runs._recipe_run_complete(path)
+  assert runs._recipe_run_complete(path, cap)
+  path.write_text(json.dumps(_recipe_run(1e-3, 1200, "R0", 0, 6, 2400)))
+  assert runs._recipe_run_complete(path, cap)
+
+
+def test_recipe_runs_are_capped_at_the_best_qualifying_cells_epochs(tmp_path):
+  (tmp_path / "recipe").mkdir()
+  assert runs.recipe_epoch_cap(tmp_path) == design.RECIPE_EPOCHS
+  for row in design.RECIPE_ROWS:
+    for seed in design.RECIPE_SEEDS:
+      run = _recipe_run(1e-3, 1200, row, seed, 7 + seed, 1800)
+      (tmp_path / "recipe" / f"{row}-{seed}.json").write_text(json.dumps(run))
+  assert runs.recipe_epoch_cap(tmp_path) == 8
+  base = config_lib.load_config(str(REPO / "configs" / "synthetic.py:generalisation"))
+  config = design.recipe_config(base, 1e-3, 400, "R0", 0, tmp_path, epochs=8)
+  assert config.train.num_epochs == 8
+  assert config.train.stop_at_least == design.RECIPE_TARGET
+  assert set(config.train.stop_metrics) == {f"validation/auc/{m}" for m in design.TRAINED}
+  assert tuple(config.eval.splits) == ("validation",)
 
 
 def _contrast(mean, low, high, per_corpus=(0.1, 0.1)):

@@ -19,7 +19,9 @@ WEAK_VSR_MOUTH_SIZE = 10
 # Chosen by --stage=recipe on trained methods' validation AUC (docs/generalisation.md).
 RECIPE = dict(learning_rate=None, frame_budget=None, num_epochs=None)
 WARMUP_STEPS = 100
-RECIPE_CELLS = tuple((lr, budget) for lr in (1e-3, 3e-3) for budget in (400, 1200))
+# Run in this order (amendment 2 of 2026-12-07): the cell nearest the target in the 12-epoch runs
+# on file first, so that its epoch count caps every later run's (runs.run_stage).
+RECIPE_CELLS = ((1e-3, 1200), (1e-3, 400), (3e-3, 1200), (3e-3, 400))
 RECIPE_ROWS = ("R0", "R2")
 RECIPE_SEEDS = (0, 1)
 # The pre-registered upper bound (amendment of 2026-12-07; the first grid ran 12). A run on file
@@ -160,15 +162,20 @@ def recipe_config(
   row: str,
   seed: int,
   workdir: pathlib.Path,
+  epochs: int = RECIPE_EPOCHS,
 ) -> ml_collections.ConfigDict:
-  """A recipe-selection run: validation only (every epoch), never the test split."""
+  """A recipe-selection run: validation only (every epoch), never the test split; at most
+  `epochs` epochs, and it stops at the first epoch at which every trained method is at the
+  target (amendment 2 of 2026-12-07: the rule reads each run's first epoch at the target)."""
   config = run_config(
     base,
     Run.of(0, "standard", row, seed),
     workdir,
-    recipe=dict(learning_rate=learning_rate, frame_budget=frame_budget, num_epochs=RECIPE_EPOCHS),
+    recipe=dict(learning_rate=learning_rate, frame_budget=frame_budget, num_epochs=epochs),
   )
   config.eval.splits = ("validation",)
+  config.train.stop_metrics = tuple(f"validation/auc/{method}" for method in TRAINED)
+  config.train.stop_at_least = RECIPE_TARGET
   return config
 
 

@@ -13,7 +13,6 @@ from avcd.studies.generalisation.design import (
   MINIMUM_EFFECT,
   PILOT_SEEDS,
   PRIMARY_HELD_OUT,
-  RECIPE_EPOCHS,
   RECIPE_ROWS,
   RECIPE_SEEDS,
   RECIPE_TARGET,
@@ -69,27 +68,32 @@ def pilot_pairs(loaded: dict) -> int:
   return pairs, sds
 
 
+def first_epoch_at_target(run: dict) -> int | None:
+  """The first epoch at which a recipe run had every trained method at RECIPE_TARGET."""
+  return next(
+    (round(e["epoch"]) for e in run["epochs"] if min(e["auc"].values()) >= RECIPE_TARGET), None
+  )
+
+
 def choose_recipe(recipe_runs: list[dict]) -> dict | None:
-  """The cheapest recipe cell at which every run of the cell reaches RECIPE_TARGET validation AUC
-  on every trained method: fewest epochs (every cell sees the same frames per epoch), then least
-  measured time to that epoch. None when no cell gets there."""
+  """The cheapest recipe cell every run of which reaches RECIPE_TARGET validation AUC on every
+  trained method: fewest epochs (the latest of its runs' first epochs at the target; every cell
+  sees the same frames per epoch), then least measured time to that epoch. None when no cell
+  gets there. (Amendment 2 of 2026-12-07: runs stop at their first epoch at the target, so the
+  cell's epoch count is no longer one at which all its runs were at the target together.)"""
   cells = {}
   for run in recipe_runs:
     cells.setdefault((run["learning_rate"], run["frame_budget"]), []).append(run)
   candidates = []
   for (learning_rate, budget), runs in sorted(cells.items()):
-    if len(runs) < len(RECIPE_ROWS) * len(RECIPE_SEEDS):
+    reached = [first_epoch_at_target(r) for r in runs]
+    if len(runs) < len(RECIPE_ROWS) * len(RECIPE_SEEDS) or None in reached:
       continue
-    for epoch in range(1, RECIPE_EPOCHS + 1):
-      at = [next((e for e in r["epochs"] if round(e["epoch"]) == epoch), None) for r in runs]
-      if any(e is None for e in at):
-        break
-      if all(min(e["auc"].values()) >= RECIPE_TARGET for e in at):
-        seconds = float(np.mean([r["seconds"] * epoch / len(r["epochs"]) for r in runs]))
-        candidates.append(
-          dict(learning_rate=learning_rate, frame_budget=budget, num_epochs=epoch, seconds=seconds)
-        )
-        break
+    epoch = max(reached)
+    seconds = float(np.mean([r["seconds"] * epoch / len(r["epochs"]) for r in runs]))
+    candidates.append(
+      dict(learning_rate=learning_rate, frame_budget=budget, num_epochs=epoch, seconds=seconds)
+    )
   return min(candidates, key=lambda c: (c["num_epochs"], c["seconds"]), default=None)
 
 
@@ -220,18 +224,18 @@ def write_report(loaded: dict, path: pathlib.Path, command: str, num_resamples: 
       "## Recipe selection (validation split, trained methods only)",
       "",
       "| learning rate | frame budget | row | seed | epochs to every trained method >= "
-      f"{_pct(RECIPE_TARGET)} | epochs run | seconds |",
-      "|---:|---:|---|---:|---:|---:|---:|",
+      f"{_pct(RECIPE_TARGET)} | epochs run | seconds | CPU minutes |",
+      "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(
       loaded["recipe"], key=lambda r: (r["learning_rate"], r["frame_budget"], r["row"], r["seed"])
     ):
-      reached = next(
-        (round(e["epoch"]) for e in r["epochs"] if min(e["auc"].values()) >= RECIPE_TARGET), None
-      )
+      reached = first_epoch_at_target(r)
+      cpu_minutes = f"{r['cpu_minutes']:.0f}" if "cpu_minutes" in r else "-"
       lines.append(
         f"| {r['learning_rate']:g} | {r['frame_budget']} | {r['row']} | {r['seed']} | "
-        f"{reached if reached is not None else 'never'} | {len(r['epochs'])} | {r['seconds']:.0f} |"
+        f"{reached if reached is not None else 'never'} | {len(r['epochs'])} | "
+        f"{r['seconds']:.0f} | {cpu_minutes} |"
       )
     lines += ["", f"Chosen: {chosen}" if chosen else "No cell reached the target.", ""]
   for key, report in sorted(loaded["teachers"].items()):

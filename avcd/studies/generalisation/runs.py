@@ -37,7 +37,12 @@ from avcd.studies.generalisation.design import (
   stage_teachers,
   teachers_dir,
 )
-from avcd.studies.generalisation.report import load_results, pilot_pairs
+from avcd.studies.generalisation.report import (
+  choose_recipe,
+  first_epoch_at_target,
+  load_results,
+  pilot_pairs,
+)
 
 
 class Preempted(RuntimeError):
@@ -209,12 +214,12 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
   )
 
 
-def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results) -> None:
+def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results, epochs) -> None:
   from avcd import train  # pylint: disable=g-import-not-at-top
   from data_pipelines.building import corpus_setup  # pylint: disable=g-import-not-at-top
   from data_pipelines.reading import loader  # pylint: disable=g-import-not-at-top
 
-  config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir)
+  config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir, epochs)
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
   run_dir = workdir / "corpus0" / "recipe" / name
   config = corpus_setup.prepare_corpus(config, workdir)  # names the corpus's builder for the loader
@@ -244,6 +249,7 @@ def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, result
       row=row,
       seed=seed,
       steps_per_epoch=steps,
+      epoch_cap=epochs,
       seconds=sum(g["seconds"] for g in segments),
       cpu_minutes=sum(g["cpu_seconds"] for g in segments) / 60,
       segments=segments,
@@ -320,19 +326,24 @@ def teachers_only(
   )
 
 
-def _recipe_run_complete(path: pathlib.Path) -> bool:
-  """Whether a recipe run's file exists and needs no more epochs: it reached the target or ran
-  RECIPE_EPOCHS epochs."""
+def _recipe_run_complete(path: pathlib.Path, cap: int) -> bool:
+  """Whether a recipe run's file exists and needs no more epochs: it reached the target, or ran
+  `cap` epochs (RECIPE_EPOCHS, or fewer once a cell has qualified)."""
   if not path.exists():
     return False
-  epochs = json.loads(path.read_text())["epochs"]
-  reached = any(min(e["auc"].values()) >= RECIPE_TARGET for e in epochs)
-  if not reached and len(epochs) < RECIPE_EPOCHS:
-    logging.info(
-      "%s: %d epochs without the target; run again to %d", path, len(epochs), RECIPE_EPOCHS
-    )
+  run = json.loads(path.read_text())
+  if first_epoch_at_target(run) is None and len(run["epochs"]) < cap:
+    logging.info("%s: %d epochs without the target; run again to %d", path, len(run["epochs"]), cap)
     return False
   return True
+
+
+def recipe_epoch_cap(results: pathlib.Path) -> int:
+  """At most how many epochs a recipe run still needs: a run that reaches the target later than
+  the best qualifying cell's epoch count cannot change the choice (ties go to the faster cell, so
+  the cap is that count itself)."""
+  chosen = choose_recipe(load_results(results)["recipe"])
+  return RECIPE_EPOCHS if chosen is None else chosen["num_epochs"]
 
 
 def run_stage(
@@ -344,26 +355,28 @@ def run_stage(
   done = 0
   if stage == "recipe":
     # A cell qualifies only if every run of it reaches the target, so a cell is abandoned at its
-    # first run that never does (that run's file records it). Each cell's first seeds run first.
+    # first run that does not (that run's file records it). Each cell's first seeds run first,
+    # and no run goes past the epoch count of the best cell so far (recipe_epoch_cap).
     for learning_rate, budget in RECIPE_CELLS:
       for seed in RECIPE_SEEDS:
         for row in RECIPE_ROWS:
           name = f"lr{learning_rate:g}-budget{budget}-{row}-seed{seed}"
           path = results / "recipe" / f"{name}.json"
-          if not _recipe_run_complete(path):
+          cap = recipe_epoch_cap(results)
+          if not _recipe_run_complete(path, cap):
             if max_runs and done >= max_runs:
               return
-            execute_recipe(base, learning_rate, budget, row, seed, workdir, results)
+            execute_recipe(base, learning_rate, budget, row, seed, workdir, results, cap)
             done += 1
-          if not any(
-            min(e["auc"].values()) >= RECIPE_TARGET for e in json.loads(path.read_text())["epochs"]
-          ):
+          reached = first_epoch_at_target(json.loads(path.read_text()))
+          if reached is None or reached > cap:
             logging.info(
-              "recipe cell lr=%g budget=%d: %s never reached %.2f; cell abandoned",
+              "recipe cell lr=%g budget=%d: %s did not reach %.2f within %d epochs; cell abandoned",
               learning_rate,
               budget,
               name,
               RECIPE_TARGET,
+              cap,
             )
             break
         else:
