@@ -230,3 +230,22 @@ def test_batch_norm_gradient_matches_autodiff(shape, mask_shape):
     jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(plain, (0, 1, 2))(x, scale, bias)
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 10, 3), (2, 5, 5, 2)])
+def test_max_pool_and_its_gradient_are_nnx_max_pools(shape):
+  from avcd.models import layers
+
+  rng = np.random.default_rng(0)
+  # Few distinct values: many windows hold their maximum twice, so tie-breaking is tested too.
+  x = jnp.asarray(rng.integers(0, 4, shape), jnp.float32)
+  cotangent = jnp.asarray(
+    rng.normal(size=(shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3]))
+  )
+
+  def plain(x):
+    return nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+  np.testing.assert_array_equal(layers.max_pool_3x3_stride2(x), plain(x))
+  ours = jax.grad(lambda x: jnp.sum(layers.max_pool_3x3_stride2(x) * cotangent))(x)
+  np.testing.assert_allclose(ours, jax.grad(lambda x: jnp.sum(plain(x) * cotangent))(x), atol=1e-6)

@@ -86,6 +86,66 @@ def _train_batch_norm_bwd(epsilon, inner, residuals, cotangents):
 _train_batch_norm.defvjp(_train_batch_norm_fwd, _train_batch_norm_bwd)
 
 
+def max_pool_3x3_stride2(x: jax.Array) -> jax.Array:
+  """3x3 max pooling with stride 2 and padding 1 over (N, H, W, C): the frontend's, as
+  `nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))` computes it (same values, same
+  gradient, ties to the first window position in row-major order), with a hand-written gradient:
+  XLA:CPU expands the select-and-scatter of autodiff's into index arithmetic and a scatter, 3.9x
+  slower than this one at the paper stem's output (docs/scaling.md)."""
+  h, w = x.shape[1:3]
+  # An odd side gets one -inf row or column: it never wins a window and leaves the output's size.
+  padded = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+  return _max_pool_even(padded)
+
+
+@jax.custom_vjp
+def _max_pool_even(x):
+  window, strides = (1, 3, 3, 1), (1, 2, 2, 1)
+  return jax.lax.reduce_window(
+    x, -jnp.inf, jax.lax.max, window, strides, ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
+
+
+def _max_pool_even_fwd(x):
+  y = _max_pool_even(x)
+  return y, (x, y)
+
+
+def _max_pool_even_bwd(residuals, g):
+  """Each output's gradient goes to its window's first maximum. With stride 2 an even input row
+  2i lies in window i only (its middle row) and an odd row 2i+1 in windows i (last row) and i+1
+  (first row); so is it with columns. The gradient is therefore made at the output's resolution,
+  one tap of the 3x3 window at a time, and the four (row, column) parities are interleaved."""
+  x, y = residuals
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  taken = jnp.zeros(y.shape, bool)
+  taps = {}
+  for a in range(3):
+    for b in range(3):
+      hit = (padded[:, a : a + h : 2, b : b + w : 2] == y) & ~taken
+      taken = taken | hit
+      taps[a, b] = jnp.where(hit, g, jnp.zeros((), g.dtype))
+
+  def next_window(v, axis):  # v[i + 1] at i, zero after the last window
+    return jnp.pad(jax.lax.slice_in_dim(v, 1, v.shape[axis], axis=axis), _pad_end(axis))
+
+  def by_parity(first, middle, last, axis):  # (even positions, odd positions) along `axis`
+    return middle, last + next_window(first, axis)
+
+  rows = {b: by_parity(taps[0, b], taps[1, b], taps[2, b], axis=1) for b in range(3)}
+  quarters = [by_parity(rows[0][r], rows[1][r], rows[2][r], axis=2) for r in range(2)]
+  grid = jnp.stack([jnp.stack(q, axis=3) for q in quarters], axis=2)  # (N, H/2, 2, W/2, 2, C)
+  return (grid.reshape(x.shape),)
+
+
+def _pad_end(axis: int) -> tuple:
+  return tuple((0, 1) if i == axis else (0, 0) for i in range(4))
+
+
+_max_pool_even.defvjp(_max_pool_even_fwd, _max_pool_even_bwd)
+
+
 class MaskedBatchNorm(nnx.Module):
   """BatchNorm over the channel (last) axis whose batch statistics use valid positions only.
 

@@ -126,7 +126,7 @@ class VisualFrontend(nnx.Module):
     x = self.stem(einops.rearrange(neighbours, "b t h w k -> (b t) h w k"))
     frame_mask = einops.rearrange(mask, "b t -> (b t) 1 1")
     x = jax.nn.relu(self.bn3d(x, frame_mask, train=train))
-    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool_3x3_stride2(x)
     for layer in self.resnet:
       x = layer(x, frame_mask, train=train)
     x = jnp.mean(x.astype(layers.STATS_DTYPE), axis=(1, 2)).astype(x.dtype)
