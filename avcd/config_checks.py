@@ -234,11 +234,12 @@ def _check_stop_metrics(config: ml_collections.ConfigDict) -> None:
     )
   for name in names:
     split, _, rest = name.partition("/")
-    if split not in config.eval.splits or rest.partition("/")[0] not in STOP_METRICS:
+    metric, _, method = rest.partition("/")
+    if split not in config.eval.splits or metric not in (STOP_METRICS if not method else ("auc",)):
       raise ConfigError(
-        f"train.stop_metrics: {name!r} is not an evaluated scalar; name it as SPLIT/METRIC or "
-        f"SPLIT/METRIC/METHOD with SPLIT in eval.splits {tuple(config.eval.splits)} and METRIC "
-        f"one of {STOP_METRICS}"
+        f"train.stop_metrics: {name!r} is not an evaluated scalar; name it as SPLIT/METRIC "
+        f"(METRIC one of {STOP_METRICS}) or SPLIT/auc/METHOD, with SPLIT in eval.splits "
+        f"{tuple(config.eval.splits)}"
       )
 
 

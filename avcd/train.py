@@ -181,6 +181,11 @@ def _train_and_evaluate(
   step = steps.make_train_step(config, mesh, steps_per_epoch)
   state = _initial_state(config, checkpointer, resume_step, step, train_iter)
   first_step = int(state.step)
+  if first_step > total_steps:
+    raise config_checks.ConfigError(
+      f"train.num_epochs={config.train.num_epochs}: the workdir's checkpoint is at step "
+      f"{first_step}, past this config's last step {total_steps}"
+    )
   run = _Run(
     config, workdir, mesh, checkpointer, writer, train_iter, corpus, steps_per_epoch, total_steps
   )
@@ -269,6 +274,16 @@ def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup
   # steps traced so far are written.
   cleanup.enter_context(profile.stack)
 
+  if (
+    config.train.stop_metrics
+    and 0 < first_step < run.total_steps
+    and _its_time(first_step, config.eval.every_steps)
+  ):
+    # The step resumed from may have been preempted before its evaluation, or may be where an
+    # earlier start stopped at its target: evaluate it before training on.
+    results = _evaluate(run, run.predict_fn, state, first_step)
+    if _at_target(config.train, results, first_step):
+      return state, results
   for step_number in range(first_step + 1, run.total_steps + 1):
     batch = next(run.train_iter)
     inputs = sharding.global_batch(
@@ -315,6 +330,9 @@ def _train_loop(run: _Run, step: steps.TrainStep, state, teachers_state, cleanup
       _stop_preempted(checkpointer, watcher, step_number)
       return None, None
     if at_target:
+      if not logged:
+        log.check_pending()
+        log.write(step_number, state)
       return state, results
   return state, None
 
@@ -330,7 +348,7 @@ def _at_target(train_config: ml_collections.ConfigDict, results: dict, step_numb
   if missing:
     logging.warning("train.stop_metrics: %s not in this evaluation's scalars", missing)
     return False
-  if min(scalars[name] for name in names) < train_config.stop_at_least:
+  if not all(scalars[name] >= train_config.stop_at_least for name in names):  # NaN: not reached
     return False
   logging.info(
     "step %d: %s all at least %g; training stops here (train.stop_metrics)",

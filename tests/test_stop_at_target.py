@@ -47,3 +47,28 @@ def test_stop_metrics_that_cannot_be_read_are_refused(overrides, message):
   config = config_lib.load_config(TINY, overrides)
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.check(config)
+
+
+def test_a_stopped_run_stays_stopped_and_a_lower_bar_lets_it_go_on(tmp_path):
+  def config_with(target):
+    config = config_lib.load_config(
+      TINY,
+      {
+        "eval.every_steps": 2,
+        "train.stop_metrics": ("test/auc",),
+        "train.stop_at_least": target,
+      },
+    )
+    return corpus_setup.prepare_corpus(config, tmp_path)
+
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config_with(0.0), str(workdir))
+  assert max(_steps_logged(workdir)) == 2
+  # Started again as it was: step 2 is evaluated first, is at the target, and nothing is trained.
+  assert "test" in train.train_and_evaluate(config_with(0.0), str(workdir))
+  assert max(_steps_logged(workdir)) == 2
+  # The stop is a resumable change (it only says when the run ends): an unreachable target trains
+  # on from step 2 to the last step.
+  train.train_and_evaluate(config_with(1.01), str(workdir))
+  assert max(_steps_logged(workdir)) == 8
+  assert (workdir / "checkpoints" / "8").is_dir()

@@ -48,6 +48,8 @@ class ResumeRefusedError(RuntimeError):
 # ending in "." allows its whole section. docs/checkpoints.md gives each one's reason.
 RESUMABLE_CHANGES = (
   "train.num_epochs",  # more (or fewer) steps of the same schedule: it counts steps, not epochs
+  "train.stop_metrics",  # when the run ends, like num_epochs
+  "train.stop_at_least",
   "train.log_every_steps",
   "train.checkpoint_every_steps",
   "train.keep_checkpoints",

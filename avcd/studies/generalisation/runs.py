@@ -214,33 +214,30 @@ def execute(base, run: Run, workdir: pathlib.Path, results: pathlib.Path) -> Non
   )
 
 
-def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, results, epochs) -> None:
+def execute_recipe(
+  base, learning_rate, frame_budget, row, seed, workdir, results, epoch_cap: int
+) -> None:
   from avcd import train  # pylint: disable=g-import-not-at-top
   from data_pipelines.building import corpus_setup  # pylint: disable=g-import-not-at-top
   from data_pipelines.reading import loader  # pylint: disable=g-import-not-at-top
 
-  config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir, epochs)
+  config = recipe_config(base, learning_rate, frame_budget, row, seed, workdir, epoch_cap)
   name = f"lr{learning_rate:g}-budget{frame_budget}-{row}-seed{seed}"
   run_dir = workdir / "corpus0" / "recipe" / name
   config = corpus_setup.prepare_corpus(config, workdir)  # names the corpus's builder for the loader
   steps = loader.steps_per_epoch(config.data, process_count=1, batch_multiple=1)
   config.eval.every_steps = steps
-  # An interrupted run resumes from its last checkpoint; its segments' times add up.
-  with _segment(run_dir) as segment:
-    segment["finished"] = bool(train.train_and_evaluate(config, run_dir))
-  if not segment["finished"]:
-    raise Preempted(f"{name} was stopped by SIGTERM; run the same command to resume it")
+  evaluated = _recipe_epochs(run_dir, steps)
+  # A run resumed under a cap it already passed (the cap fell after it was interrupted) needs no
+  # more training: its evaluations up to the cap decide it.
+  if len(evaluated) < epoch_cap and first_epoch_at_target(dict(epochs=evaluated)) is None:
+    # An interrupted run resumes from its last checkpoint; its segments' times add up.
+    with _segment(run_dir) as segment:
+      segment["finished"] = bool(train.train_and_evaluate(config, run_dir))
+    if not segment["finished"]:
+      raise Preempted(f"{name} was stopped by SIGTERM; run the same command to resume it")
+    evaluated = _recipe_epochs(run_dir, steps)
   segments = json.loads((run_dir / SEGMENTS_FILE).read_text())
-  by_step = {}  # a step evaluated again after a resume keeps its last evaluation
-  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    if "validation/auc" in record:
-      by_step[record["step"]] = dict(
-        epoch=record["step"] / steps,
-        time=record["time"],
-        auc={m: record[f"validation/auc/{m}"] for m in TRAINED},
-      )
-  epochs = [by_step[step] for step in sorted(by_step)]
   _write_json(
     results / "recipe" / f"{name}.json",
     dict(
@@ -249,16 +246,37 @@ def execute_recipe(base, learning_rate, frame_budget, row, seed, workdir, result
       row=row,
       seed=seed,
       steps_per_epoch=steps,
-      epoch_cap=epochs,
+      epoch_cap=epoch_cap,
       seconds=sum(g["seconds"] for g in segments),
       cpu_minutes=sum(g["cpu_seconds"] for g in segments) / 60,
       segments=segments,
       commit=commit(),
       recipe=recipe_fields(config),
-      epochs=epochs,
+      epochs=evaluated,
     ),
   )
   shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _recipe_epochs(run_dir: pathlib.Path, steps_per_epoch: int) -> list[dict]:
+  """A recipe run's validation evaluations so far, one per epoch, from its metrics.jsonl (a step
+  evaluated again after a resume keeps its last evaluation)."""
+  path = run_dir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  by_step = {}
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by a kill
+      continue
+    if "validation/auc" in record:
+      by_step[record["step"]] = dict(
+        epoch=record["step"] / steps_per_epoch,
+        time=record["time"],
+        auc={m: record[f"validation/auc/{m}"] for m in TRAINED},
+      )
+  return [by_step[step] for step in sorted(by_step)]
 
 
 def _digest(ids: list[str]) -> str:
