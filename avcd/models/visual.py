@@ -48,7 +48,7 @@ class ResNetLayer(nnx.Module):
   The shortcut is the identity at stride 1, else a bare strided 1x1 conv (no BatchNorm), computed
   as a 1x1 conv of every stride-th pixel: the same numbers, but XLA:CPU runs a strided conv's
   gradients as dilated convolutions (forward and backward at the second stage, 100 frames: 13.2
-  ms strided, 8.3 ms sliced; docs/scaling.md).
+  ms strided, 8.3 ms sliced; commit 60cea55).
   """
 
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
