@@ -91,7 +91,7 @@ def max_pool_3x3_stride2(x: jax.Array) -> jax.Array:
   `nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))` computes it (same values, same
   gradient, ties to the first window position in row-major order), with a hand-written gradient:
   XLA:CPU expands the select-and-scatter of autodiff's into index arithmetic and a scatter, 3.9x
-  slower than this one at the paper stem's output (measurements: commit 21dbf71, docs/scaling.md)."""
+  slower than this one at the paper stem's output (commit 21dbf71; docs/scaling.md)."""
   h, w = x.shape[1:3]
   # An odd side gets one -inf row or column: it never wins a window and leaves the output's size.
   padded = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
