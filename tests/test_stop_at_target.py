@@ -11,28 +11,25 @@ from tests.conftest import REPO
 TINY = str(REPO / "configs" / "tiny.py")  # 2 epochs of 4 steps
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """One tiny corpus for every run here (each run has its own workdir)."""
+  root = tmp_path_factory.mktemp("stop_at_target")
+  return corpus_setup.prepare_corpus(config_lib.load_config(TINY), root).data.data_dir
+
+
+def _config(data_dir, **overrides):
+  config = config_lib.load_config(
+    TINY,
+    {"eval.every_steps": 2, "train.stop_metrics": ("test/auc",), "data.data_dir": data_dir}
+    | overrides,
+  )
+  return corpus_setup.prepare_corpus(config, data_dir)
+
+
 def _steps_logged(workdir) -> list[int]:
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   return [r["step"] for r in map(json.loads, lines) if "loss" in r]
-
-
-@pytest.mark.parametrize("target, last_step", [(0.0, 2), (1.01, 8)])
-def test_training_stops_at_the_first_evaluation_at_its_target(tmp_path, target, last_step):
-  config = config_lib.load_config(
-    TINY,
-    {
-      "eval.every_steps": 2,
-      "train.checkpoint_every_steps": 3,
-      "train.stop_metrics": ("test/auc",),
-      "train.stop_at_least": target,
-    },
-  )
-  config = corpus_setup.prepare_corpus(config, tmp_path)
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert "test" in results
-  assert max(_steps_logged(tmp_path / "run")) == last_step
-  # The step it stopped at is saved, although it is not a checkpoint step.
-  assert (tmp_path / "run" / "checkpoints" / str(last_step)).is_dir()
 
 
 @pytest.mark.parametrize(
@@ -49,21 +46,17 @@ def test_stop_metrics_that_cannot_be_read_are_refused(overrides, message):
     config_checks.check(config)
 
 
-def test_a_stopped_run_stays_stopped_and_a_lower_bar_lets_it_go_on(tmp_path):
+def test_training_stops_at_its_target_stays_stopped_and_a_higher_bar_lets_it_go_on(
+  tmp_path, corpus
+):
   def config_with(target):
-    config = config_lib.load_config(
-      TINY,
-      {
-        "eval.every_steps": 2,
-        "train.stop_metrics": ("test/auc",),
-        "train.stop_at_least": target,
-      },
-    )
-    return corpus_setup.prepare_corpus(config, tmp_path)
+    return _config(corpus, **{"train.stop_at_least": target, "train.checkpoint_every_steps": 3})
 
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config_with(0.0), str(workdir))
-  assert max(_steps_logged(workdir)) == 2
+  assert "test" in train.train_and_evaluate(config_with(0.0), str(workdir))
+  assert max(_steps_logged(workdir)) == 2  # the first evaluation, of 8 steps
+  # The step it stopped at is saved, although it is not a checkpoint step.
+  assert (workdir / "checkpoints" / "2").is_dir()
   # Started again as it was: step 2 is evaluated first, is at the target, and nothing is trained.
   assert "test" in train.train_and_evaluate(config_with(0.0), str(workdir))
   assert max(_steps_logged(workdir)) == 2
