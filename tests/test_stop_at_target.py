@@ -65,3 +65,7 @@ def test_training_stops_at_its_target_stays_stopped_and_a_higher_bar_lets_it_go_
   train.train_and_evaluate(config_with(1.01), str(workdir))
   assert max(_steps_logged(workdir)) == 8
   assert (workdir / "checkpoints" / "8").is_dir()
+  # A config whose last step is before the checkpoint is refused in one line, not trained back.
+  fewer_epochs = config_lib.load_config(TINY, {"data.data_dir": corpus, "train.num_epochs": 1})
+  with pytest.raises(config_checks.ConfigError, match="at step 8, past this config's last step 4"):
+    train.train_and_evaluate(fewer_epochs, str(workdir))
