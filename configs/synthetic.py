@@ -6,10 +6,10 @@ Generates the synthetic corpus into WORKDIR/data, trains the ASR/VSR teachers in
 WORKDIR/teachers if none are there yet, trains the student and evaluates it on the held-out
 speakers of the test split (reports in WORKDIR/eval/test).
 
-Hardware: 2 CPU cores. Expected time: 7 min 10 s end to end (corpus 1 min 19 s, 828 MB;
-teachers 1 min 28 s; student 4 min, 960 steps with the phoneme heads; evaluation 13 s; commit
-30307cb, fresh clone, the changed train steps compiling; 6 min 10 s at a05672b with every program
-in the compilation cache). Expected result: test ROC-AUC >= 99% on every method, whatever the
+Hardware: 2 CPU cores. Expected time: 6 min 34 s end to end (corpus 1 min 4 s, 829 MB;
+teachers 1 min 32 s; student 3 min 41 s, 960 steps with the phoneme heads; evaluation 12 s; commit
+c1e7fda, fresh clone on a new machine, the train steps compiling cold). Expected result: test
+ROC-AUC >= 99% on every method, whatever the
 seed: seed 0 gives 100.0 / 100.0 / 100.0 / 100.0 (desync, lipsync, talking_head, voice_swap;
 teachers ASR 98.0%, VSR 90.3% per-frame on validation); the seed study of
 10 seeds, with and without the heads, is in docs/demo_seeds.md.
