@@ -9,10 +9,9 @@ speakers of the test split (reports in WORKDIR/eval/test).
 Hardware: 2 CPU cores. Expected time: 6 min 34 s end to end (corpus 1 min 4 s, 829 MB;
 teachers 1 min 32 s; student 3 min 41 s, 960 steps with the phoneme heads; evaluation 12 s; commit
 c1e7fda, fresh clone on a new machine, the train steps compiling cold). Expected result: test
-ROC-AUC >= 99% on every method, whatever the
-seed: seed 0 gives 100.0 / 100.0 / 100.0 / 100.0 (desync, lipsync, talking_head, voice_swap;
-teachers ASR 98.0%, VSR 90.3% per-frame on validation); the seed study of
-10 seeds, with and without the heads, is in docs/demo_seeds.md.
+ROC-AUC >= 99% on every method, whatever the seed: seed 0 gives 100.0 / 100.0 / 100.0 / 100.0
+(desync, lipsync, talking_head, voice_swap; teachers ASR 98.0%, VSR 90.3% per-frame on
+validation); the seed study of 10 seeds, with and without the heads, is in docs/demo_seeds.md.
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
 claim study (docs/generalisation.md), run by `python -m avcd.studies.generalisation`, which sets
