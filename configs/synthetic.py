@@ -9,9 +9,10 @@ speakers of the test split (reports in WORKDIR/eval/test).
 Hardware: 2 CPU cores. Expected time: 6 min 34 s end to end (corpus 1 min 4 s, 829 MB;
 teachers 1 min 32 s; student 3 min 41 s, 960 steps with the phoneme heads; evaluation 12 s; commit
 c1e7fda, fresh clone on a new machine, the train steps compiling cold). Expected result: test
-ROC-AUC >= 99% on every method, whatever the seed: seed 0 gives 100.0 / 100.0 / 100.0 / 100.0
-(desync, lipsync, talking_head, voice_swap; teachers ASR 98.0%, VSR 90.3% per-frame on
-validation); the seed study of 10 seeds, with and without the heads, is in docs/demo_seeds.md.
+ROC-AUC 100.0 / 100.0 / 100.0 / 100.0 for seed 0 at c1e7fda (desync, lipsync, talking_head,
+voice_swap; teachers ASR 98.0%, VSR 90.3% per-frame on validation), and >= 99% on every method in
+each of seeds 0-9 of the seed study (at 135ba06, before later rounding changes; with and without
+the heads: docs/demo_seeds.md).
 
 Variant `generalisation` (`--config=configs/synthetic.py:generalisation`): the base config of the
 claim study (docs/generalisation.md), run by `python -m avcd.studies.generalisation`, which sets
@@ -23,8 +24,9 @@ Variant `partial` (`--config=configs/synthetic.py:partial`): temporal localisati
 (docs/localisation.md). Every fake is a real clip of 3-5 s with one or two forged segments of
 0.5-2 s (lipsync_part, desync_part, voice_swap_part); the student learns each frame's label, 16
 epochs, with the demo's phoneme heads. Hardware: 2 CPU cores. Expected time: about 34 min
-(corpus 1 min 54 s, 1.5 GB; teachers 3 min; student 29 min; evaluation 15 s; at 5aee223).
-Expected result on the test split (evaluated at 41e1d90): AP@0.5 47.7%, AR@10 65.2%, frame AUC
+(corpus 1 min 54 s, 1.5 GB; teachers 3 min; student 29 min; evaluation 15 s; at 5aee223, before
+fbbf0d6, afd7baa and 21dbf71 made the train step faster; not measured since). Expected result on
+the test split (trained at 5aee223, evaluated at 41e1d90): AP@0.5 47.7%, AR@10 65.2%, frame AUC
 98.0%, video AUC 99.1% (per method, at 8 epochs, without the heads and against clip-label
 training: docs/localisation.md).
 """
