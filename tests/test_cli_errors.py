@@ -125,11 +125,6 @@ def _without_closed_loop_report(stderr: str) -> str:
   )
 
 
-def _without_tensorstores_closed_loop_report(result: subprocess.CompletedProcess):
-  stderr = _without_closed_loop_report(result.stderr)
-  return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr)
-
-
 def test_the_closed_loop_filter_drops_only_that_report():
   frame = '  File "/usr/lib/python3.11/asyncio/base_events.py", line {}, in {}\n'
   log = "E1208 00:20:54.857069 140689784161984 future.py:387] write failed\n"
@@ -162,7 +157,7 @@ def test_a_full_disk_stops_training_at_the_failed_save_in_one_line(small_file_sy
     XLA_FLAGS=USER_XLA_FLAGS,
   )
   assert result.returncode == 1
-  result = _without_tensorstores_closed_loop_report(result)
+  result.stderr = _without_closed_loop_report(result.stderr)
   line = error_line(result)
   failed = re.search(r"saving checkpoint step (\d+) to \S+ failed: No space left on device", line)
   # Which write meets the full disk first depends on timing: a checkpoint save (usually), or the
